@@ -1,0 +1,11 @@
+"""tenantclient: the tenant-side library for tenantd.
+
+``AsyncTenantClient`` (asyncio) and its thin synchronous wrapper ``TenantClient`` submit models and
+run inference on a tenantd daemon over ZeroMQ; errors come back as typed exceptions from
+:mod:`tenantclient.errors`.
+"""
+
+from tenantclient.client import AsyncTenantClient, InferResult, ModelInfo, TenantClient
+from tenantclient.errors import RequestTimeout, TenantError
+
+__all__ = ["AsyncTenantClient", "InferResult", "ModelInfo", "RequestTimeout", "TenantClient", "TenantError"]

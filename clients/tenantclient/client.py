@@ -1,0 +1,321 @@
+"""Tenant clients for tenantd: an asyncio core and a thin synchronous wrapper.
+
+One DEALER socket per client; every request carries a fresh id and its reply is matched back to
+the waiting call by that id, so many requests may be in flight on one client at once. A reply that
+arrives after its call gave up (timeout) is dropped, never mistaken for another call's answer.
+
+    with TenantClient("ipc:///run/tenantd.sock", tenant="alice") as client:
+        client.submit_model("mobilenet_v2.tflite", name="mnv2")
+        probs = client.infer("mnv2", image)["probs"]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from tenantclient.errors import ClientClosed, RequestTimeout, error_for
+from tenantd import protocol
+from tenantd.protocol import Op, ProtocolError, Reply
+from tenantd.runtimes.base import TensorSpec
+
+T = TypeVar("T")
+Inputs = np.ndarray | Mapping[str, np.ndarray]
+DEFAULT_TIMEOUT_S = 30.0
+# Submitting a model includes the daemon's probe (a process start, a load and a first inference).
+DEFAULT_SUBMIT_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the daemon knows about one model."""
+
+    name: str
+    owner: str
+    runtime: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    footprint_bytes: int
+    state: str
+    resident: bool
+    size_bytes: int
+    sha256: str
+    load_ms: float
+    first_infer_ms: float
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> ModelInfo:
+        return cls(
+            name=data["name"],
+            owner=data["owner"],
+            runtime=data["runtime"],
+            inputs=tuple(TensorSpec.from_wire(s) for s in data["inputs"]),
+            outputs=tuple(TensorSpec.from_wire(s) for s in data["outputs"]),
+            footprint_bytes=int(data["footprint_bytes"]),
+            state=data["state"],
+            resident=bool(data.get("resident", False)),
+            size_bytes=int(data["size_bytes"]),
+            sha256=data["sha256"],
+            load_ms=float(data["load_ms"]),
+            first_infer_ms=float(data["first_infer_ms"]),
+        )
+
+
+@dataclass
+class InferResult:
+    """Outputs by name (read-only arrays over the received frames) and the daemon's timings:
+    ``queue_ms``, ``compute_ms``, ``total_ms``, ``switch`` (the slot last ran another model), ``slot``."""
+
+    outputs: dict[str, np.ndarray]
+    timings: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_tensors(inputs: Inputs) -> list[tuple[str | None, np.ndarray]]:
+    if isinstance(inputs, np.ndarray):
+        return [(None, inputs)]
+    if isinstance(inputs, Mapping):
+        return [(str(name), np.asarray(value)) for name, value in inputs.items()]
+    raise TypeError("inputs must be a numpy array (single-input model) or a dict of arrays by input name")
+
+
+class AsyncTenantClient:
+    """asyncio client for one tenant on one daemon. Use ``async with`` or call :meth:`close`."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        tenant: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.tenant = tenant
+        self.timeout = timeout
+        self._context = context or zmq.asyncio.Context.instance()
+        self._socket: zmq.asyncio.Socket | None = None
+        self._receiver: asyncio.Task[None] | None = None
+        self._pending: dict[protocol.RequestId, asyncio.Future[Reply]] = {}
+        # Ids are unique per client; the pid prefix keeps forked clients apart in logs.
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}"
+
+    async def __aenter__(self) -> AsyncTenantClient:
+        self._connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _connect(self) -> zmq.asyncio.Socket:
+        if self._socket is None:
+            sock = self._context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._socket = sock
+            self._receiver = asyncio.get_running_loop().create_task(self._receive_loop(sock))
+        return self._socket
+
+    async def close(self) -> None:
+        if self._receiver is not None:
+            self._receiver.cancel()
+            await asyncio.gather(self._receiver, return_exceptions=True)
+            self._receiver = None
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        for future in self._pending.values():
+            if not future.done():
+                future.cancel()
+        self._pending.clear()
+
+    async def _receive_loop(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart(copy=False)
+            try:
+                reply = protocol.decode_reply(frames)
+            except ProtocolError:
+                continue  # nothing to match it to; the caller's timeout reports the loss
+            future = self._pending.pop(reply.id, None) if reply.id is not None else None
+            if future is not None and not future.done():
+                future.set_result(reply)
+            # else: a stale reply to a call that already timed out
+
+    async def call(
+        self,
+        op: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        tensors: list[tuple[str | None, np.ndarray]] | None = None,
+        blobs: list[Any] | None = None,
+        deadline_ms: float | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """Send one request and wait for its reply; raise the typed error if it failed."""
+        sock = self._connect()
+        request_id = f"{self._prefix}-{next(self._ids)}"
+        frames = protocol.encode_request(
+            op,
+            request_id,
+            tenant=self.tenant,
+            args=args,
+            tensors=tensors or (),
+            blobs=blobs or (),
+            deadline_ms=deadline_ms,
+        )
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        limit = self.timeout if timeout is None else timeout
+        try:
+            await sock.send_multipart(frames, copy=False)
+            reply = await asyncio.wait_for(future, limit)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no reply to {op} from {self.endpoint} within {limit:g} s (is the daemon running?)",
+                request_id=request_id,
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+        if not reply.ok:
+            raise error_for(reply.error_code, reply.error_message, reply.error_details, reply.id)
+        return reply
+
+    # ------------------------------------------------------------------ operations
+
+    async def ping(self) -> dict[str, Any]:
+        return (await self.call(Op.PING.value)).result
+
+    async def status(self) -> dict[str, Any]:
+        return (await self.call(Op.STATUS.value)).result
+
+    async def submit_model(
+        self,
+        model: str | os.PathLike[str] | bytes,
+        name: str,
+        *,
+        runtime: str | None = None,
+        replace: bool = False,
+        timeout: float = DEFAULT_SUBMIT_TIMEOUT_S,
+    ) -> ModelInfo:
+        """Upload a model file (a path or its bytes) under ``name``; returns it once stored,
+        probed and loaded. Raises InvalidModel, AlreadyExists, Forbidden, AdmissionDenied..."""
+        if isinstance(model, bytes):
+            data, filename = model, None
+        else:
+            path = Path(model)
+            data, filename = path.read_bytes(), path.name
+        args: dict[str, Any] = {"name": name, "replace": replace}
+        if filename:
+            args["filename"] = filename
+        if runtime:
+            args["runtime"] = runtime
+        reply = await self.call(Op.SUBMIT_MODEL.value, args, blobs=[data], timeout=timeout)
+        return ModelInfo.from_wire(reply.result["model"])
+
+    async def list_models(self) -> list[ModelInfo]:
+        """The tenant's models (every model when the client has no tenant)."""
+        reply = await self.call(Op.LIST_MODELS.value)
+        return [ModelInfo.from_wire(m) for m in reply.result["models"]]
+
+    async def remove_model(self, name: str) -> None:
+        await self.call(Op.REMOVE_MODEL.value, {"model": name})
+
+    async def events(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
+        args: dict[str, Any] = {"limit": limit}
+        if event:
+            args["event"] = event
+        return list((await self.call(Op.EVENTS.value, args)).result["events"])
+
+    async def infer_detailed(
+        self, name: str, inputs: Inputs, *, deadline_ms: float | None = None, timeout: float | None = None
+    ) -> InferResult:
+        """Run ``name`` on ``inputs``; outputs by name plus the daemon's timings. ``deadline_ms``
+        bounds how long the request may wait in the queue before it starts."""
+        reply = await self.call(
+            Op.INFER.value, {"model": name}, tensors=_as_tensors(inputs), deadline_ms=deadline_ms, timeout=timeout
+        )
+        outputs: dict[str, np.ndarray] = {}
+        for index, (out_name, array) in enumerate(reply.tensors):
+            outputs[out_name if out_name is not None else str(index)] = array
+        return InferResult(outputs=outputs, timings=reply.timings)
+
+    async def infer(
+        self, name: str, inputs: Inputs, *, deadline_ms: float | None = None, timeout: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run ``name`` on ``inputs`` (one array, or a dict by input name); outputs by name."""
+        return (await self.infer_detailed(name, inputs, deadline_ms=deadline_ms, timeout=timeout)).outputs
+
+
+class TenantClient:
+    """Synchronous client: the asyncio client driven on a private event loop.
+
+    One instance belongs to one thread at a time; use one client per thread (or the async client
+    with ``asyncio.gather``) for concurrent requests."""
+
+    def __init__(self, endpoint: str, tenant: str | None = None, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._client = AsyncTenantClient(endpoint, tenant, timeout=timeout, context=zmq.asyncio.Context.instance())
+        self.endpoint = endpoint
+        self.tenant = tenant
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop.is_closed():
+            coro.close()
+            raise ClientClosed("this client is closed")
+        return self._loop.run_until_complete(coro)
+
+    def __enter__(self) -> TenantClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self._client.close())
+            self._loop.close()
+
+    def ping(self) -> dict[str, Any]:
+        return self._run(self._client.ping())
+
+    def status(self) -> dict[str, Any]:
+        return self._run(self._client.status())
+
+    def submit_model(
+        self,
+        model: str | os.PathLike[str] | bytes,
+        name: str,
+        *,
+        runtime: str | None = None,
+        replace: bool = False,
+        timeout: float = DEFAULT_SUBMIT_TIMEOUT_S,
+    ) -> ModelInfo:
+        return self._run(self._client.submit_model(model, name, runtime=runtime, replace=replace, timeout=timeout))
+
+    def list_models(self) -> list[ModelInfo]:
+        return self._run(self._client.list_models())
+
+    def remove_model(self, name: str) -> None:
+        self._run(self._client.remove_model(name))
+
+    def events(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
+        return self._run(self._client.events(limit, event))
+
+    def infer_detailed(
+        self, name: str, inputs: Inputs, *, deadline_ms: float | None = None, timeout: float | None = None
+    ) -> InferResult:
+        return self._run(self._client.infer_detailed(name, inputs, deadline_ms=deadline_ms, timeout=timeout))
+
+    def infer(
+        self, name: str, inputs: Inputs, *, deadline_ms: float | None = None, timeout: float | None = None
+    ) -> dict[str, np.ndarray]:
+        return self._run(self._client.infer(name, inputs, deadline_ms=deadline_ms, timeout=timeout))

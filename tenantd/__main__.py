@@ -1,0 +1,3 @@
+from tenantd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""``tenantd``: the daemon's command line. ``tenantd serve`` runs one daemon for one device.
+
+The daemon prints exactly one line to stdout, beginning ``tenantd ready``, once it is serving;
+everything else (logs) goes to stderr. Scripts and tests wait for that line, never for a delay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from tenantd import __version__
+from tenantd.config import ConfigError, load_policy
+from tenantd.server import Daemon, ServeConfig
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.policy)
+    except ConfigError as exc:
+        print(f"tenantd: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        daemon = Daemon(ServeConfig(device=args.device, endpoint=args.endpoint, state_dir=args.state_dir, policy=policy))
+        daemon.install_signal_handlers()
+
+        def ready(endpoint: str) -> None:
+            print(f"tenantd ready endpoint={endpoint} device={args.device} slots={daemon.slots}", flush=True)
+
+        await daemon.serve(ready)
+
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:
+        print(f"tenantd: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tenantd", description="Multi-tenant inference daemon for one accelerator.")
+    parser.add_argument("--version", action="version", version=f"tenantd {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="own a device and serve tenants' models over ZeroMQ",
+        description="Own one device and serve tenants' models over a ZeroMQ ROUTER socket. "
+        "Prints 'tenantd ready endpoint=... device=...' on stdout when serving; stops cleanly on "
+        "SIGINT/SIGTERM after answering accepted requests.",
+    )
+    serve.add_argument("--device", default="cpu", help="device to own (only 'cpu' so far; default: cpu)")
+    serve.add_argument(
+        "--endpoint",
+        required=True,
+        help="ZeroMQ endpoint to bind: ipc:///path/sock or tcp://127.0.0.1:PORT (PORT may be '*')",
+    )
+    serve.add_argument("--state-dir", type=Path, required=True, help="directory for the model store and event log")
+    serve.add_argument("--policy", type=Path, help="operator policy TOML file (see policies/cpu.toml)")
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    result: int = args.func(args)
+    return result

@@ -1,0 +1,73 @@
+"""Operator configuration: the policy file and the daemon's start-up settings, typed and frozen.
+
+A policy is a TOML file (see ``policies/``). It is validated once at start-up; an unknown key or a
+bad value stops the daemon with a message naming the key and what it should be, rather than being
+ignored. Later issues add the memory budget, overcommit mode, disciplines and quotas here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(Exception):
+    """The daemon's configuration is invalid; the message says how to fix it."""
+
+
+class Policy(BaseModel):
+    """Operator rules for one device. Every field has a default that suits a small CPU box."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    slots: Annotated[int | None, Field(ge=1, le=256)] = None
+    """Execution slots: how many inferences may run at once. Default: one per CPU core."""
+
+    threads_per_model: Annotated[int | None, Field(ge=1, le=256)] = None
+    """Runtime threads per model. Default: cores // slots, at least 1, so slots x threads <= cores."""
+
+    queue_depth_per_tenant: Annotated[int, Field(ge=1)] = 64
+    """Requests one tenant may have waiting; more get QUEUE_FULL."""
+
+    queue_depth_total: Annotated[int, Field(ge=1)] = 1024
+    """Requests waiting on the whole device; more get QUEUE_FULL."""
+
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
+    """Largest message accepted (model uploads included); larger ones get TOO_LARGE."""
+
+    probe_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """A model whose probe (load + one inference) takes longer is refused as INVALID_MODEL."""
+
+    drain_timeout_s: Annotated[float, Field(ge=0)] = 30.0
+    """On SIGTERM/SIGINT, how long to keep answering accepted requests before giving up."""
+
+    def effective_slots(self) -> int:
+        return self.slots or max(1, os.cpu_count() or 1)
+
+    def effective_threads(self) -> int:
+        if self.threads_per_model:
+            return self.threads_per_model
+        return max(1, (os.cpu_count() or 1) // self.effective_slots())
+
+
+def load_policy(path: Path | None) -> Policy:
+    """Read and validate a policy TOML file; no file means every default."""
+    if path is None:
+        return Policy()
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"policy file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from exc
+    try:
+        return Policy(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"policy file {path} is invalid: {problems}") from exc

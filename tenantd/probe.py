@@ -1,0 +1,143 @@
+"""The probe: a tenant's model file is loaded and run once in a throwaway process first.
+
+A submitted file is untrusted: it may be garbage, may crash the runtime's native code, or may hang
+it. The daemon therefore never loads a file it has not seen survive the probe. The probe process
+imports the runtime, loads the model, reads its input/output specs, runs one inference on zeros,
+and measures the resident-memory growth (psutil) of the load and of that first inference. The
+runtime library's own cost (importing it) is measured separately, because it is paid once per
+process, not once per model. The result travels back as one JSON line on stdout.
+
+Run by hand: ``python -m tenantd.probe litert model.tflite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULT_MARK = "TENANTD-PROBE-RESULT "
+
+
+@dataclass
+class ProbeResult:
+    ok: bool
+    reason: str = ""
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    footprint_bytes: int = 0
+    load_ms: float = 0.0
+    first_infer_ms: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _measure(runtime_name: str, path: Path, threads: int) -> dict[str, Any]:
+    import numpy as np
+    import psutil
+
+    process = psutil.Process()
+    rss_start = process.memory_info().rss
+    from tenantd.runtimes import get_runtime_class
+
+    cls = get_runtime_class(runtime_name)
+    runtime = cls(device="cpu", num_threads=threads)
+    rss_runtime = process.memory_info().rss
+
+    t0 = time.perf_counter()
+    model = runtime.load(path)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    rss_loaded = process.memory_info().rss
+
+    zeros = [np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=spec.dtype) for spec in model.inputs]
+    t0 = time.perf_counter()
+    outputs = model.infer(zeros)
+    first_infer_ms = (time.perf_counter() - t0) * 1e3
+    rss_after = process.memory_info().rss
+    if len(outputs) != len(model.outputs):
+        raise RuntimeError(f"model declares {len(model.outputs)} outputs but returned {len(outputs)}")
+
+    return {
+        "ok": True,
+        "inputs": [s.to_wire() for s in model.inputs],
+        "outputs": [s.to_wire() for s in model.outputs],
+        "footprint_bytes": max(0, rss_after - rss_runtime),
+        "load_ms": load_ms,
+        "first_infer_ms": first_infer_ms,
+        "details": {
+            "runtime_version": cls.version(),
+            "runtime_overhead_bytes": max(0, rss_runtime - rss_start),
+            "load_bytes": max(0, rss_loaded - rss_runtime),
+            "first_infer_bytes": max(0, rss_after - rss_loaded),
+            "threads": threads,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tenantd.probe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runtime", help="runtime name, e.g. litert")
+    parser.add_argument("path", type=Path, help="model file")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        result = _measure(args.runtime, args.path, args.threads)
+        code = 0
+    except Exception as exc:  # the point of the probe is to turn any failure into a reason
+        result = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+        code = 1
+    sys.stdout.write(RESULT_MARK + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return code
+
+
+def _signal_name(returncode: int) -> str:
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+async def probe_model(runtime: str, path: Path, threads: int, timeout_s: float) -> ProbeResult:
+    """Probe ``path`` with ``runtime`` in a child process; never raises for a bad model."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tenantd.probe",
+        runtime,
+        str(path),
+        "--threads",
+        str(threads),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return ProbeResult(
+            ok=False,
+            reason=f"the probe did not finish within {timeout_s:g} s (the model hangs the runtime or is too slow)",
+        )
+    for line in reversed(stdout.decode(errors="replace").splitlines()):
+        if line.startswith(RESULT_MARK):
+            data = json.loads(line[len(RESULT_MARK):])
+            return ProbeResult(**data)
+    assert proc.returncode is not None
+    if proc.returncode < 0:
+        reason = f"the runtime crashed loading or running the model ({_signal_name(proc.returncode)})"
+    else:
+        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
+        reason = f"the probe exited with status {proc.returncode}: {' | '.join(tail) or 'no output'}"
+    return ProbeResult(ok=False, reason=reason)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

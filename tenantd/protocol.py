@@ -1,0 +1,428 @@
+"""The tenantd wire format: one versioned message shape, the error-code table, and the tensor codec.
+
+A message is a list of ZeroMQ frames: one msgpack *header* frame followed by zero or more raw
+*buffer* frames. Tensors travel as raw little-endian bytes in their own frames (sent and received
+without copying); the header describes each one by name, dtype, shape and frame index. Nothing is
+ever pickled. This module knows nothing about sockets: it turns Python values into frames and
+frames back into values, and raises :class:`ProtocolError` with a stable :class:`ErrorCode` for
+anything malformed. ``docs/protocol.md`` is the human-readable form of this file; keep them in
+step (``tests/unit/test_protocol.py`` checks the error table is documented).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, TypeAlias
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+# A header is small metadata; anything bigger is a client bug or an attack.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_ID_LENGTH = 128
+MAX_TENSORS = 64
+MAX_RANK = 8
+
+RequestId: TypeAlias = str | int
+BytesLike: TypeAlias = bytes | bytearray | memoryview | Any  # anything exposing the buffer protocol
+
+
+class ErrorCode(str, Enum):
+    """Stable error codes carried on the wire. Never renumber or rename; only add."""
+
+    BAD_REQUEST = "BAD_REQUEST"
+    UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
+    UNKNOWN_OP = "UNKNOWN_OP"
+    TOO_LARGE = "TOO_LARGE"
+    UNKNOWN_MODEL = "UNKNOWN_MODEL"
+    FORBIDDEN = "FORBIDDEN"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    INVALID_MODEL = "INVALID_MODEL"
+    RUNTIME_NOT_AVAILABLE = "RUNTIME_NOT_AVAILABLE"
+    INPUT_MISMATCH = "INPUT_MISMATCH"
+    ADMISSION_DENIED = "ADMISSION_DENIED"
+    QUEUE_FULL = "QUEUE_FULL"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAVAILABLE = "UNAVAILABLE"
+    RUNTIME_ERROR = "RUNTIME_ERROR"
+    INTERNAL = "INTERNAL"
+
+
+# One line per code: what it means and whether retrying the same request can help.
+ERROR_TABLE: dict[ErrorCode, str] = {
+    ErrorCode.BAD_REQUEST: "The message is malformed: bad msgpack, missing or mistyped header field, "
+    "tensor frames that do not match their description. Do not retry unchanged.",
+    ErrorCode.UNSUPPORTED_VERSION: "The header's protocol version `v` is not one the daemon speaks; "
+    "`details.supported` lists those it does.",
+    ErrorCode.UNKNOWN_OP: "The operation `op` is not known; `details.ops` lists the known ones.",
+    ErrorCode.TOO_LARGE: "The message is larger than the daemon's configured cap "
+    "(`details.limit_bytes`).",
+    ErrorCode.UNKNOWN_MODEL: "No model of that name exists (or it was removed).",
+    ErrorCode.FORBIDDEN: "The model exists but belongs to another tenant, or the operation needs "
+    "a tenant and none was named.",
+    ErrorCode.ALREADY_EXISTS: "The tenant already has a model of that name; pass `replace: true` "
+    "to replace it.",
+    ErrorCode.INVALID_MODEL: "The submitted file is not a model the runtime can load and run; the "
+    "probe's reason is in the message. Nothing was stored.",
+    ErrorCode.RUNTIME_NOT_AVAILABLE: "The requested runtime is unknown or its package is not "
+    "installed on the daemon's host; the message names the package.",
+    ErrorCode.INPUT_MISMATCH: "Input tensors do not match the model's inputs in count, name, "
+    "dtype or shape; `details` names the expected spec.",
+    ErrorCode.ADMISSION_DENIED: "The device cannot take the model under the operator's policy; "
+    "`details` states the budget, the current use, the footprint and the shortfall.",
+    ErrorCode.QUEUE_FULL: "The tenant's queue (or the device's) is full. Retry later, with backoff.",
+    ErrorCode.DEADLINE_EXCEEDED: "The request could not start before its deadline and was dropped "
+    "without running.",
+    ErrorCode.UNAVAILABLE: "The daemon is shutting down and takes no new work. Retry elsewhere or "
+    "later.",
+    ErrorCode.RUNTIME_ERROR: "The runtime failed while running this request; the model and the "
+    "daemon are still serving.",
+    ErrorCode.INTERNAL: "A bug in the daemon. The request was not run; please report it with the "
+    "event log.",
+}
+
+
+class Op(str, Enum):
+    """Operations a client may ask for. The server's dispatch table has one handler per member."""
+
+    PING = "ping"
+    STATUS = "status"
+    SUBMIT_MODEL = "submit_model"
+    LIST_MODELS = "list_models"
+    REMOVE_MODEL = "remove_model"
+    INFER = "infer"
+    EVENTS = "events"
+
+
+# Wire dtypes are numpy dtype names; multi-byte types are little-endian on the wire.
+WIRE_DTYPES: frozenset[str] = frozenset(
+    {
+        "bool",
+        "int8",
+        "uint8",
+        "int16",
+        "uint16",
+        "int32",
+        "uint32",
+        "int64",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+    }
+)
+
+
+class ProtocolError(Exception):
+    """A message could not be accepted; ``code`` is what goes back on the wire."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        details: Mapping[str, Any] | None = None,
+        request_id: RequestId | None = None,
+    ) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+        self.request_id = request_id
+
+
+@dataclass
+class Request:
+    """A decoded request. ``tensors`` are zero-copy, read-only views on the received frames."""
+
+    id: RequestId
+    op: str
+    tenant: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    tensors: list[tuple[str | None, np.ndarray]] = field(default_factory=list)
+    deadline_ms: float | None = None
+    frames: list[BytesLike] = field(default_factory=list)
+
+
+@dataclass
+class Reply:
+    """A decoded reply: either ``ok`` with ``result`` (and tensors), or an ``error``."""
+
+    id: RequestId | None
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    tensors: list[tuple[str | None, np.ndarray]] = field(default_factory=list)
+    timings: dict[str, Any] = field(default_factory=dict)
+    error_code: str | None = None
+    error_message: str = ""
+    error_details: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- tensor codec
+
+
+def _wire_array(array: np.ndarray) -> np.ndarray:
+    a = np.asarray(array)
+    if a.dtype.name not in WIRE_DTYPES:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"dtype {a.dtype} cannot be sent; supported: {sorted(WIRE_DTYPES)}",
+        )
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(a)
+
+
+def encode_tensors(
+    tensors: Sequence[tuple[str | None, np.ndarray]], first_frame: int = 0
+) -> tuple[list[dict[str, Any]], list[memoryview]]:
+    """Describe ``tensors`` for the header and return their raw buffers, without copying
+    arrays that are already C-contiguous and little-endian."""
+    metas: list[dict[str, Any]] = []
+    buffers: list[memoryview] = []
+    for index, (name, array) in enumerate(tensors):
+        a = _wire_array(array)
+        metas.append(
+            {
+                "name": name,
+                "dtype": a.dtype.name,
+                "shape": list(a.shape),
+                "frame": first_frame + index,
+            }
+        )
+        # A 0-d or empty array still needs a (possibly empty) byte view.
+        buffers.append(memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(b""))
+    return metas, buffers
+
+
+def _expect(condition: bool, message: str, request_id: RequestId | None = None) -> None:
+    if not condition:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, message, request_id=request_id)
+
+
+def decode_tensors(
+    metas: Any, frames: Sequence[BytesLike], request_id: RequestId | None = None
+) -> list[tuple[str | None, np.ndarray]]:
+    """Turn header tensor descriptions plus frames into read-only numpy views (no copy)."""
+    _expect(isinstance(metas, list), "'tensors' must be a list", request_id)
+    _expect(len(metas) <= MAX_TENSORS, f"at most {MAX_TENSORS} tensors per message", request_id)
+    used: set[int] = set()
+    out: list[tuple[str | None, np.ndarray]] = []
+    for i, meta in enumerate(metas):
+        where = f"tensors[{i}]"
+        _expect(isinstance(meta, dict), f"{where} must be a map", request_id)
+        name = meta.get("name")
+        dtype = meta.get("dtype")
+        shape = meta.get("shape")
+        frame = meta.get("frame")
+        _expect(name is None or isinstance(name, str), f"{where}.name must be a string", request_id)
+        _expect(
+            isinstance(dtype, str) and dtype in WIRE_DTYPES,
+            f"{where}.dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}",
+            request_id,
+        )
+        _expect(
+            isinstance(shape, list)
+            and len(shape) <= MAX_RANK
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape),
+            f"{where}.shape must be a list of at most {MAX_RANK} non-negative ints",
+            request_id,
+        )
+        _expect(
+            isinstance(frame, int) and not isinstance(frame, bool) and 0 <= frame < len(frames),
+            f"{where}.frame {frame!r} does not name one of the {len(frames)} buffer frames",
+            request_id,
+        )
+        _expect(frame not in used, f"{where}.frame {frame} is used by two tensors", request_id)
+        used.add(frame)
+        np_dtype = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else np.dtype(dtype)
+        view = memoryview(frames[frame]).cast("B")
+        expected = math.prod(shape) * np_dtype.itemsize
+        _expect(
+            view.nbytes == expected,
+            f"{where} is {dtype}{shape}, which needs {expected} bytes, but frame {frame} "
+            f"holds {view.nbytes}",
+            request_id,
+        )
+        array = np.frombuffer(view, dtype=np_dtype).reshape(shape)
+        array.flags.writeable = False
+        out.append((name, array))
+    return out
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def _pack(header: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def _unpack_header(raw: BytesLike) -> dict[str, Any]:
+    view = memoryview(raw).cast("B")
+    if view.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"header frame is {view.nbytes} bytes; the limit is {MAX_HEADER_BYTES}"
+        )
+    try:
+        header = msgpack.unpackb(view, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage input
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"header frame is not valid msgpack: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "header frame must be a msgpack map")
+    return header
+
+
+def encode_request(
+    op: str,
+    request_id: RequestId,
+    *,
+    tenant: str | None = None,
+    args: Mapping[str, Any] | None = None,
+    tensors: Sequence[tuple[str | None, np.ndarray]] = (),
+    blobs: Sequence[BytesLike] = (),
+    deadline_ms: float | None = None,
+) -> list[BytesLike]:
+    """Frames for one request. ``blobs`` (e.g. a model file) come first, tensors after them."""
+    metas, buffers = encode_tensors(tensors, first_frame=len(blobs))
+    header: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id, "op": op}
+    if tenant is not None:
+        header["tenant"] = tenant
+    if args:
+        header["args"] = dict(args)
+    if metas:
+        header["tensors"] = metas
+    if deadline_ms is not None:
+        header["deadline_ms"] = float(deadline_ms)
+    return [_pack(header), *blobs, *buffers]
+
+
+def peek_request_id(raw_header: BytesLike) -> RequestId | None:
+    """Best effort: the id of a request whose header could not be fully validated."""
+    try:
+        header = _unpack_header(raw_header)
+    except ProtocolError:
+        return None
+    rid = header.get("id")
+    return rid if _valid_id(rid) else None
+
+
+def _valid_id(rid: Any) -> bool:
+    if isinstance(rid, bool):
+        return False
+    if isinstance(rid, int):
+        return -(2**63) <= rid < 2**64
+    return isinstance(rid, str) and 0 < len(rid) <= MAX_ID_LENGTH
+
+
+def decode_request(frames: Sequence[BytesLike]) -> Request:
+    """Validate and decode a request (header frame first). Raises :class:`ProtocolError`."""
+    if not frames:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message: a header frame is required")
+    header = _unpack_header(frames[0])
+    rid = header.get("id")
+    if not _valid_id(rid):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"header 'id' must be a non-empty string of at most {MAX_ID_LENGTH} characters or an int",
+        )
+    version = header.get("v")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "header 'v' (protocol version) must be an int", request_id=rid)
+    if version not in SUPPORTED_VERSIONS:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"protocol version {version} is not supported",
+            {"supported": list(SUPPORTED_VERSIONS)},
+            request_id=rid,
+        )
+    op = header.get("op")
+    _expect(isinstance(op, str) and op != "", "header 'op' must be a non-empty string", rid)
+    tenant = header.get("tenant")
+    _expect(tenant is None or isinstance(tenant, str), "header 'tenant' must be a string", rid)
+    args = header.get("args", {})
+    _expect(isinstance(args, dict), "header 'args' must be a map", rid)
+    deadline_ms = header.get("deadline_ms")
+    _expect(
+        deadline_ms is None
+        or (isinstance(deadline_ms, (int, float)) and not isinstance(deadline_ms, bool) and deadline_ms >= 0),
+        "header 'deadline_ms' must be a non-negative number of milliseconds",
+        rid,
+    )
+    buffers = list(frames[1:])
+    tensors = decode_tensors(header.get("tensors", []), buffers, rid)
+    return Request(
+        id=rid,
+        op=op,
+        tenant=tenant,
+        args=args,
+        tensors=tensors,
+        deadline_ms=None if deadline_ms is None else float(deadline_ms),
+        frames=buffers,
+    )
+
+
+def encode_reply(
+    request_id: RequestId | None,
+    result: Mapping[str, Any] | None = None,
+    *,
+    tensors: Sequence[tuple[str | None, np.ndarray]] = (),
+    timings: Mapping[str, Any] | None = None,
+) -> list[BytesLike]:
+    metas, buffers = encode_tensors(tensors)
+    header: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id, "ok": True}
+    if result:
+        header["result"] = dict(result)
+    if metas:
+        header["tensors"] = metas
+    if timings:
+        header["timings"] = dict(timings)
+    return [_pack(header), *buffers]
+
+
+def encode_error(
+    request_id: RequestId | None,
+    code: ErrorCode,
+    message: str,
+    details: Mapping[str, Any] | None = None,
+) -> list[BytesLike]:
+    header = {
+        "v": PROTOCOL_VERSION,
+        "id": request_id,
+        "ok": False,
+        "error": {"code": code.value, "message": message, "details": dict(details or {})},
+    }
+    return [_pack(header)]
+
+
+def decode_reply(frames: Sequence[BytesLike]) -> Reply:
+    """Decode a reply (header frame first). Raises :class:`ProtocolError` if it is malformed."""
+    if not frames:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "empty reply")
+    header = _unpack_header(frames[0])
+    rid = header.get("id")
+    if header.get("v") not in SUPPORTED_VERSIONS:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION, f"reply has protocol version {header.get('v')!r}", request_id=rid
+        )
+    if header.get("ok") is True:
+        return Reply(
+            id=rid,
+            ok=True,
+            result=header.get("result", {}),
+            tensors=decode_tensors(header.get("tensors", []), list(frames[1:]), rid),
+            timings=header.get("timings", {}),
+        )
+    error = header.get("error")
+    _expect(isinstance(error, dict), "error reply without an 'error' map", rid)
+    return Reply(
+        id=rid,
+        ok=False,
+        error_code=str(error.get("code", ErrorCode.INTERNAL.value)),
+        error_message=str(error.get("message", "")),
+        error_details=dict(error.get("details") or {}),
+    )

@@ -1,0 +1,99 @@
+"""The runtime interface: the one small contract every inference engine implements.
+
+A :class:`Runtime` loads model files (from bytes or a path) into :class:`LoadedModel` objects that
+report their input/output specs, run one inference at a time, and can be unloaded. ``release`` frees
+what the runtime holds for the whole process (a delegate, a device handle). Runtimes are looked up
+by name in :mod:`tenantd.runtimes` and imported only when used, so a missing vendor package never
+breaks import of the daemon.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output. ``shape`` uses -1 for a dimension the model lets vary."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    # Affine quantisation (scale, zero point) where the tensor is quantised, else None.
+    quantization: tuple[float, int] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "quantization": list(self.quantization) if self.quantization else None,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> TensorSpec:
+        q = data.get("quantization")
+        return cls(
+            name=str(data["name"]),
+            dtype=str(data["dtype"]),
+            shape=tuple(int(d) for d in data["shape"]),
+            quantization=(float(q[0]), int(q[1])) if q else None,
+        )
+
+    def accepts(self, array: np.ndarray) -> str | None:
+        """None if ``array`` fits this input, else a sentence saying why not."""
+        if array.dtype.name != self.dtype:
+            return f"input {self.name!r} needs dtype {self.dtype}, got {array.dtype.name}"
+        if len(array.shape) != len(self.shape) or any(
+            want not in (-1, got) for want, got in zip(self.shape, array.shape, strict=True)
+        ):
+            return f"input {self.name!r} needs shape {list(self.shape)}, got {list(array.shape)}"
+        return None
+
+
+class RuntimeFailure(Exception):
+    """The runtime could not load or run a model; the message says why."""
+
+
+class LoadedModel(abc.ABC):
+    """A model resident in a runtime. Not thread-safe: callers run one ``infer`` at a time."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @abc.abstractmethod
+    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run once on ``inputs`` (ordered as ``self.inputs``); outputs ordered as ``self.outputs``."""
+
+    @abc.abstractmethod
+    def unload(self) -> None:
+        """Free the model's memory. The object must not be used afterwards."""
+
+
+class Runtime(abc.ABC):
+    """An inference engine on one device."""
+
+    name: ClassVar[str]
+    # File suffixes this runtime can load, used to pick a runtime for a submitted file.
+    suffixes: ClassVar[tuple[str, ...]]
+
+    def __init__(self, device: str = "cpu", num_threads: int = 1) -> None:
+        self.device = device
+        self.num_threads = num_threads
+
+    @abc.abstractmethod
+    def load(self, source: bytes | Path) -> LoadedModel:
+        """Load a model from its bytes or a file path. Raises :class:`RuntimeFailure`."""
+
+    def release(self) -> None:  # noqa: B027 - most runtimes hold nothing process-wide
+        """Free whatever the runtime holds for the process (delegates, device handles)."""
+
+    @classmethod
+    def version(cls) -> str:
+        """The version of the engine's package, for probe records and status."""
+        return "unknown"

@@ -1,0 +1,606 @@
+"""The daemon: a ZeroMQ ROUTER loop that owns one device and answers every message.
+
+It receives multipart messages, validates them with :mod:`tenantd.protocol`, and dispatches them
+through one table of operations. Inference requests are checked (owner, inputs) on the loop and
+queued with the :class:`~tenantd.scheduler.Scheduler`; control operations (submit, remove, status,
+events) run as tasks so a slow model probe never stalls other tenants. Every message gets a reply:
+malformed input gets a typed error reply, and an exception inside a handler becomes an INTERNAL
+reply plus a log line, never a dead loop. On SIGTERM or SIGINT the daemon stops taking new work,
+answers what it accepted (within the policy's drain timeout), and only then closes its socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from tenantd import __version__, protocol
+from tenantd.config import ConfigError, Policy
+from tenantd.events import EventLog
+from tenantd.executor import Executor, Resident
+from tenantd.probe import probe_model
+from tenantd.protocol import ErrorCode, Op, ProtocolError, Request
+from tenantd.runtimes import (
+    RuntimeFailure,
+    RuntimeNotAvailable,
+    TensorSpec,
+    available_runtimes,
+    get_runtime_class,
+    runtime_for_file,
+)
+from tenantd.scheduler import Job, QueueFull, Scheduler
+from tenantd.store import ModelRecord, Store
+
+log = logging.getLogger("tenantd")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+MAX_EVENTS_PER_REPLY = 10_000
+# Concurrent probes: each is a whole process; more than this only thrashes a small box.
+MAX_CONCURRENT_PROBES = 2
+# How long the socket may keep flushing replies after the drain, when closing.
+CLOSE_LINGER_MS = 2000
+
+Envelope = list[Any]
+Handler = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    device: str
+    endpoint: str
+    state_dir: Path
+    policy: Policy
+
+
+def endpoint_is_local(endpoint: str) -> bool:
+    """True for ipc:// and for tcp:// bound to a loopback address: the endpoints on which a
+    tenant named in the request header can be trusted, because only local users reach them."""
+    if endpoint.startswith("ipc://"):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ClientError(Exception):
+    """A request was understood but cannot be served; becomes an error reply."""
+
+    def __init__(self, code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+@dataclass
+class InferPayload:
+    request_id: protocol.RequestId
+    envelope: Envelope
+    inputs: list[np.ndarray]
+
+
+class Daemon:
+    def __init__(self, config: ServeConfig) -> None:
+        if config.device != "cpu":
+            raise ConfigError(f"device {config.device!r} is not supported yet; use --device cpu")
+        if not endpoint_is_local(config.endpoint):
+            raise ConfigError(
+                f"endpoint {config.endpoint} is reachable from other hosts, but tenants are named in "
+                "request headers until tenant keys exist; bind ipc:// or a loopback tcp:// address"
+            )
+        self.config = config
+        self.policy = config.policy
+        self.endpoint = config.endpoint
+        self.slots = self.policy.effective_slots()
+        self.threads = self.policy.effective_threads()
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.state_dir)
+        self.events = EventLog(config.state_dir)
+        self.executor = Executor(config.device, self.slots, self.threads)
+        self.scheduler = Scheduler(
+            self.slots,
+            execute=self._execute,
+            drop=self._drop_job,
+            depth_per_tenant=self.policy.queue_depth_per_tenant,
+            depth_total=self.policy.queue_depth_total,
+        )
+        self.models: dict[str, ModelRecord] = {}  # the store's rows, cached for the request path
+        self._ops: dict[str, Handler] = {
+            Op.PING.value: self._op_ping,
+            Op.STATUS.value: self._op_status,
+            Op.SUBMIT_MODEL.value: self._op_submit_model,
+            Op.LIST_MODELS.value: self._op_list_models,
+            Op.REMOVE_MODEL.value: self._op_remove_model,
+            Op.EVENTS.value: self._op_events,
+        }
+        self._control_tasks: set[asyncio.Task[None]] = set()
+        self._probe_slots = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
+        self._stop = asyncio.Event()
+        self._draining = False
+        self._started = time.time()
+        self.requests: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def serve(self, ready: Callable[[str], None] | None = None) -> None:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT when installed), then drain and close."""
+        self.events.emit("start", device=self.config.device, endpoint=self.endpoint, pid=os.getpid(), version=__version__)
+        removed = self.store.collect_garbage()
+        if removed:
+            log.info("removed %d orphaned model file(s) left by an interrupted submission", len(removed))
+        await self._restore_models()
+        self._ctx = zmq.asyncio.Context()
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(self.endpoint)
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._sock = sock
+        self.scheduler.start()
+        log.info(
+            "tenants are named in each request's header (no tenant keys yet); accepted because %s is a "
+            "local-only endpoint",
+            self.endpoint,
+        )
+        log.info(
+            "device %s: %d slot(s), %d runtime thread(s) per model, %d model(s) restored",
+            self.config.device,
+            self.slots,
+            self.threads,
+            len(self.executor.resident),
+        )
+        if ready is not None:
+            ready(self.endpoint)
+        receiver = asyncio.create_task(self._receive_loop(sock), name="receive")
+        await self._stop.wait()
+        await self._shutdown(receiver, sock)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("%s received: draining (up to %.0f s), then stopping", sig.name, self.policy.drain_timeout_s)
+        self.stop()
+
+    async def _shutdown(self, receiver: asyncio.Task[None], sock: zmq.asyncio.Socket) -> None:
+        self._draining = True  # keep receiving, but answer new work with UNAVAILABLE
+        deadline = time.monotonic() + self.policy.drain_timeout_s
+        dropped = await self.scheduler.drain(self.policy.drain_timeout_s)
+        if self._control_tasks:
+            await asyncio.wait(self._control_tasks, timeout=max(0.0, deadline - time.monotonic()))
+        receiver.cancel()
+        await asyncio.gather(receiver, return_exceptions=True)
+        sock.close(linger=CLOSE_LINGER_MS)
+        assert self._ctx is not None
+        self._ctx.term()
+        self.executor.close()
+        self.events.emit("stop", dropped_requests=dropped, requests=sum(self.requests.values()))
+        self.events.close()
+        self.store.close()
+        log.info("stopped")
+
+    async def _restore_models(self) -> None:
+        for record in self.store.list_models():
+            try:
+                resident, load_ms = await self.executor.load(
+                    record.name, record.runtime, self.store.blob_path(record.sha256)
+                )
+            except (RuntimeFailure, RuntimeNotAvailable, OSError) as exc:
+                # Keep the record: the tenant's model is not lost, and requests say why it cannot run.
+                log.error("model %s of tenant %s could not be loaded: %s", record.name, record.owner, exc)
+                self.events.emit("model.load_failed", model=record.name, tenant=record.owner, reason=str(exc))
+                self.models[record.name] = record
+                continue
+            self.executor.install(resident)
+            self.models[record.name] = record
+            self.events.emit("model.loaded", model=record.name, tenant=record.owner, load_ms=round(load_ms, 3), restored=True)
+
+    # ------------------------------------------------------------------ receiving and replying
+
+    async def _receive_loop(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart(copy=False)
+            try:
+                await self._handle(frames)
+            except Exception:  # never let one message kill the loop
+                log.exception("unhandled error handling a message")
+
+    async def _handle(self, frames: Sequence[zmq.Frame]) -> None:
+        # ROUTER prepends the peer identity; REQ peers add an empty delimiter, which we echo back.
+        split = 2 if len(frames) > 1 and len(frames[1]) == 0 else 1
+        envelope: Envelope = list(frames[:split])
+        body = frames[split:]
+        size = sum(len(f) for f in body)
+        if size > self.policy.max_message_bytes:
+            rid = protocol.peek_request_id(body[0]) if body else None
+            await self._reply_error(
+                envelope,
+                rid,
+                ErrorCode.TOO_LARGE,
+                f"message is {size} bytes; this daemon accepts at most {self.policy.max_message_bytes}",
+                {"limit_bytes": self.policy.max_message_bytes, "size_bytes": size},
+            )
+            return
+        try:
+            request = protocol.decode_request(body)
+        except ProtocolError as exc:
+            await self._reply_error(envelope, exc.request_id, exc.code, exc.message, exc.details)
+            return
+        self.requests[request.op] += 1
+        if request.op == Op.INFER.value:
+            try:
+                self._enqueue_infer(request, envelope)
+            except ClientError as exc:
+                await self._reply_error(envelope, request.id, exc.code, exc.message, exc.details, request)
+            return
+        handler = self._ops.get(request.op)
+        if handler is None:
+            await self._reply_error(
+                envelope,
+                request.id,
+                ErrorCode.UNKNOWN_OP,
+                f"unknown operation {request.op!r}",
+                {"ops": sorted([*self._ops, Op.INFER.value])},
+                request,
+            )
+            return
+        task = asyncio.create_task(self._run_control(handler, request, envelope))
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+
+    async def _run_control(self, handler: Handler, request: Request, envelope: Envelope) -> None:
+        try:
+            result = await handler(request)
+        except ClientError as exc:
+            await self._reply_error(envelope, request.id, exc.code, exc.message, exc.details, request)
+            return
+        except Exception as exc:
+            log.exception("operation %s failed", request.op)
+            await self._reply_error(
+                envelope, request.id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", None, request
+            )
+            return
+        await self._send(envelope, protocol.encode_reply(request.id, result))
+
+    async def _send(self, envelope: Envelope, frames: list[Any]) -> None:
+        assert self._sock is not None
+        await self._sock.send_multipart([*envelope, *frames], copy=False)
+
+    async def _reply_error(
+        self,
+        envelope: Envelope,
+        request_id: protocol.RequestId | None,
+        code: ErrorCode,
+        message: str,
+        details: dict[str, Any] | None = None,
+        request: Request | None = None,
+    ) -> None:
+        self.errors[code.value] += 1
+        self.events.emit(
+            "request.error",
+            id=request_id,
+            op=request.op if request else None,
+            tenant=request.tenant if request else None,
+            code=code.value,
+            message=message,
+        )
+        await self._send(envelope, protocol.encode_error(request_id, code, message, details))
+
+    # ------------------------------------------------------------------ inference
+
+    def _check_tenant(self, request: Request) -> str:
+        tenant = request.tenant
+        if tenant is None:
+            raise ClientError(ErrorCode.FORBIDDEN, f"operation {request.op!r} needs a tenant in the header")
+        if not NAME_RE.fullmatch(tenant):
+            raise ClientError(ErrorCode.BAD_REQUEST, f"tenant name {tenant!r} is not valid ({NAME_RE.pattern})")
+        return tenant
+
+    def _owned_model(self, request: Request) -> ModelRecord:
+        tenant = self._check_tenant(request)
+        name = request.args.get("model", request.args.get("name"))
+        if not isinstance(name, str) or not name:
+            raise ClientError(ErrorCode.BAD_REQUEST, "args.model must name a model")
+        record = self.models.get(name)
+        if record is None:
+            raise ClientError(ErrorCode.UNKNOWN_MODEL, f"no model named {name!r}")
+        if record.owner != tenant:
+            raise ClientError(ErrorCode.FORBIDDEN, f"model {name!r} belongs to another tenant")
+        return record
+
+    def _enqueue_infer(self, request: Request, envelope: Envelope) -> None:
+        if self._draining:
+            raise ClientError(ErrorCode.UNAVAILABLE, "the daemon is shutting down")
+        record = self._owned_model(request)
+        inputs = match_inputs(record.inputs, request.tensors)
+        loop = asyncio.get_running_loop()
+        deadline = None if request.deadline_ms is None else loop.time() + request.deadline_ms / 1e3
+        job = Job(
+            tenant=record.owner,
+            model=record.name,
+            payload=InferPayload(request.id, envelope, inputs),
+            deadline=deadline,
+        )
+        try:
+            self.scheduler.submit(job)
+        except QueueFull as exc:
+            raise ClientError(ErrorCode.QUEUE_FULL, str(exc), {"scope": exc.scope, "limit": exc.limit}) from None
+
+    async def _execute(self, job: Job, slot: int) -> None:
+        payload: InferPayload = job.payload
+        record = self.models.get(job.model)
+        resident = self.executor.resident.get(job.model)
+        if record is None or resident is None:
+            code = ErrorCode.UNKNOWN_MODEL if record is None else ErrorCode.RUNTIME_ERROR
+            why = "was removed" if record is None else "could not be loaded on this device (see events)"
+            await self._reply_error(payload.envelope, payload.request_id, code, f"model {job.model!r} {why}")
+            return
+        try:
+            result = await self.executor.run(resident, payload.inputs, slot)
+        except RuntimeFailure as exc:
+            await self._reply_error(
+                payload.envelope, payload.request_id, ErrorCode.RUNTIME_ERROR, f"model {job.model!r}: {exc}"
+            )
+            return
+        finally:
+            self._unload_if_retired(resident)
+        loop = asyncio.get_running_loop()
+        timings = {
+            "queue_ms": round((job.started - job.enqueued) * 1e3, 4),
+            "compute_ms": round(result.compute_ms, 4),
+            "total_ms": round((loop.time() - job.enqueued) * 1e3, 4),
+            "switch": result.switch,
+            "slot": slot,
+        }
+        if result.switch:
+            extra = None if result.warm_median_ms is None else result.compute_ms - result.warm_median_ms
+            timings["switched_from"] = result.previous
+            self.events.emit(
+                "switch",
+                slot=slot,
+                **{"from": result.previous, "to": job.model},
+                compute_ms=round(result.compute_ms, 4),
+                warm_median_ms=None if result.warm_median_ms is None else round(result.warm_median_ms, 4),
+                extra_ms=None if extra is None else round(extra, 4),
+            )
+        names = [spec.name for spec in record.outputs]
+        await self._send(
+            payload.envelope,
+            protocol.encode_reply(payload.request_id, tensors=list(zip(names, result.outputs, strict=True)), timings=timings),
+        )
+
+    def _unload_if_retired(self, resident: Resident) -> None:
+        """Unload ``resident`` if it was removed or replaced while it ran."""
+        if self.executor.resident.get(resident.name) is not resident:
+            resident.model.unload()
+
+    def _drop_job(self, job: Job, code: ErrorCode, message: str) -> None:
+        payload: InferPayload = job.payload
+        task = asyncio.create_task(
+            self._reply_error(payload.envelope, payload.request_id, code, message, {"tenant": job.tenant})
+        )
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+
+    # ------------------------------------------------------------------ control operations
+
+    async def _op_ping(self, request: Request) -> dict[str, Any]:
+        return {"pong": True, "version": __version__, "protocol": protocol.PROTOCOL_VERSION}
+
+    async def _op_status(self, request: Request) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "device": self.config.device,
+            "endpoint": self.endpoint,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self._started, 3),
+            "state": "draining" if self._draining else "serving",
+            "tenant_identity": "request header (local endpoint; no keys yet)",
+            "slots": self.slots,
+            "threads_per_model": self.threads,
+            "queued": self.scheduler.queued,
+            "running": self.scheduler.running,
+            "queue_depths": self.scheduler.queue_depths(),
+            "models": len(self.models),
+            "resident": sorted(self.executor.resident),
+            "tenants": sorted({r.owner for r in self.models.values()}),
+            "switches": self.executor.switches,
+            "requests": dict(self.requests),
+            "errors": dict(self.errors),
+            "runtimes": available_runtimes(),
+        }
+
+    async def _op_list_models(self, request: Request) -> dict[str, Any]:
+        tenant = request.tenant
+        records = [r for r in self.models.values() if tenant is None or r.owner == tenant]
+        return {"models": [self._model_info(r) for r in records]}
+
+    def _model_info(self, record: ModelRecord) -> dict[str, Any]:
+        info = record.to_wire()
+        info["resident"] = record.name in self.executor.resident
+        return info
+
+    async def _op_events(self, request: Request) -> dict[str, Any]:
+        limit = request.args.get("limit", 100)
+        kind = request.args.get("event")
+        if not isinstance(limit, int) or not 0 < limit <= MAX_EVENTS_PER_REPLY:
+            raise ClientError(ErrorCode.BAD_REQUEST, f"args.limit must be an int in 1..{MAX_EVENTS_PER_REPLY}")
+        if kind is not None and not isinstance(kind, str):
+            raise ClientError(ErrorCode.BAD_REQUEST, "args.event must be a string")
+        loop = asyncio.get_running_loop()
+        events = await loop.run_in_executor(None, self.events.tail, limit, kind)
+        return {"events": events}
+
+    async def _op_remove_model(self, request: Request) -> dict[str, Any]:
+        record = self._owned_model(request)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.store.remove_model, record.name)
+        self.models.pop(record.name, None)
+        resident = self.executor.evict(record.name)
+        if resident is not None and not self.scheduler.is_busy(record.name):
+            resident.model.unload()
+        # else: the running request unloads it when it finishes (_unload_if_retired).
+        self.events.emit("model.removed", model=record.name, tenant=record.owner)
+        return {"removed": record.name}
+
+    async def _op_submit_model(self, request: Request) -> dict[str, Any]:
+        if self._draining:
+            raise ClientError(ErrorCode.UNAVAILABLE, "the daemon is shutting down")
+        tenant = self._check_tenant(request)
+        args = request.args
+        name = args.get("name")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise ClientError(ErrorCode.BAD_REQUEST, f"args.name {name!r} is not a valid model name ({NAME_RE.pattern})")
+        replace = args.get("replace", False)
+        filename = args.get("filename")
+        if not isinstance(replace, bool) or (filename is not None and not isinstance(filename, str)):
+            raise ClientError(ErrorCode.BAD_REQUEST, "args.replace must be a bool and args.filename a string")
+        if len(request.frames) != 1 or request.tensors:
+            raise ClientError(ErrorCode.BAD_REQUEST, "submit_model takes exactly one buffer frame: the model file")
+        data = memoryview(request.frames[0]).cast("B")
+        if data.nbytes == 0:
+            raise ClientError(ErrorCode.INVALID_MODEL, "the model file is empty")
+        self._check_name_free(name, tenant, replace)
+        runtime = args.get("runtime") or runtime_for_file(filename)
+        if not isinstance(runtime, str):
+            raise ClientError(ErrorCode.BAD_REQUEST, "args.runtime must be a string")
+        try:
+            get_runtime_class(runtime)
+        except RuntimeNotAvailable as exc:
+            raise ClientError(ErrorCode.RUNTIME_NOT_AVAILABLE, str(exc)) from None
+
+        loop = asyncio.get_running_loop()
+        sha, path = await loop.run_in_executor(None, self.store.put_blob, data)
+        self.events.emit("model.submitted", model=name, tenant=tenant, sha256=sha, size_bytes=data.nbytes, runtime=runtime)
+        try:
+            return await self._admit(name, tenant, runtime, filename, sha, path, data.nbytes, replace)
+        except BaseException:
+            if name not in self.models or self.models[name].sha256 != sha:
+                await loop.run_in_executor(None, self.store.discard_blob_if_unreferenced, sha)
+            raise
+
+    def _check_name_free(self, name: str, tenant: str, replace: bool) -> None:
+        existing = self.models.get(name)
+        if existing is not None and existing.owner != tenant:
+            raise ClientError(ErrorCode.FORBIDDEN, f"model name {name!r} belongs to another tenant")
+        if existing is not None and not replace:
+            raise ClientError(ErrorCode.ALREADY_EXISTS, f"you already have a model named {name!r}; pass replace=True")
+
+    async def _admit(
+        self, name: str, tenant: str, runtime: str, filename: str | None, sha: str, path: Path, size: int, replace: bool
+    ) -> dict[str, Any]:
+        async with self._probe_slots:
+            probe = await probe_model(runtime, path, self.threads, self.policy.probe_timeout_s)
+        if not probe.ok:
+            self.events.emit("model.refused", model=name, tenant=tenant, code=ErrorCode.INVALID_MODEL.value, reason=probe.reason)
+            raise ClientError(ErrorCode.INVALID_MODEL, f"{runtime} cannot use this file: {probe.reason}")
+        self.events.emit(
+            "model.probed",
+            model=name,
+            tenant=tenant,
+            footprint_bytes=probe.footprint_bytes,
+            load_ms=round(probe.load_ms, 3),
+            first_infer_ms=round(probe.first_infer_ms, 3),
+            **probe.details,
+        )
+        # Admission against a memory budget arrives with device profiles; the CPU admits all.
+        self.events.emit("model.admitted", model=name, tenant=tenant, footprint_bytes=probe.footprint_bytes)
+        try:
+            resident, load_ms = await self.executor.load(name, runtime, path)
+        except RuntimeFailure as exc:
+            self.events.emit("model.refused", model=name, tenant=tenant, code=ErrorCode.RUNTIME_ERROR.value, reason=str(exc))
+            raise ClientError(ErrorCode.RUNTIME_ERROR, f"the probe passed but the daemon could not load it: {exc}") from None
+        record = ModelRecord(
+            name=name,
+            owner=tenant,
+            sha256=sha,
+            size_bytes=size,
+            runtime=runtime,
+            filename=filename,
+            inputs=tuple(TensorSpec.from_wire(s) for s in probe.inputs),
+            outputs=tuple(TensorSpec.from_wire(s) for s in probe.outputs),
+            footprint_bytes=probe.footprint_bytes,
+            load_ms=probe.load_ms,
+            first_infer_ms=probe.first_infer_ms,
+            probe=probe.details,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            # Durable before acknowledged: the reply goes out only after this commit.
+            await loop.run_in_executor(None, self.store.add_model, record, replace)
+        except PermissionError:
+            resident.model.unload()
+            raise ClientError(ErrorCode.FORBIDDEN, f"model name {name!r} belongs to another tenant") from None
+        except KeyError:
+            resident.model.unload()
+            raise ClientError(ErrorCode.ALREADY_EXISTS, f"you already have a model named {name!r}") from None
+        self.models[name] = record
+        old = self.executor.install(resident)
+        if old is not None and not self.scheduler.is_busy(name):
+            old.model.unload()
+        self.events.emit("model.loaded", model=name, tenant=tenant, load_ms=round(load_ms, 3), replaced=old is not None)
+        return {"model": self._model_info(record)}
+
+
+def match_inputs(specs: Sequence[TensorSpec], tensors: Sequence[tuple[str | None, np.ndarray]]) -> list[np.ndarray]:
+    """Order ``tensors`` as the model's inputs and check each against its spec.
+
+    A single unnamed tensor feeds a single-input model; otherwise every tensor is named and every
+    input given exactly once."""
+    expected = [s.to_wire() for s in specs]
+    if len(tensors) != len(specs):
+        raise ClientError(
+            ErrorCode.INPUT_MISMATCH,
+            f"the model takes {len(specs)} input(s), got {len(tensors)}",
+            {"inputs": expected},
+        )
+    if len(specs) == 1 and tensors[0][0] is None:
+        ordered = [tensors[0][1]]
+    else:
+        by_name: dict[str, np.ndarray] = {}
+        for name, array in tensors:
+            if name is None:
+                raise ClientError(ErrorCode.INPUT_MISMATCH, "inputs must be named for a multi-input model", {"inputs": expected})
+            by_name[name] = array
+        missing = [s.name for s in specs if s.name not in by_name]
+        unknown = sorted(set(by_name) - {s.name for s in specs})
+        if missing or unknown:
+            raise ClientError(
+                ErrorCode.INPUT_MISMATCH,
+                f"inputs do not match the model's: missing {missing}, unknown {unknown}",
+                {"inputs": expected},
+            )
+        ordered = [by_name[s.name] for s in specs]
+    for spec, array in zip(specs, ordered, strict=True):
+        problem = spec.accepts(array)
+        if problem:
+            raise ClientError(ErrorCode.INPUT_MISMATCH, problem, {"inputs": expected})
+    return ordered
