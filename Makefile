@@ -1,0 +1,40 @@
+# Set-up is part of every target: the first `make test` or `make demo` creates .venv and installs
+# the project (pinned in setup.cfg) into it; later runs reuse it until setup.cfg changes.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help demo test test-all bench lint clean
+
+help:
+	@echo "make demo      start a daemon on this CPU, serve two tenants, print what happened"
+	@echo "make test      run the test suite (unit, integration, end to end)"
+	@echo "make test-all  also the slow checks (-m slow)"
+	@echo "make bench     daemon vs direct LiteRT overhead benchmark (prints a table)"
+	@echo "make lint      ruff and mypy"
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m experiments.overhead
+
+lint: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	$(PY) -m ruff check tenantd clients models tests experiments
+	$(PY) -m mypy tenantd clients/tenantclient
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,158 @@
+"""``tenantctl``: the operator's and tenant's command line for a running tenantd.
+
+    tenantctl --endpoint ipc:///run/tenantd.sock status
+    tenantctl models [--tenant T]
+    tenantctl events [--limit N] [--event KIND]
+    tenantctl submit FILE --name N --tenant T [--runtime R] [--replace]
+    tenantctl remove N --tenant T
+
+``--json`` prints the daemon's raw answer instead of a table. Exit status: 0 on success, 1 when
+the daemon refused the request (its error code is printed), 3 when no reply came in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tenantclient.client import ModelInfo, TenantClient
+from tenantclient.errors import RequestTimeout, TenantError
+
+DEFAULT_ENDPOINT = os.environ.get("TENANTD_ENDPOINT", "ipc:///tmp/tenantd.sock")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _specs(specs: Sequence[Any]) -> str:
+    return ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in specs)
+
+
+def _print_models(models: list[ModelInfo]) -> None:
+    if not models:
+        print("no models")
+        return
+    rows = [
+        (
+            m.name,
+            m.owner,
+            m.runtime,
+            "yes" if m.resident else "no",
+            _mib(m.footprint_bytes),
+            f"{m.load_ms:.1f}",
+            _specs(m.inputs),
+            _specs(m.outputs),
+        )
+        for m in models
+    ]
+    print(_table(["NAME", "OWNER", "RUNTIME", "RESIDENT", "FOOTPRINT", "LOAD MS", "INPUTS", "OUTPUTS"], rows))
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    keys = ["version", "device", "endpoint", "pid", "uptime_s", "state", "tenant_identity", "slots",
+            "threads_per_model", "queued", "running", "models", "switches"]
+    width = max(len(k) for k in keys)
+    for key in keys:
+        print(f"{key.ljust(width)}  {status.get(key)}")
+    for key in ("resident", "tenants", "runtimes"):
+        print(f"{key.ljust(width)}  {', '.join(status.get(key) or []) or '-'}")
+    for key in ("queue_depths", "requests", "errors"):
+        value = status.get(key) or {}
+        print(f"{key.ljust(width)}  {', '.join(f'{k}={v}' for k, v in value.items()) or '-'}")
+
+
+def _print_events(events: list[dict[str, Any]]) -> None:
+    for record in events:
+        ts = datetime.datetime.fromtimestamp(record.pop("ts", 0)).isoformat(timespec="milliseconds")
+        kind = record.pop("event", "?")
+        record.pop("pid", None)
+        fields = " ".join(f"{k}={json.dumps(v) if isinstance(v, str | dict | list) else v}" for k, v in record.items())
+        print(f"{ts}  {kind:<16} {fields}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tenantctl", description="Control and use a running tenantd daemon.")
+    parser.add_argument(
+        "--endpoint", default=DEFAULT_ENDPOINT, help=f"daemon endpoint (env TENANTD_ENDPOINT; default {DEFAULT_ENDPOINT})"
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
+    parser.add_argument("--json", action="store_true", help="print the daemon's raw answer as JSON")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("status", help="the daemon's device, slots, queues, models and counters")
+    models = commands.add_parser("models", help="list models (all, or one tenant's)")
+    models.add_argument("--tenant", help="only this tenant's models")
+    events = commands.add_parser("events", help="print the daemon's event log, oldest first")
+    events.add_argument("--limit", type=int, default=50, help="how many of the latest events (default 50)")
+    events.add_argument("--event", help="only events of this kind, e.g. switch, model.refused")
+    submit = commands.add_parser("submit", help="upload a model file for a tenant")
+    submit.add_argument("file", type=Path, help="model file, e.g. model.tflite")
+    submit.add_argument("--name", required=True, help="model name (unique on this daemon)")
+    submit.add_argument("--tenant", required=True, help="tenant that will own the model")
+    submit.add_argument("--runtime", help="runtime to use (default: chosen from the file suffix)")
+    submit.add_argument("--replace", action="store_true", help="replace the tenant's model of the same name")
+    remove = commands.add_parser("remove", help="remove a tenant's model")
+    remove.add_argument("name", help="model name")
+    remove.add_argument("--tenant", required=True, help="tenant that owns the model")
+    return parser
+
+
+def run(args: argparse.Namespace) -> Any:
+    tenant = getattr(args, "tenant", None)
+    with TenantClient(args.endpoint, tenant=tenant, timeout=args.timeout) as client:
+        if args.command == "status":
+            status = client.status()
+            return status if args.json else _print_status(status)
+        if args.command == "models":
+            found = client.list_models()
+            return [m.__dict__ for m in found] if args.json else _print_models(found)
+        if args.command == "events":
+            events = client.events(limit=args.limit, event=args.event)
+            return events if args.json else _print_events(events)
+        if args.command == "submit":
+            if not args.file.is_file():
+                raise SystemExit(f"tenantctl: {args.file} is not a file")
+            info = client.submit_model(args.file, args.name, runtime=args.runtime, replace=args.replace)
+            if args.json:
+                return info.__dict__
+            print(f"submitted {info.name} for tenant {info.owner}: runtime {info.runtime}, "
+                  f"footprint {_mib(info.footprint_bytes)}, load {info.load_ms:.1f} ms")
+            _print_models([info])
+            return None
+        if args.command == "remove":
+            client.remove_model(args.name)
+            return {"removed": args.name} if args.json else print(f"removed {args.name}")
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except RequestTimeout as exc:
+        print(f"tenantctl: {exc.message}", file=sys.stderr)
+        return 3
+    except TenantError as exc:
+        print(f"tenantctl: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

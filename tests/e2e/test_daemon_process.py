@@ -1,0 +1,167 @@
+"""End to end: the daemon started as a process through its CLI, waited on by its ready line,
+driven by the client library and by ``tenantctl`` as a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tenantclient import AsyncTenantClient, TenantClient
+from tests.conftest import ModelFiles, direct_litert
+from tests.support.daemon import REPO, start_daemon_process, daemon_env
+from tests.support.faulty_runtime import faulty_model
+
+pytestmark = pytest.mark.e2e
+
+
+def tenantctl(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tenantclient.cli", "--endpoint", endpoint, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=daemon_env(),
+        cwd=REPO,
+    )
+
+
+def test_tenantctl_drives_the_daemon(tmp_path: Path, model_files: ModelFiles) -> None:
+    daemon = start_daemon_process(tmp_path / "state", f"ipc://{tmp_path}/d.sock")
+    try:
+        assert daemon.ready_line.startswith(f"tenantd ready endpoint=ipc://{tmp_path}/d.sock device=cpu")
+        submitted = tenantctl(daemon.endpoint, "submit", str(model_files.mlp), "--name", "kws", "--tenant", "alice")
+        assert submitted.returncode == 0, submitted.stderr
+        assert "submitted kws for tenant alice" in submitted.stdout
+
+        listed = tenantctl(daemon.endpoint, "models")
+        assert listed.returncode == 0 and "kws" in listed.stdout and "alice" in listed.stdout
+
+        status = tenantctl(daemon.endpoint, "--json", "status")
+        assert status.returncode == 0
+        assert json.loads(status.stdout)["resident"] == ["kws"]
+
+        taken = tenantctl(daemon.endpoint, "submit", str(model_files.mlp), "--name", "kws", "--tenant", "bob")
+        assert taken.returncode == 1 and "FORBIDDEN" in taken.stderr
+
+        events = tenantctl(daemon.endpoint, "events", "--limit", "100")
+        for kind in ("start", "model.submitted", "model.probed", "model.admitted", "model.loaded", "request.error"):
+            assert kind in events.stdout, kind
+
+        removed = tenantctl(daemon.endpoint, "remove", "kws", "--tenant", "alice")
+        assert removed.returncode == 0 and "removed kws" in removed.stdout
+        assert "no models" in tenantctl(daemon.endpoint, "models").stdout
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_kill_minus_9_restart_restores_every_acknowledged_model(tmp_path: Path, model_files: ModelFiles) -> None:
+    state = tmp_path / "state"
+    endpoint = f"ipc://{tmp_path}/d.sock"
+    x_a = np.random.default_rng(5).standard_normal((1, 32)).astype(np.float32)
+    x_b = np.random.default_rng(6).standard_normal((1, 16)).astype(np.float32)
+    first = start_daemon_process(state, endpoint)
+    try:
+        with TenantClient(first.endpoint, tenant="alice") as alice, TenantClient(first.endpoint, tenant="bob") as bob:
+            alice.submit_model(model_files.mlp, "alice_mlp")
+            bob.submit_model(model_files.mlp_b, "bob_mlp")
+            bob.submit_model(model_files.two_input, "bob_pair")
+        with TenantClient(first.endpoint) as operator:
+            before = {m.name: m for m in operator.list_models()}
+    finally:
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    second = start_daemon_process(state, endpoint)
+    try:
+        with TenantClient(second.endpoint) as operator:
+            after = {m.name: m for m in operator.list_models()}
+        assert set(after) == {"alice_mlp", "bob_mlp", "bob_pair"}
+        for name, info in after.items():
+            assert info.owner == before[name].owner and info.sha256 == before[name].sha256
+            assert info.inputs == before[name].inputs and info.resident
+        with TenantClient(second.endpoint, tenant="alice") as alice, TenantClient(second.endpoint, tenant="bob") as bob:
+            assert np.array_equal(alice.infer("alice_mlp", x_a)["probs"], direct_litert(model_files.mlp, x_a)["probs"])
+            assert np.array_equal(bob.infer("bob_mlp", x_b)["probs"], direct_litert(model_files.mlp_b, x_b)["probs"])
+        restored = [e for e in second.state_dir.joinpath("events.jsonl").read_text().splitlines() if '"restored":true' in e]
+        assert len(restored) == 3
+    finally:
+        assert second.stop() == 0
+
+
+def test_sigterm_answers_in_flight_requests_before_exiting(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text("slots = 1\nqueue_depth_per_tenant = 16\n")
+    daemon = start_daemon_process(tmp_path / "state", f"ipc://{tmp_path}/d.sock", policy=policy)
+    x = np.ones((1, 4), np.float32)
+
+    async def run() -> list[object]:
+        async with AsyncTenantClient(daemon.endpoint, tenant="alice", timeout=60) as alice:
+            await alice.submit_model(faulty_model(infer="slow", sleep_ms=100), "slow", runtime="faulty")
+            calls = [asyncio.ensure_future(alice.infer("slow", x * i)) for i in range(6)]
+            # Signal once the daemon has accepted the work (it is queued or running), not after a delay.
+            while (await alice.status())["queued"] + (await alice.status())["running"] < 5:
+                await asyncio.sleep(0)
+            daemon.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        code = daemon.stop()
+    assert code == 0
+    assert all(isinstance(r, dict) for r in results), results
+    for i, r in enumerate(results):
+        assert np.array_equal(r["y"], x * i * 2)  # type: ignore[index]
+    last = json.loads(daemon.state_dir.joinpath("events.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "stop" and last["dropped_requests"] == 0
+
+
+def test_tcp_loopback_with_any_port(tmp_path: Path, model_files: ModelFiles) -> None:
+    daemon = start_daemon_process(tmp_path / "state", "tcp://127.0.0.1:*")
+    try:
+        assert daemon.endpoint.startswith("tcp://127.0.0.1:") and not daemon.endpoint.endswith("*")
+        with TenantClient(daemon.endpoint, tenant="alice") as alice:
+            assert alice.ping()["pong"] is True
+    finally:
+        assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--endpoint", "tcp://0.0.0.0:5599"], "reachable from other hosts"),
+        (["--endpoint", "ipc:///tmp/x.sock", "--device", "edgetpu"], "not supported yet"),
+        (["--endpoint", "ipc:///tmp/x.sock", "--policy", "/nonexistent.toml"], "does not exist"),
+    ],
+    ids=["non-loopback", "unknown-device", "missing-policy"],
+)
+def test_bad_configuration_exits_with_a_clear_message(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tenantd", "serve", "--state-dir", str(tmp_path / "s"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=daemon_env(),
+    )
+    assert proc.returncode == 2 and message in proc.stderr and "tenantd ready" not in proc.stdout
+
+
+def test_invalid_policy_names_the_key(tmp_path: Path) -> None:
+    policy = tmp_path / "p.toml"
+    policy.write_text("slots = 0\nqueue_depht = 3\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tenantd", "serve", "--endpoint", f"ipc://{tmp_path}/s", "--state-dir", str(tmp_path / "s"),
+         "--policy", str(policy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=daemon_env(),
+    )
+    assert proc.returncode == 2
+    assert "slots" in proc.stderr and "queue_depht" in proc.stderr

@@ -1,0 +1,78 @@
+"""A test double runtime that misbehaves on demand, registered as ``faulty`` via TENANTD_RUNTIMES.
+
+Its "model file" is ``FAULTY`` followed by JSON: ``{"load": "ok"|"crash"|"hang"|"error",
+"infer": "ok"|"error"|"slow", "sleep_ms": N}`` ("error" fails on negative inputs only). A loaded model takes one float32 [1, 4] input "x"
+and returns "y" = 2x. It exists to prove that the daemon survives runtimes that crash, hang or fail
+(real LiteRT cannot be made to segfault on purpose), and to give scheduler tests a model whose
+inference takes a known time. It is never the only proof that a serving path works.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tenantd.runtimes.base import LoadedModel, Runtime, RuntimeFailure, TensorSpec
+
+MAGIC = b"FAULTY"
+
+
+def faulty_model(load: str = "ok", infer: str = "ok", sleep_ms: float = 0.0) -> bytes:
+    return MAGIC + json.dumps({"load": load, "infer": infer, "sleep_ms": sleep_ms}).encode()
+
+
+class FaultyModel(LoadedModel):
+    def __init__(self, spec: dict[str, object]) -> None:
+        self.spec = spec
+        self.inputs = (TensorSpec("x", "float32", (1, 4)),)
+        self.outputs = (TensorSpec("y", "float32", (1, 4)),)
+        self.running = 0
+        self.max_running = 0
+        self._lock = threading.Lock()
+
+    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            # Fails only on negative input, so the probe's run on zeros passes.
+            if self.spec["infer"] == "error" and float(inputs[0].min()) < 0:
+                raise RuntimeFailure("the faulty runtime failed this inference on purpose")
+            if self.spec["infer"] == "slow":
+                # The slowness under test: a model whose inference takes sleep_ms.
+                time.sleep(float(self.spec["sleep_ms"]) / 1e3)  # ok: simulated compute
+            return [inputs[0] * 2]
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def unload(self) -> None:
+        pass
+
+
+class FaultyRuntime(Runtime):
+    name = "faulty"
+    suffixes = (".faulty",)
+
+    def load(self, source: bytes | Path) -> FaultyModel:
+        data = source.read_bytes() if isinstance(source, Path) else bytes(source)
+        if not data.startswith(MAGIC):
+            raise RuntimeFailure("not a faulty-runtime model")
+        spec = json.loads(data[len(MAGIC):])
+        # Only the probe process may crash or hang: the daemon must never load such a file.
+        if spec["load"] == "crash":
+            ctypes.string_at(0)  # segfault, like a native runtime reading a bad model
+        if spec["load"] == "hang":
+            while True:
+                time.sleep(1)  # ok: a runtime that never returns
+        if spec["load"] == "error":
+            raise RuntimeFailure("the faulty runtime refused this model on purpose")
+        if spec["load"] == "abort":
+            os.abort()
+        return FaultyModel(spec)
