@@ -22,7 +22,8 @@ class ConfigError(Exception):
 class Policy(BaseModel):
     """Operator rules for one device. Every field has a default that suits a small CPU box."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: `slots = true` or `queue_depth_total = "10"` is a mistake to report, not to coerce.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     slots: Annotated[int | None, Field(ge=1, le=256)] = None
     """Execution slots: how many inferences may run at once. Default: one per CPU core."""

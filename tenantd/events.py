@@ -25,6 +25,14 @@ class EventLog:
         self._lock = threading.Lock()
         self._file = self.path.open("a", encoding="utf-8", buffering=1)
         self._pid = os.getpid()
+        # A crash mid-write leaves a torn last line; start on a fresh one so no event is lost.
+        if self.path.stat().st_size and not self._ends_with_newline():
+            self._file.write("\n")
+
+    def _ends_with_newline(self) -> bool:
+        with self.path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         record = {"ts": round(time.time(), 6), "event": event, "pid": self._pid, **fields}

@@ -62,7 +62,7 @@ ERROR_TABLE: dict[ErrorCode, str] = {
     "`details.supported` lists those it does.",
     ErrorCode.UNKNOWN_OP: "The operation `op` is not known; `details.ops` lists the known ones.",
     ErrorCode.TOO_LARGE: "The message is larger than the daemon's configured cap "
-    "(`details.limit_bytes`).",
+    "(`details.limit_bytes`), or its header frame is over 64 KiB.",
     ErrorCode.UNKNOWN_MODEL: "No model of that name exists (or it was removed).",
     ErrorCode.FORBIDDEN: "The model exists but belongs to another tenant, or the operation needs "
     "a tenant and none was named.",
@@ -83,8 +83,8 @@ ERROR_TABLE: dict[ErrorCode, str] = {
     "later.",
     ErrorCode.RUNTIME_ERROR: "The runtime failed while running this request; the model and the "
     "daemon are still serving.",
-    ErrorCode.INTERNAL: "A bug in the daemon. The request was not run; please report it with the "
-    "event log.",
+    ErrorCode.INTERNAL: "A bug in the daemon; the request may or may not have run. Please report "
+    "it with the event log.",
 }
 
 
@@ -175,7 +175,8 @@ def _wire_array(array: np.ndarray) -> np.ndarray:
         )
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(a)
+    # ascontiguousarray alone would turn a 0-d array into shape [1].
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(a.shape)
 
 
 def encode_tensors(
@@ -262,12 +263,10 @@ def _pack(header: Mapping[str, Any]) -> bytes:
     return msgpack.packb(header, use_bin_type=True)
 
 
-def _unpack_header(raw: BytesLike) -> dict[str, Any]:
+def _unpack_header(raw: BytesLike, limit: int | None = MAX_HEADER_BYTES) -> dict[str, Any]:
     view = memoryview(raw).cast("B")
-    if view.nbytes > MAX_HEADER_BYTES:
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, f"header frame is {view.nbytes} bytes; the limit is {MAX_HEADER_BYTES}"
-        )
+    if limit is not None and view.nbytes > limit:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"header frame is {view.nbytes} bytes; the limit is {limit}")
     try:
         header = msgpack.unpackb(view, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for garbage input
@@ -403,9 +402,11 @@ def decode_reply(frames: Sequence[BytesLike]) -> Reply:
     """Decode a reply (header frame first). Raises :class:`ProtocolError` if it is malformed."""
     if not frames:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "empty reply")
-    header = _unpack_header(frames[0])
+    # Replies are trusted (they come from the daemon) and may be large: a long event list.
+    header = _unpack_header(frames[0], limit=None)
     rid = header.get("id")
-    if header.get("v") not in SUPPORTED_VERSIONS:
+    version = header.get("v")
+    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_VERSION, f"reply has protocol version {header.get('v')!r}", request_id=rid
         )

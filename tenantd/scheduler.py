@@ -178,6 +178,10 @@ class Scheduler:
             self.running += 1
             try:
                 await self._execute(job, slot)
+            except asyncio.CancelledError:
+                # Drain timed out with this job still running: its requester still gets an answer.
+                self._drop(job, ErrorCode.UNAVAILABLE, "the daemon shut down while this request ran")
+                raise
             except Exception as exc:  # execute answers its own errors; this is a daemon bug
                 log.exception("slot %d: unhandled error running a job of tenant %s", slot, job.tenant)
                 self._drop(job, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")

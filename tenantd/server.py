@@ -51,6 +51,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 MAX_EVENTS_PER_REPLY = 10_000
 # Concurrent probes: each is a whole process; more than this only thrashes a small box.
 MAX_CONCURRENT_PROBES = 2
+# Frames this far past the policy's message cap are cut off by ZeroMQ itself (no reply).
+TRANSPORT_SLACK_BYTES = 64 * 1024 * 1024
 # How long the socket may keep flushing replies after the drain, when closing.
 CLOSE_LINGER_MS = 2000
 
@@ -97,6 +99,7 @@ class InferPayload:
     request_id: protocol.RequestId
     envelope: Envelope
     inputs: list[np.ndarray]
+    record: ModelRecord  # the model the owner and inputs were checked against
 
 
 class Daemon:
@@ -155,6 +158,10 @@ class Daemon:
         self._ctx = zmq.asyncio.Context()
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        # The policy cap is checked per message, after receipt, so that the sender gets TOO_LARGE.
+        # This transport limit (per frame, the cap plus some slack) bounds memory against a sender
+        # that ignores it: ZeroMQ drops such a connection without reading the rest or replying.
+        sock.setsockopt(zmq.MAXMSGSIZE, self.policy.max_message_bytes + TRANSPORT_SLACK_BYTES)
         sock.bind(self.endpoint)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
@@ -253,8 +260,8 @@ class Daemon:
         except ProtocolError as exc:
             await self._reply_error(envelope, exc.request_id, exc.code, exc.message, exc.details)
             return
-        self.requests[request.op] += 1
         if request.op == Op.INFER.value:
+            self.requests[request.op] += 1
             try:
                 self._enqueue_infer(request, envelope)
             except ClientError as exc:
@@ -271,6 +278,7 @@ class Daemon:
                 request,
             )
             return
+        self.requests[request.op] += 1
         task = asyncio.create_task(self._run_control(handler, request, envelope))
         self._control_tasks.add(task)
         task.add_done_callback(self._control_tasks.discard)
@@ -325,7 +333,7 @@ class Daemon:
 
     def _owned_model(self, request: Request) -> ModelRecord:
         tenant = self._check_tenant(request)
-        name = request.args.get("model", request.args.get("name"))
+        name = request.args.get("model")
         if not isinstance(name, str) or not name:
             raise ClientError(ErrorCode.BAD_REQUEST, "args.model must name a model")
         record = self.models.get(name)
@@ -345,7 +353,7 @@ class Daemon:
         job = Job(
             tenant=record.owner,
             model=record.name,
-            payload=InferPayload(request.id, envelope, inputs),
+            payload=InferPayload(request.id, envelope, inputs, record),
             deadline=deadline,
         )
         try:
@@ -355,12 +363,25 @@ class Daemon:
 
     async def _execute(self, job: Job, slot: int) -> None:
         payload: InferPayload = job.payload
-        record = self.models.get(job.model)
+        record = payload.record
+        if self.models.get(job.model) is not record:
+            # Removed (and perhaps re-created by someone else) or replaced while this waited: the
+            # owner and input checks no longer hold, so it must not run.
+            await self._reply_error(
+                payload.envelope,
+                payload.request_id,
+                ErrorCode.UNKNOWN_MODEL,
+                f"model {job.model!r} was removed or replaced while this request waited",
+            )
+            return
         resident = self.executor.resident.get(job.model)
-        if record is None or resident is None:
-            code = ErrorCode.UNKNOWN_MODEL if record is None else ErrorCode.RUNTIME_ERROR
-            why = "was removed" if record is None else "could not be loaded on this device (see events)"
-            await self._reply_error(payload.envelope, payload.request_id, code, f"model {job.model!r} {why}")
+        if resident is None:
+            await self._reply_error(
+                payload.envelope,
+                payload.request_id,
+                ErrorCode.RUNTIME_ERROR,
+                f"model {job.model!r} could not be loaded on this device (see events)",
+            )
             return
         try:
             result = await self.executor.run(resident, payload.inputs, slot)
@@ -451,7 +472,7 @@ class Daemon:
     async def _op_events(self, request: Request) -> dict[str, Any]:
         limit = request.args.get("limit", 100)
         kind = request.args.get("event")
-        if not isinstance(limit, int) or not 0 < limit <= MAX_EVENTS_PER_REPLY:
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= MAX_EVENTS_PER_REPLY:
             raise ClientError(ErrorCode.BAD_REQUEST, f"args.limit must be an int in 1..{MAX_EVENTS_PER_REPLY}")
         if kind is not None and not isinstance(kind, str):
             raise ClientError(ErrorCode.BAD_REQUEST, "args.event must be a string")
@@ -562,10 +583,13 @@ class Daemon:
         except KeyError:
             resident.model.unload()
             raise ClientError(ErrorCode.ALREADY_EXISTS, f"you already have a model named {name!r}") from None
+        replaced = self.models.get(name)
         self.models[name] = record
         old = self.executor.install(resident)
         if old is not None and not self.scheduler.is_busy(name):
             old.model.unload()
+        if replaced is not None and replaced.sha256 != sha:
+            await loop.run_in_executor(None, self.store.discard_blob_if_unreferenced, replaced.sha256)
         self.events.emit("model.loaded", model=name, tenant=tenant, load_ms=round(load_ms, 3), replaced=old is not None)
         return {"model": self._model_info(record)}
 

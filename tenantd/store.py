@@ -161,32 +161,34 @@ class Store:
         return sha, path
 
     def discard_blob_if_unreferenced(self, sha: str) -> bool:
+        # Check and delete under the lock that add_model holds while it checks the blob exists
+        # and commits, so a model can never be committed pointing at a deleted file.
         with self._lock:
             referenced = self._db.execute("SELECT 1 FROM models WHERE sha256=? LIMIT 1", (sha,)).fetchone()
-        if referenced:
-            return False
-        self.blob_path(sha).unlink(missing_ok=True)
-        return True
+            if referenced:
+                return False
+            self.blob_path(sha).unlink(missing_ok=True)
+            return True
 
     def collect_garbage(self) -> list[str]:
-        """Remove blob files no model references (left by a crash mid-submit). Returns their hashes."""
+        """Remove files no model references (left by a crash mid-submit). Returns their names."""
         with self._lock:
             live = {r[0] for r in self._db.execute("SELECT sha256 FROM models")}
-        removed = []
-        for path in self.blob_dir.glob("*/*"):
-            if path.name.startswith(".incoming-") or path.name not in live:
-                path.unlink(missing_ok=True)
-                removed.append(path.name)
-        return removed
+            removed = []
+            for path in self.blob_dir.glob("*/*"):
+                if path.name not in live:
+                    path.unlink(missing_ok=True)
+                    removed.append(path.name)
+            return removed
 
     # ------------------------------------------------------------------ models
 
     def add_model(self, record: ModelRecord, replace: bool = False) -> None:
         """Commit ``record``; its blob must already be stored. Raises PermissionError if another
         tenant owns the name, KeyError if the owner has it and ``replace`` is false."""
-        if not self.blob_path(record.sha256).exists():
-            raise FileNotFoundError(f"blob {record.sha256} is not in the store")
         with self._transaction() as db:
+            if not self.blob_path(record.sha256).exists():
+                raise FileNotFoundError(f"blob {record.sha256} is not in the store")
             db.execute("INSERT OR IGNORE INTO tenants VALUES (?, ?)", (record.owner, time.time()))
             exists = db.execute("SELECT owner FROM models WHERE name=?", (record.name,)).fetchone()
             if exists and exists[0] != record.owner:

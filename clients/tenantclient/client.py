@@ -73,7 +73,8 @@ class ModelInfo:
 @dataclass
 class InferResult:
     """Outputs by name (read-only arrays over the received frames) and the daemon's timings:
-    ``queue_ms``, ``compute_ms``, ``total_ms``, ``switch`` (the slot last ran another model), ``slot``."""
+    ``queue_ms``, ``compute_ms``, ``total_ms``, ``switch`` (the slot last ran another model),
+    ``switched_from`` (that model, on a switch) and ``slot``."""
 
     outputs: dict[str, np.ndarray]
     timings: dict[str, Any] = field(default_factory=dict)

@@ -153,3 +153,24 @@ def test_switches_are_timed_and_logged(tmp_path: Path, endpoint: str, model_file
         assert result.timings["switch"] is True and result.timings["switched_from"] == "a"
         (switch,) = daemon.events.tail(event="switch")
         assert switch["from"] == "a" and switch["to"] == "b" and switch["slot"] == 0
+
+
+def test_queued_request_never_runs_a_model_that_changed_hands(strict_daemon: Daemon, endpoint: str) -> None:
+    """Alice's request waits; meanwhile she removes the model and bob creates one of the same
+    name. Her request must not run on bob's model."""
+
+    async def run() -> object:
+        async with AsyncTenantClient(endpoint, tenant="alice") as alice, AsyncTenantClient(endpoint, tenant="bob") as bob:
+            await alice.submit_model(faulty_model(infer="slow", sleep_ms=2000), "blocker", runtime="faulty")
+            await alice.submit_model(faulty_model(), "m", runtime="faulty")
+            blocker = asyncio.ensure_future(alice.infer("blocker", X))
+            waiting = asyncio.ensure_future(alice.infer("m", X))
+            while strict_daemon.scheduler.queued < 1:  # the second request is queued behind the blocker
+                await asyncio.sleep(0)
+            await alice.remove_model("m")
+            await bob.submit_model(faulty_model(), "m", runtime="faulty")
+            await blocker
+            return (await asyncio.gather(waiting, return_exceptions=True))[0]
+
+    outcome = asyncio.run(run())
+    assert isinstance(outcome, E.UnknownModel) and "removed or replaced" in outcome.message

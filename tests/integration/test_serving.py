@@ -288,3 +288,13 @@ def test_bad_names_are_refused(seeded: Daemon, endpoint: str, model_files: Model
         alice.submit_model(model_files.mlp, "../../etc/passwd")
     with TenantClient(endpoint, tenant="no spaces allowed") as odd, pytest.raises(E.BadRequest, match="tenant name"):
         odd.infer("alice_mlp", rand((1, 32)))
+
+
+def test_long_event_lists_reach_the_client(seeded: Daemon, endpoint: str) -> None:
+    """Replies are not bound by the 64 KiB request-header cap."""
+    with TenantClient(endpoint, tenant="alice") as alice:
+        for _ in range(500):
+            with pytest.raises(E.InputMismatch):
+                alice.infer("alice_mlp", np.zeros((1, 3), np.float32))
+        events = alice.events(limit=2000)
+    assert len(events) > 500 and sum(e["event"] == "request.error" for e in events) == 500

@@ -1,0 +1,1 @@
+"""Benchmarks and experiments that print figures (not tests); run them as ``python -m experiments.<name>``."""

@@ -1,0 +1,759 @@
+"""Overhead of serving one model through tenantd versus invoking it in-process with LiteRT.
+
+What it measures
+----------------
+For one model (by default a float32 MLP from :func:`models.tiny.mlp` whose single input is
+``[1, 38400]`` float32 = 150 KiB), on this machine and in one run:
+
+* **direct**: the model in this process through ``ai_edge_litert.interpreter.Interpreter`` with
+  the same ``num_threads`` as the daemon gives its models; a closed loop of
+  ``set_tensor``/``invoke``/``get_tensor``. It runs before *and* after the daemon phases; the two
+  windows are pooled into the baseline, and their difference shows how noisy the machine was.
+* **daemon sync, c=1**: a closed loop of ``TenantClient.infer_detailed`` (what ``infer`` calls;
+  it also returns the daemon's timings). Its p50 minus the direct p50 is the *added latency*.
+* **daemon ping, c=1**: a closed loop of ``TenantClient.ping`` (no tensors, no scheduler, no
+  runtime): the fixed cost of one request/reply round trip, for scale.
+* **daemon async, c in --concurrency**: ``c`` closed loops on one ``AsyncTenantClient`` run with
+  ``asyncio.gather``. The daemon runs one model one request at a time, so its ceiling is the
+  direct single-stream throughput; concurrency only lets transport overlap compute.
+
+How
+---
+Every phase warms up for ``--warmup`` seconds, then measures for ``--duration`` seconds.
+Throughput is the number of requests that completed inside the window divided by its length;
+latency percentiles are over requests that started and finished inside it, timed at the client
+with ``time.perf_counter``. Every reply carries the daemon's own ``compute_ms`` (the runtime call
+on the slot's thread), ``queue_ms`` (scheduler wait) and ``total_ms`` (enqueue to reply); the
+table shows their medians and the median of ``latency - total_ms`` ("transport": the client's
+encoding and event loop, ZeroMQ both ways, and the daemon's receiving and decoding before the
+request is queued).
+
+The daemon is started here as a subprocess through its CLI (``python -m tenantd serve`` on an
+``ipc://`` socket in a temporary directory; ready once it prints its ``tenantd ready`` line;
+stopped with SIGTERM), or ``--endpoint`` targets a daemon that is already running. Before
+measuring, the daemon's output for the benchmark input must equal the direct output exactly
+(``np.array_equal``); otherwise the run fails.
+
+The issue's targets: daemon throughput >= 0.95 x direct, and added p50 latency < 0.5 ms for a
+150 KiB input over ipc. Figures go to stdout as a Markdown table and to ``--out`` as
+``overhead.md``, ``overhead.csv`` and ``overhead.json`` (parameters, seed, machine, versions).
+
+Caveats: the default hidden width (768) makes direct inference take ~3 ms at 1 thread on a
+2-core EPYC; ``--quick`` uses 256 (~0.7 ms), so its ratios are not comparable with a default
+run's. Batch-1 dense layers are memory-bound, so other load on the machine moves the figures;
+on a small machine the client, the daemon's event loop and its runtime thread also share cores.
+
+    python -m experiments.overhead            # ~1.5 min
+    python -m experiments.overhead --quick    # < 15 s, smaller hidden layer, short windows
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zmq
+from ai_edge_litert.interpreter import Interpreter
+from tenantclient import AsyncTenantClient, TenantClient, TenantError
+
+import tenantd
+from models.tiny import mlp, param_bytes
+
+DEFAULT_IN_FEATURES = 38400  # x 4 bytes = 153,600 bytes = 150 KiB
+# Batch-1 fully connected layers are memory-bound (every weight is read once per inference), so
+# direct latency scales with the weight bytes: on a 2-core AMD EPYC with 1 thread, hidden=768
+# (118 MB of weights) takes ~2.9 ms, hidden=256 (39 MB) ~0.7 ms.
+DEFAULT_HIDDEN = 768
+QUICK_HIDDEN = 256
+OUT_FEATURES = 16
+DEFAULT_WARMUP_S, DEFAULT_DURATION_S = 2.0, 10.0
+QUICK_WARMUP_S, QUICK_DURATION_S = 0.25, 1.0
+DEFAULT_CONCURRENCY = (1, 2, 4)
+DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "overhead"
+
+TENANT = "overhead"
+MODEL_NAME = "overhead-mlp"
+READY_PREFIX = "tenantd ready"
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 40.0  # the daemon's default drain timeout is 30 s
+
+TARGET_THROUGHPUT_RATIO = 0.95
+TARGET_ADDED_P50_MS = 0.5
+
+Float32Array = npt.NDArray[np.float32]
+
+
+class BenchmarkError(Exception):
+    """The benchmark cannot produce trustworthy figures; the message says why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The command line with the --quick/default choices resolved."""
+
+    in_features: int
+    hidden: int
+    warmup_s: float
+    duration_s: float
+    concurrency: tuple[int, ...]
+    threads: int | None  # requested; None: the daemon's default
+    endpoint: str | None  # a running daemon; None: start one
+    out: Path
+    quick: bool
+    seed: int
+    argv: list[str]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, argv: list[str]) -> Settings:
+        def pick(value: Any, quick: Any, default: Any) -> Any:
+            return value if value is not None else (quick if args.quick else default)
+
+        return cls(
+            in_features=args.model_in,
+            hidden=pick(args.hidden, QUICK_HIDDEN, DEFAULT_HIDDEN),
+            warmup_s=pick(args.warmup, QUICK_WARMUP_S, DEFAULT_WARMUP_S),
+            duration_s=pick(args.duration, QUICK_DURATION_S, DEFAULT_DURATION_S),
+            concurrency=args.concurrency,
+            threads=args.threads,
+            endpoint=args.endpoint,
+            out=args.out,
+            quick=args.quick,
+            seed=args.seed,
+            argv=argv,
+        )
+
+    @property
+    def layers(self) -> str:
+        return f"{self.in_features}x{self.hidden}x{OUT_FEATURES}"
+
+
+# ---------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Record:
+    """One request: client-side start/end (perf_counter seconds) and the daemon's timings."""
+
+    start: float
+    end: float
+    compute_ms: float = math.nan
+    queue_ms: float = math.nan
+    total_ms: float = math.nan
+
+
+@dataclass
+class Window:
+    """The records of one phase and the measured window ``[begin, end]``."""
+
+    records: list[Record]
+    begin: float
+    end: float
+
+    def completed(self) -> list[Record]:
+        return [r for r in self.records if self.begin <= r.end <= self.end]
+
+    def inside(self) -> list[Record]:
+        return [r for r in self.records if r.start >= self.begin and r.end <= self.end]
+
+
+@dataclass
+class PhaseResult:
+    """One row of the table."""
+
+    phase: str
+    client: str
+    concurrency: int
+    n: int
+    window_s: float
+    throughput_per_s: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    compute_p50_ms: float | None = None
+    queue_p50_ms: float | None = None
+    daemon_total_p50_ms: float | None = None
+    transport_p50_ms: float | None = None
+    throughput_ratio: float | None = None
+    added_p50_ms: float | None = None
+
+
+def summarise(phase: str, client: str, concurrency: int, windows: Sequence[Window]) -> PhaseResult:
+    """Throughput over the windows (pooled) and latency statistics over the requests inside them."""
+    completed = sum(len(w.completed()) for w in windows)
+    window_s = sum(w.end - w.begin for w in windows)
+    inside = [r for w in windows for r in w.inside()]
+    if not inside:
+        raise BenchmarkError(f"phase {phase!r}: no request completed inside the measured window")
+    latency = np.array([(r.end - r.start) * 1e3 for r in inside])
+    total = np.array([r.total_ms for r in inside])
+    daemon = not np.isnan(total).all()
+
+    def median(values: npt.NDArray[np.float64]) -> float | None:
+        return float(np.median(values)) if daemon else None
+
+    return PhaseResult(
+        phase=phase,
+        client=client,
+        concurrency=concurrency,
+        n=len(inside),
+        window_s=window_s,
+        throughput_per_s=completed / window_s,
+        p50_ms=float(np.percentile(latency, 50)),
+        p99_ms=float(np.percentile(latency, 99)),
+        mean_ms=float(latency.mean()),
+        compute_p50_ms=median(np.array([r.compute_ms for r in inside])),
+        queue_p50_ms=median(np.array([r.queue_ms for r in inside])),
+        daemon_total_p50_ms=median(total),
+        transport_p50_ms=median(latency - total),
+    )
+
+
+# ---------------------------------------------------------------------------------------- phases
+
+
+class Direct:
+    """The model in this process, invoked exactly as the daemon's LiteRT runtime invokes it."""
+
+    def __init__(self, model_path: Path, threads: int) -> None:
+        self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input_index = self.interpreter.get_input_details()[0]["index"]
+        self.output_index = self.interpreter.get_output_details()[0]["index"]
+
+    def infer(self, x: Float32Array) -> Float32Array:
+        self.interpreter.set_tensor(self.input_index, x)
+        self.interpreter.invoke()
+        output: Float32Array = self.interpreter.get_tensor(self.output_index)
+        return output
+
+    def measure(self, x: Float32Array, warmup_s: float, duration_s: float) -> Window:
+        records: list[Record] = []
+        begin = time.perf_counter() + warmup_s
+        end = begin + duration_s
+        while (start := time.perf_counter()) < end:
+            self.infer(x)
+            records.append(Record(start, time.perf_counter()))
+        return Window(records, begin, end)
+
+
+def _daemon_record(start: float, timings: dict[str, Any]) -> Record:
+    return Record(
+        start,
+        time.perf_counter(),
+        float(timings["compute_ms"]),
+        float(timings["queue_ms"]),
+        float(timings["total_ms"]),
+    )
+
+
+def measure_sync(endpoint: str, x: Float32Array, warmup_s: float, duration_s: float) -> Window:
+    """Closed loop of the synchronous client, one request in flight."""
+    records: list[Record] = []
+    with TenantClient(endpoint, tenant=TENANT) as client:
+        client.ping()  # connect before the clock starts
+        begin = time.perf_counter() + warmup_s
+        end = begin + duration_s
+        while (start := time.perf_counter()) < end:
+            result = client.infer_detailed(MODEL_NAME, x)
+            records.append(_daemon_record(start, result.timings))
+    return Window(records, begin, end)
+
+
+def measure_ping(endpoint: str, warmup_s: float, duration_s: float) -> Window:
+    """Closed loop of pings: one round trip with no tensors, scheduler or runtime involved."""
+    records: list[Record] = []
+    with TenantClient(endpoint, tenant=TENANT) as client:
+        client.ping()
+        begin = time.perf_counter() + warmup_s
+        end = begin + duration_s
+        while (start := time.perf_counter()) < end:
+            client.ping()
+            records.append(Record(start, time.perf_counter()))
+    return Window(records, begin, end)
+
+
+def measure_async(
+    endpoint: str, x: Float32Array, concurrency: int, warmup_s: float, duration_s: float
+) -> Window:
+    """``concurrency`` closed loops sharing one asyncio client."""
+
+    async def run() -> Window:
+        records: list[Record] = []
+        async with AsyncTenantClient(endpoint, tenant=TENANT) as client:
+            await client.ping()
+            begin = time.perf_counter() + warmup_s
+            end = begin + duration_s
+
+            async def loop() -> None:
+                while (start := time.perf_counter()) < end:
+                    result = await client.infer_detailed(MODEL_NAME, x)
+                    records.append(_daemon_record(start, result.timings))
+
+            await asyncio.gather(*(loop() for _ in range(concurrency)))
+        return Window(records, begin, end)
+
+    return asyncio.run(run())
+
+
+# ---------------------------------------------------------------------------------------- daemon
+
+
+@contextmanager
+def daemon_process(workdir: Path, threads: int | None) -> Iterator[str]:
+    """Start ``tenantd serve`` on an ipc socket under ``workdir``; yield its endpoint once it has
+    printed its ready line; SIGTERM it and wait on the way out."""
+    command = [
+        sys.executable, "-m", "tenantd", "serve",
+        "--endpoint", f"ipc://{workdir}/tenantd.sock",
+        "--state-dir", str(workdir / "state"),
+    ]  # fmt: skip
+    if threads is not None:
+        policy = workdir / "policy.toml"
+        policy.write_text(f"threads_per_model = {threads}\n")
+        command += ["--policy", str(policy)]
+    log_path = workdir / "tenantd.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+    try:
+        try:
+            endpoint = _wait_ready(proc)
+        except BenchmarkError as exc:
+            log_tail = _tail(log_path)
+            raise BenchmarkError(f"{exc}\n--- tenantd log (last lines) ---\n{log_tail}") from None
+        yield endpoint
+    finally:
+        _stop(proc)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes]) -> str:
+    """Read the daemon's stdout until its ready line; return the endpoint it names."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    buffer = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while b"\n" not in buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchmarkError(f"tenantd printed no ready line within {READY_TIMEOUT_S:g} s")
+            if not selector.select(remaining):
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise BenchmarkError(f"tenantd exited (status {proc.wait()}) before it was ready")
+            buffer += chunk
+    line = buffer.split(b"\n", 1)[0].decode(errors="replace").strip()
+    if not line.startswith(READY_PREFIX):
+        raise BenchmarkError(f"tenantd's first stdout line is not its ready line: {line!r}")
+    words = dict(part.split("=", 1) for part in line.split() if "=" in part)
+    return words["endpoint"]
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            print(f"warning: tenantd ignored SIGTERM for {STOP_TIMEOUT_S:g} s; killed", file=sys.stderr)
+    if proc.returncode not in (0, None):
+        print(f"warning: tenantd exited with status {proc.returncode}", file=sys.stderr)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(cannot read: {exc})"
+
+
+# ---------------------------------------------------------------------------------------- context
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu_model,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+    }
+
+
+def versions() -> dict[str, str]:
+    def dist(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "python": platform.python_version(),
+        "tenantd": tenantd.__version__,
+        "ai-edge-litert": dist("ai-edge-litert"),
+        "numpy": np.__version__,
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+    }
+
+
+# ---------------------------------------------------------------------------------------- report
+
+COLUMNS: list[tuple[str, str, str]] = [
+    # (field, Markdown header, format)
+    ("phase", "phase", "{}"),
+    ("client", "client", "{}"),
+    ("concurrency", "c", "{}"),
+    ("n", "n", "{}"),
+    ("throughput_per_s", "inf/s", "{:.1f}"),
+    ("p50_ms", "p50 ms", "{:.3f}"),
+    ("p99_ms", "p99 ms", "{:.3f}"),
+    ("compute_p50_ms", "daemon compute p50", "{:.3f}"),
+    ("queue_p50_ms", "daemon queue p50", "{:.3f}"),
+    ("daemon_total_p50_ms", "daemon total p50", "{:.3f}"),
+    ("transport_p50_ms", "transport p50", "{:.3f}"),
+    ("throughput_ratio", "inf/s ÷ direct", "{:.3f}"),
+    ("added_p50_ms", "p50 − direct p50 (ms)", "{:+.3f}"),
+]
+
+
+def markdown(report: dict[str, Any], rows: Sequence[PhaseResult]) -> str:
+    m, v, model, p, d = (report[k] for k in ("machine", "versions", "model", "parameters", "daemon"))
+    load = report["loadavg"]
+    lines = [
+        "## tenantd overhead: daemon vs direct LiteRT",
+        "",
+        (
+            f"- machine: {m['cpu_model']}, {m['cores']} cores ({m['usable_cores']} usable); "
+            f"load average (1 min) {load['before'][0]:.2f} before, {load['after'][0]:.2f} after"
+        ),
+        (
+            f"- model: float32 MLP {model['layers']} (seed {p['seed']}); "
+            f"input {model['input_bytes']:,} B ({model['input_shape']} float32), "
+            f"params {model['param_bytes']:,} B, file {model['file_bytes']:,} B"
+        ),
+        (
+            f"- runtime: LiteRT num_threads={d['threads_per_model']} for direct and daemon; "
+            f"daemon slots={d['slots']}; endpoint {d['endpoint']} "
+            f"({'started here' if d['started_here'] else 'already running'})"
+        ),
+        (
+            f"- versions: python {v['python']}, tenantd {v['tenantd']} (daemon {d['version']}), "
+            f"ai-edge-litert {v['ai-edge-litert']}, numpy {v['numpy']}, pyzmq {v['pyzmq']} "
+            f"(libzmq {v['libzmq']})"
+        ),
+        (
+            f"- phases: {p['warmup_s']:g} s warm-up + {p['duration_s']:g} s measured each"
+            f"{' (--quick)' if p['quick'] else ''}; daemon output == direct output: verified"
+        ),
+        "",
+        "| " + " | ".join(header for _, header, _ in COLUMNS) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|",
+    ]
+    for row in rows:
+        values = asdict(row)
+        cells = ["–" if values[f] is None else fmt.format(values[f]) for f, _, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *(f"- {line}" for line in report["summary"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, report: dict[str, Any], rows: Sequence[PhaseResult], text: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "overhead.md").write_text(text)
+    with (out / "overhead.csv").open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=[f.name for f in fields(PhaseResult)])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(asdict(row))
+    document = {**report, "results": [asdict(r) for r in rows]}
+    (out / "overhead.json").write_text(json.dumps(document, indent=2) + "\n")
+
+
+def summary_lines(
+    baseline_runs: Sequence[PhaseResult], sync: PhaseResult, batch: Sequence[PhaseResult]
+) -> list[str]:
+    before, after = baseline_runs
+    drift = (after.throughput_per_s - before.throughput_per_s) / before.throughput_per_s
+    best = max(batch, key=lambda r: r.throughput_per_s)
+    assert best.throughput_ratio is not None and sync.added_p50_ms is not None
+
+    def verdict(ok: bool) -> str:
+        return "MET" if ok else "MISSED"
+
+    return [
+        (
+            f"throughput target (>= {TARGET_THROUGHPUT_RATIO:.2f} x direct): best async "
+            f"c={best.concurrency} {best.throughput_ratio:.3f} x -> "
+            f"{verdict(best.throughput_ratio >= TARGET_THROUGHPUT_RATIO)}; "
+            + ", ".join(f"c={r.concurrency}: {r.throughput_ratio:.3f}" for r in batch)
+        ),
+        (
+            f"added p50 latency target (< {TARGET_ADDED_P50_MS} ms, sync c=1): "
+            f"{sync.added_p50_ms:+.3f} ms -> {verdict(sync.added_p50_ms < TARGET_ADDED_P50_MS)}"
+        ),
+        (
+            f"noise: direct throughput changed {drift:+.1%} between the runs before and after "
+            "the daemon phases (the baseline pools both)"
+        ),
+    ]
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def _concurrency(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"concurrency levels must be >= 1, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.overhead",
+        description="Closed-loop throughput and p50/p99 latency of one model served by tenantd "
+        "versus invoked directly in-process with LiteRT at the same thread count, on this machine "
+        "in one run. Prints a Markdown table; writes overhead.{md,csv,json} to --out.",
+    )
+    parser.add_argument(
+        "--model-in", type=_positive_int, default=DEFAULT_IN_FEATURES, metavar="N",
+        help=f"input features of the MLP (float32, batch 1; input bytes = 4*N); "
+        f"default {DEFAULT_IN_FEATURES} = 150 KiB",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hidden", type=_positive_int, default=None, metavar="H",
+        help=f"hidden width of the MLP (sets the compute time); default {DEFAULT_HIDDEN}, "
+        f"{QUICK_HIDDEN} with --quick",
+    )  # fmt: skip
+    parser.add_argument(
+        "--duration", type=_positive_float, default=None, metavar="S",
+        help=f"measured seconds per phase; default {DEFAULT_DURATION_S:g}, {QUICK_DURATION_S:g} with --quick",
+    )  # fmt: skip
+    parser.add_argument(
+        "--warmup", type=_positive_float, default=None, metavar="S",
+        help=f"warm-up seconds per phase; default {DEFAULT_WARMUP_S:g}, {QUICK_WARMUP_S:g} with --quick",
+    )  # fmt: skip
+    parser.add_argument(
+        "--concurrency", type=_concurrency, default=DEFAULT_CONCURRENCY, metavar="C[,C...]",
+        help="in-flight requests for the async-client phases; default 1,2,4",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=_positive_int, default=None, metavar="T",
+        help="LiteRT threads per model for both sides; default: the daemon's own default "
+        "(cores // slots). With --endpoint it must match the running daemon's threads_per_model",
+    )  # fmt: skip
+    parser.add_argument(
+        "--endpoint", default=None, metavar="E",
+        help="benchmark a tenantd already serving at E (e.g. ipc:///run/tenantd.sock) instead of "
+        "starting one; its model is submitted as tenant 'overhead' and removed afterwards",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+        help="directory for overhead.md/.csv/.json; default experiments/out/overhead/",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true",
+        help=f"short run (< 15 s): {QUICK_WARMUP_S:g} s warm-up, {QUICK_DURATION_S:g} s per phase, "
+        f"hidden {QUICK_HIDDEN}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the model's weights and input; default 0"
+    )
+    return parser
+
+
+def _progress(message: str) -> None:
+    print(f"[overhead] {message}", file=sys.stderr, flush=True)
+
+
+def check_outputs(direct: Direct, client: TenantClient, output_name: str, x: Float32Array) -> None:
+    """Fail unless the daemon returns exactly what the direct interpreter computes for ``x``."""
+    expected = direct.infer(x).copy()
+    got = client.infer(MODEL_NAME, x)[output_name]
+    if not np.array_equal(got, expected):
+        same_shape = got.shape == expected.shape
+        diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if same_shape else math.inf
+        raise BenchmarkError(
+            f"daemon output {output_name!r} differs from the direct output (shapes {got.shape} "
+            f"and {expected.shape}, max |diff| {diff:g}); the figures would compare different work"
+        )
+
+
+def run_benchmark(settings: Settings, endpoint: str, model_path: Path, started_here: bool) -> str:
+    """Submit the model, check its outputs, run every phase; return the Markdown report (also
+    written to ``settings.out`` with the CSV and JSON)."""
+    warmup, duration = settings.warmup_s, settings.duration_s
+    model_bytes = model_path.read_bytes()
+    rng = np.random.default_rng((settings.seed, 1))
+    x = rng.standard_normal((1, settings.in_features)).astype(np.float32)
+    load_before = os.getloadavg()
+
+    with TenantClient(endpoint, tenant=TENANT) as client:
+        status = client.status()
+        threads = int(status["threads_per_model"])
+        if settings.threads is not None and settings.threads != threads:
+            raise BenchmarkError(
+                f"the daemon at {endpoint} runs models with {threads} thread(s), not --threads "
+                f"{settings.threads}; direct and daemon must use the same thread count"
+            )
+        _progress(f"submitting the model ({len(model_bytes):,} bytes) to {endpoint}")
+        info = client.submit_model(model_path, MODEL_NAME, replace=not started_here)
+        try:
+            direct = Direct(model_path, threads)
+            check_outputs(direct, client, info.outputs[0].name, x)
+            phases = f"{warmup:g} s warm-up + {duration:g} s"
+            _progress(f"direct (before), {phases}")
+            before = direct.measure(x, warmup, duration)
+            _progress(f"daemon sync c=1, {phases}")
+            sync_window = measure_sync(endpoint, x, warmup, duration)
+            _progress(f"daemon ping c=1, {phases}")
+            ping_window = measure_ping(endpoint, warmup, duration)
+            batch_windows: list[tuple[int, Window]] = []
+            for c in settings.concurrency:
+                _progress(f"daemon async c={c}, {phases}")
+                batch_windows.append((c, measure_async(endpoint, x, c, warmup, duration)))
+            _progress(f"direct (after), {phases}")
+            after = direct.measure(x, warmup, duration)
+        finally:
+            if not started_here:  # leave a running daemon as it was
+                try:
+                    client.remove_model(MODEL_NAME)
+                except TenantError as exc:  # must not hide the original error
+                    print(f"warning: could not remove model {MODEL_NAME!r}: {exc}", file=sys.stderr)
+
+    baseline_runs = [summarise("direct (before)", "Interpreter", 1, [before]),
+                     summarise("direct (after)", "Interpreter", 1, [after])]  # fmt: skip
+    baseline = summarise("direct (baseline)", "Interpreter", 1, [before, after])
+    sync = summarise("daemon", "TenantClient", 1, [sync_window])
+    batch = [summarise("daemon", "AsyncTenantClient", c, [w]) for c, w in batch_windows]
+    for row in [sync, *batch]:
+        row.throughput_ratio = row.throughput_per_s / baseline.throughput_per_s
+        row.added_p50_ms = row.p50_ms - baseline.p50_ms
+    ping = summarise("daemon ping (no tensors)", "TenantClient", 1, [ping_window])
+    rows = [*baseline_runs, baseline, ping, sync, *batch]
+
+    report: dict[str, Any] = {
+        "benchmark": "experiments.overhead",
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "parameters": {
+            "seed": settings.seed,
+            "model_in": settings.in_features,
+            "hidden": settings.hidden,
+            "out_features": OUT_FEATURES,
+            "warmup_s": warmup,
+            "duration_s": duration,
+            "concurrency": list(settings.concurrency),
+            "threads": threads,
+            "quick": settings.quick,
+            "argv": settings.argv,
+        },
+        "machine": machine_info(),
+        "loadavg": {"before": list(load_before), "after": list(os.getloadavg())},
+        "versions": versions(),
+        "model": {
+            "layers": settings.layers,
+            "input_shape": list(x.shape),
+            "input_bytes": x.nbytes,
+            "param_bytes": param_bytes(model_bytes),
+            "file_bytes": len(model_bytes),
+            "sha256": hashlib.sha256(model_bytes).hexdigest(),
+            "load_ms": info.load_ms,
+            "first_infer_ms": info.first_infer_ms,
+        },
+        "daemon": {
+            "endpoint": endpoint,
+            "started_here": started_here,
+            "version": status["version"],
+            "slots": status["slots"],
+            "threads_per_model": threads,
+            "runtimes": status.get("runtimes"),
+        },
+        "targets": {
+            "throughput_ratio_min": TARGET_THROUGHPUT_RATIO,
+            "added_p50_ms_max": TARGET_ADDED_P50_MS,
+        },
+        "outputs_equal": True,
+        "summary": summary_lines(baseline_runs, sync, batch),
+    }
+    text = markdown(report, rows)
+    write_outputs(settings.out, report, rows, text)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    settings = Settings.from_args(build_parser().parse_args(argv), argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tenantd-overhead-") as tmp:
+            workdir = Path(tmp)
+            _progress(f"building float32 MLP {settings.layers} (seed {settings.seed})")
+            model_path = workdir / "overhead_mlp.tflite"
+            model = mlp(settings.in_features, [settings.hidden], OUT_FEATURES, seed=settings.seed)
+            model_path.write_bytes(model)
+            if settings.endpoint:
+                text = run_benchmark(settings, settings.endpoint, model_path, started_here=False)
+            else:
+                with daemon_process(workdir, settings.threads) as endpoint:
+                    _progress(f"tenantd ready at {endpoint}")
+                    text = run_benchmark(settings, endpoint, model_path, started_here=True)
+    except BenchmarkError as exc:
+        print(f"overhead: error: {exc}", file=sys.stderr)
+        return 1
+    print(text, end="")
+    _progress(f"wrote overhead.md, overhead.csv and overhead.json to {settings.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,353 @@
+"""Unit tests for tenantd.store: content-addressed blobs, model metadata, durability."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tenantd.runtimes.base import TensorSpec
+from tenantd.store import SCHEMA_VERSION, ModelRecord, Store
+
+REPO_ROOT = Path(__file__).parents[2]
+
+INPUTS = (
+    TensorSpec("input", "float32", (1, -1, 3)),
+    TensorSpec("mask", "int8", (4,), quantization=(0.5, -3)),
+)
+OUTPUTS = (TensorSpec("logits", "float16", (1, 10)),)
+
+
+def make_record(name: str, owner: str, sha: str, size: int = 10, **overrides: object) -> ModelRecord:
+    fields: dict[str, object] = {
+        "name": name,
+        "owner": owner,
+        "sha256": sha,
+        "size_bytes": size,
+        "runtime": "litert",
+        "inputs": INPUTS,
+        "outputs": OUTPUTS,
+        "footprint_bytes": 4096,
+        "load_ms": 1.25,
+        "first_infer_ms": 0.5,
+        "filename": f"{name}.tflite",
+        "probe": {"ops": 3, "delegate": None, "nested": {"a": [1, 2]}},
+        "created_at": 1_700_000_000.123456,
+    }
+    fields.update(overrides)
+    return ModelRecord(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path)
+    yield s
+    s.close()
+
+
+def _blob_files(s: Store) -> set[str]:
+    return {p.name for p in s.blob_dir.glob("*/*")}
+
+
+# --------------------------------------------------------------------------- blobs
+
+
+def test_put_blob_is_content_addressed(store: Store) -> None:
+    data = b"model bytes \x00\x01\x02"
+    sha, path = store.put_blob(data)
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert path == store.blob_dir / sha[:2] / sha
+    assert path.read_bytes() == data
+    assert store.blob_path(sha) == path
+
+
+def test_put_blob_accepts_memoryview(store: Store) -> None:
+    data = bytearray(b"abc" * 100)
+    sha, path = store.put_blob(memoryview(data))
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert path.read_bytes() == bytes(data)
+
+
+def test_put_blob_is_idempotent(store: Store) -> None:
+    data = b"same content"
+    sha1, path1 = store.put_blob(data)
+    mtime = path1.stat().st_mtime_ns
+    sha2, path2 = store.put_blob(bytes(data))
+    assert (sha1, path1) == (sha2, path2)
+    assert path2.stat().st_mtime_ns == mtime  # not rewritten
+    assert _blob_files(store) == {sha1}
+    assert not list(store.blob_dir.glob("*/.incoming-*"))
+
+
+def test_different_content_gets_different_blobs(store: Store) -> None:
+    sha_a, path_a = store.put_blob(b"a")
+    sha_b, path_b = store.put_blob(b"b")
+    assert sha_a != sha_b
+    assert path_a.read_bytes() == b"a"
+    assert path_b.read_bytes() == b"b"
+    assert _blob_files(store) == {sha_a, sha_b}
+
+
+# --------------------------------------------------------------------------- models
+
+
+def test_add_get_list_remove_round_trip(store: Store) -> None:
+    sha, _ = store.put_blob(b"model-1")
+    record = make_record("m1", "alice", sha)
+    store.add_model(record)
+
+    got = store.get_model("m1")
+    assert got == record
+    assert got is not None
+    assert got.inputs == INPUTS
+    assert got.inputs[1].quantization == (0.5, -3)
+    assert got.outputs == OUTPUTS
+    assert got.probe == {"ops": 3, "delegate": None, "nested": {"a": [1, 2]}}
+    assert got.filename == "m1.tflite"
+    assert got.state == "admitted"
+
+    assert store.list_models() == [record]
+    assert store.list_models("alice") == [record]
+    assert store.list_models("bob") == []
+    assert store.list_tenants() == ["alice"]
+
+    removed = store.remove_model("m1")
+    assert removed == record
+    assert store.get_model("m1") is None
+    assert store.list_models() == []
+    assert store.remove_model("m1") is None
+
+
+def test_get_unknown_model_is_none(store: Store) -> None:
+    assert store.get_model("nope") is None
+
+
+def test_list_models_filters_by_owner_and_orders_by_creation(store: Store) -> None:
+    sha, _ = store.put_blob(b"shared")
+    late = make_record("zeta", "alice", sha, created_at=300.0)
+    early = make_record("beta", "alice", sha, created_at=100.0)
+    bobs = make_record("alpha", "bob", sha, created_at=200.0)
+    for r in (late, early, bobs):
+        store.add_model(r)
+    assert [r.name for r in store.list_models()] == ["beta", "alpha", "zeta"]
+    assert [r.name for r in store.list_models("alice")] == ["beta", "zeta"]
+    assert [r.name for r in store.list_models("bob")] == ["alpha"]
+    assert store.list_tenants() == ["alice", "bob"]
+
+
+def test_add_existing_name_same_owner_needs_replace(store: Store) -> None:
+    sha1, _ = store.put_blob(b"v1")
+    sha2, _ = store.put_blob(b"v2")
+    store.add_model(make_record("m", "alice", sha1))
+    with pytest.raises(KeyError):
+        store.add_model(make_record("m", "alice", sha2))
+    assert store.get_model("m").sha256 == sha1  # type: ignore[union-attr]
+
+    store.add_model(make_record("m", "alice", sha2, size=2), replace=True)
+    got = store.get_model("m")
+    assert got is not None
+    assert got.sha256 == sha2
+    assert got.size_bytes == 2
+    assert len(store.list_models()) == 1
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_add_name_owned_by_another_tenant_is_forbidden(store: Store, replace: bool) -> None:
+    sha1, _ = store.put_blob(b"alice's")
+    sha2, _ = store.put_blob(b"bob's")
+    store.add_model(make_record("m", "alice", sha1))
+    with pytest.raises(PermissionError) as info:
+        store.add_model(make_record("m", "bob", sha2), replace=replace)
+    assert "alice" in str(info.value)
+    got = store.get_model("m")
+    assert got is not None and got.owner == "alice" and got.sha256 == sha1
+
+
+def test_add_fails_if_blob_missing(store: Store) -> None:
+    missing = hashlib.sha256(b"never stored").hexdigest()
+    with pytest.raises(FileNotFoundError):
+        store.add_model(make_record("m", "alice", missing))
+    assert store.get_model("m") is None
+    assert store.list_tenants() == []
+
+
+def test_remove_keeps_blob_still_referenced_by_another_model(store: Store) -> None:
+    sha, path = store.put_blob(b"shared weights")
+    store.add_model(make_record("a", "alice", sha))
+    store.add_model(make_record("b", "bob", sha))
+
+    store.remove_model("a")
+    assert path.exists(), "blob deleted while model 'b' still uses it"
+    assert store.get_model("b") is not None
+
+    store.remove_model("b")
+    assert not path.exists()
+    assert _blob_files(store) == set()
+
+
+def test_remove_deletes_unshared_blob_only(store: Store) -> None:
+    sha_a, path_a = store.put_blob(b"a")
+    sha_b, path_b = store.put_blob(b"b")
+    store.add_model(make_record("a", "alice", sha_a))
+    store.add_model(make_record("b", "alice", sha_b))
+    store.remove_model("a")
+    assert not path_a.exists()
+    assert path_b.exists()
+
+
+def test_discard_blob_if_unreferenced(store: Store) -> None:
+    sha, path = store.put_blob(b"used")
+    store.add_model(make_record("m", "alice", sha))
+    assert store.discard_blob_if_unreferenced(sha) is False
+    assert path.exists()
+    orphan, orphan_path = store.put_blob(b"orphan")
+    assert store.discard_blob_if_unreferenced(orphan) is True
+    assert not orphan_path.exists()
+
+
+def test_collect_garbage_removes_orphans_and_temp_files(store: Store) -> None:
+    kept, kept_path = store.put_blob(b"referenced")
+    store.add_model(make_record("m", "alice", kept))
+    orphan, orphan_path = store.put_blob(b"orphaned by a crash mid-submit")
+    temp = kept_path.parent / ".incoming-abc123"
+    temp.write_bytes(b"half a file")
+    other_temp = orphan_path.parent / ".incoming-zzz"
+    other_temp.write_bytes(b"")
+
+    removed = store.collect_garbage()
+
+    assert orphan in removed
+    assert kept not in removed
+    assert kept_path.read_bytes() == b"referenced"
+    assert not orphan_path.exists()
+    assert not temp.exists()
+    assert not other_temp.exists()
+    assert _blob_files(store) == {kept}
+    assert store.get_model("m") is not None
+    # Nothing left to collect the second time.
+    assert store.collect_garbage() == []
+
+
+# --------------------------------------------------------------------------- durability
+
+
+def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    first = Store(tmp_path)
+    sha, _ = first.put_blob(b"durable")
+    record = make_record("m", "alice", sha)
+    first.add_model(record)
+    first.close()
+
+    second = Store(tmp_path)
+    try:
+        assert second.get_model("m") == record
+        assert second.list_tenants() == ["alice"]
+        assert second.blob_path(sha).read_bytes() == b"durable"
+        assert second.collect_garbage() == []
+    finally:
+        second.close()
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from tenantd.runtimes.base import TensorSpec
+    from tenantd.store import ModelRecord, Store
+
+    store = Store(Path(sys.argv[1]))
+    sha, _ = store.put_blob(b"committed by a child that dies")
+    store.add_model(ModelRecord(
+        name="crashy", owner="carol", sha256=sha, size_bytes=30, runtime="litert",
+        inputs=(TensorSpec("x", "float32", (1, 4)),), outputs=(TensorSpec("y", "int8", (2,), (0.25, 7)),),
+        footprint_bytes=123, load_ms=4.5, first_infer_ms=1.5, probe={"k": "v"},
+    ))
+    os.write(1, (sha + "\\n").encode())
+    os._exit(0)  # no close, no flush, no atexit: like a kill -9 right after the ack
+    """
+)
+
+
+def test_committed_model_is_visible_after_writer_dies_without_closing(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path)],
+        check=False,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    sha = result.stdout.strip()
+
+    store = Store(tmp_path)
+    try:
+        got = store.get_model("crashy")
+        assert got is not None
+        assert got.owner == "carol"
+        assert got.sha256 == sha
+        assert got.inputs == (TensorSpec("x", "float32", (1, 4)),)
+        assert got.outputs == (TensorSpec("y", "int8", (2,), (0.25, 7)),)
+        assert got.probe == {"k": "v"}
+        assert store.blob_path(sha).read_bytes() == b"committed by a child that dies"
+        assert store.collect_garbage() == []
+    finally:
+        store.close()
+
+
+def test_schema_version_mismatch_raises(tmp_path: Path) -> None:
+    Store(tmp_path).close()
+    db = sqlite3.connect(tmp_path / Store.DB_NAME)
+    with db:
+        db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.close()
+    with pytest.raises(RuntimeError) as info:
+        Store(tmp_path)
+    assert f"schema version {SCHEMA_VERSION + 1}" in str(info.value)
+
+
+def test_new_store_records_schema_version(tmp_path: Path) -> None:
+    Store(tmp_path).close()
+    db = sqlite3.connect(tmp_path / Store.DB_NAME)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    finally:
+        db.close()
+    assert row == (str(SCHEMA_VERSION),)
+
+
+def test_remove_racing_a_submit_of_the_same_file_never_commits_a_dangling_model(tmp_path: Path) -> None:
+    """remove_model's reference check and unlink happen under the lock add_model takes to check
+    the blob and commit, so a racing submit of the same bytes either keeps the file alive or is
+    refused at commit; it never commits a model whose file is gone."""
+    store = Store(tmp_path)
+    try:
+        data = b"popular model"
+        sha, path = store.put_blob(data)
+        store.add_model(make_record("old", "alice", sha))
+        real_blob_path = store.blob_path
+        locked_at_call: list[bool] = []
+
+        def spy(h: str) -> Path:
+            locked_at_call.append(store._lock.locked())
+            return real_blob_path(h)
+
+        store.blob_path = spy  # type: ignore[method-assign]
+        store.remove_model("old")
+        assert locked_at_call and all(locked_at_call)
+        assert not path.exists()
+        # The racing submit saw the file before it went: its commit is refused, not dangling.
+        with pytest.raises(FileNotFoundError):
+            store.add_model(make_record("new", "bob", sha))
+        assert store.get_model("new") is None
+        store.put_blob(data)
+        store.add_model(make_record("new", "bob", sha))
+        assert path.exists() and store.get_model("new") is not None
+    finally:
+        store.close()
