@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from tenantd import __version__, protocol
 from tenantd.config import ConfigError, Policy
@@ -53,6 +52,8 @@ MAX_EVENTS_PER_REPLY = 10_000
 MAX_CONCURRENT_PROBES = 2
 # Frames this far past the policy's message cap are cut off by ZeroMQ itself (no reply).
 TRANSPORT_SLACK_BYTES = 64 * 1024 * 1024
+# Messages read per wake-up before other tasks get a turn.
+READ_BATCH = 64
 # How long the socket may keep flushing replies after the drain, when closing.
 CLOSE_LINGER_MS = 2000
 
@@ -143,8 +144,9 @@ class Daemon:
         self._started = time.time()
         self.requests: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
-        self._ctx: zmq.asyncio.Context | None = None
-        self._sock: zmq.asyncio.Socket | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._read_scheduled = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -155,7 +157,7 @@ class Daemon:
         if removed:
             log.info("removed %d orphaned model file(s) left by an interrupted submission", len(removed))
         await self._restore_models()
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         # The policy cap is checked per message, after receipt, so that the sender gets TOO_LARGE.
@@ -180,9 +182,11 @@ class Daemon:
         )
         if ready is not None:
             ready(self.endpoint)
-        receiver = asyncio.create_task(self._receive_loop(sock), name="receive")
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sock.getsockopt(zmq.FD), self._read)
+        self._schedule_read()  # messages may have arrived before the reader was added
         await self._stop.wait()
-        await self._shutdown(receiver, sock)
+        await self._shutdown(sock)
 
     def stop(self) -> None:
         self._stop.set()
@@ -196,14 +200,13 @@ class Daemon:
         log.info("%s received: draining (up to %.0f s), then stopping", sig.name, self.policy.drain_timeout_s)
         self.stop()
 
-    async def _shutdown(self, receiver: asyncio.Task[None], sock: zmq.asyncio.Socket) -> None:
+    async def _shutdown(self, sock: zmq.Socket[bytes]) -> None:
         self._draining = True  # keep receiving, but answer new work with UNAVAILABLE
         deadline = time.monotonic() + self.policy.drain_timeout_s
         dropped = await self.scheduler.drain(self.policy.drain_timeout_s)
         if self._control_tasks:
             await asyncio.wait(self._control_tasks, timeout=max(0.0, deadline - time.monotonic()))
-        receiver.cancel()
-        await asyncio.gather(receiver, return_exceptions=True)
+        asyncio.get_running_loop().remove_reader(sock.getsockopt(zmq.FD))
         sock.close(linger=CLOSE_LINGER_MS)
         assert self._ctx is not None
         self._ctx.term()
@@ -231,15 +234,31 @@ class Daemon:
 
     # ------------------------------------------------------------------ receiving and replying
 
-    async def _receive_loop(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await sock.recv_multipart(copy=False)
+    # The socket is a plain (blocking-API) ZeroMQ socket read from the event loop: its FD is
+    # edge-triggered, so every wake-up reads until no message is left, and every send re-checks
+    # for input (a send can consume the edge). This costs less per message than zmq.asyncio.
+
+    def _read(self) -> None:
+        self._read_scheduled = False
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(READ_BATCH):
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             try:
-                await self._handle(frames)
+                self._handle(frames)
             except Exception:  # never let one message kill the loop
                 log.exception("unhandled error handling a message")
+        self._schedule_read()  # more waiting: let slots and control tasks run first
 
-    async def _handle(self, frames: Sequence[zmq.Frame]) -> None:
+    def _schedule_read(self) -> None:
+        if not self._read_scheduled:
+            self._read_scheduled = True
+            asyncio.get_running_loop().call_soon(self._read)
+
+    def _handle(self, frames: Sequence[zmq.Frame]) -> None:
         # ROUTER prepends the peer identity; REQ peers add an empty delimiter, which we echo back.
         split = 2 if len(frames) > 1 and len(frames[1]) == 0 else 1
         envelope: Envelope = list(frames[:split])
@@ -247,7 +266,7 @@ class Daemon:
         size = sum(len(f) for f in body)
         if size > self.policy.max_message_bytes:
             rid = protocol.peek_request_id(body[0]) if body else None
-            await self._reply_error(
+            self._reply_error(
                 envelope,
                 rid,
                 ErrorCode.TOO_LARGE,
@@ -258,18 +277,18 @@ class Daemon:
         try:
             request = protocol.decode_request(body)
         except ProtocolError as exc:
-            await self._reply_error(envelope, exc.request_id, exc.code, exc.message, exc.details)
+            self._reply_error(envelope, exc.request_id, exc.code, exc.message, exc.details)
             return
         if request.op == Op.INFER.value:
             self.requests[request.op] += 1
             try:
                 self._enqueue_infer(request, envelope)
             except ClientError as exc:
-                await self._reply_error(envelope, request.id, exc.code, exc.message, exc.details, request)
+                self._reply_error(envelope, request.id, exc.code, exc.message, exc.details, request)
             return
         handler = self._ops.get(request.op)
         if handler is None:
-            await self._reply_error(
+            self._reply_error(
                 envelope,
                 request.id,
                 ErrorCode.UNKNOWN_OP,
@@ -287,21 +306,28 @@ class Daemon:
         try:
             result = await handler(request)
         except ClientError as exc:
-            await self._reply_error(envelope, request.id, exc.code, exc.message, exc.details, request)
+            self._reply_error(envelope, request.id, exc.code, exc.message, exc.details, request)
             return
         except Exception as exc:
             log.exception("operation %s failed", request.op)
-            await self._reply_error(
+            self._reply_error(
                 envelope, request.id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", None, request
             )
             return
-        await self._send(envelope, protocol.encode_reply(request.id, result))
+        self._send(envelope, protocol.encode_reply(request.id, result))
 
-    async def _send(self, envelope: Envelope, frames: list[Any]) -> None:
-        assert self._sock is not None
-        await self._sock.send_multipart([*envelope, *frames], copy=False)
+    def _send(self, envelope: Envelope, frames: list[Any]) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            sock.send_multipart([*envelope, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # ROUTER only refuses when the peer's queue is full: it stopped reading; drop it.
+            log.warning("dropping a reply to a client that is not reading its replies")
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._schedule_read()
 
-    async def _reply_error(
+    def _reply_error(
         self,
         envelope: Envelope,
         request_id: protocol.RequestId | None,
@@ -319,7 +345,7 @@ class Daemon:
             code=code.value,
             message=message,
         )
-        await self._send(envelope, protocol.encode_error(request_id, code, message, details))
+        self._send(envelope, protocol.encode_error(request_id, code, message, details))
 
     # ------------------------------------------------------------------ inference
 
@@ -367,7 +393,7 @@ class Daemon:
         if self.models.get(job.model) is not record:
             # Removed (and perhaps re-created by someone else) or replaced while this waited: the
             # owner and input checks no longer hold, so it must not run.
-            await self._reply_error(
+            self._reply_error(
                 payload.envelope,
                 payload.request_id,
                 ErrorCode.UNKNOWN_MODEL,
@@ -376,7 +402,7 @@ class Daemon:
             return
         resident = self.executor.resident.get(job.model)
         if resident is None:
-            await self._reply_error(
+            self._reply_error(
                 payload.envelope,
                 payload.request_id,
                 ErrorCode.RUNTIME_ERROR,
@@ -386,7 +412,7 @@ class Daemon:
         try:
             result = await self.executor.run(resident, payload.inputs, slot)
         except RuntimeFailure as exc:
-            await self._reply_error(
+            self._reply_error(
                 payload.envelope, payload.request_id, ErrorCode.RUNTIME_ERROR, f"model {job.model!r}: {exc}"
             )
             return
@@ -412,7 +438,7 @@ class Daemon:
                 extra_ms=None if extra is None else round(extra, 4),
             )
         names = [spec.name for spec in record.outputs]
-        await self._send(
+        self._send(
             payload.envelope,
             protocol.encode_reply(payload.request_id, tensors=list(zip(names, result.outputs, strict=True)), timings=timings),
         )
@@ -424,11 +450,7 @@ class Daemon:
 
     def _drop_job(self, job: Job, code: ErrorCode, message: str) -> None:
         payload: InferPayload = job.payload
-        task = asyncio.create_task(
-            self._reply_error(payload.envelope, payload.request_id, code, message, {"tenant": job.tenant})
-        )
-        self._control_tasks.add(task)
-        task.add_done_callback(self._control_tasks.discard)
+        self._reply_error(payload.envelope, payload.request_id, code, message, {"tenant": job.tenant})
 
     # ------------------------------------------------------------------ control operations
 
@@ -599,32 +621,27 @@ def match_inputs(specs: Sequence[TensorSpec], tensors: Sequence[tuple[str | None
 
     A single unnamed tensor feeds a single-input model; otherwise every tensor is named and every
     input given exactly once."""
-    expected = [s.to_wire() for s in specs]
+
+    def mismatch(message: str) -> ClientError:
+        return ClientError(ErrorCode.INPUT_MISMATCH, message, {"inputs": [s.to_wire() for s in specs]})
+
     if len(tensors) != len(specs):
-        raise ClientError(
-            ErrorCode.INPUT_MISMATCH,
-            f"the model takes {len(specs)} input(s), got {len(tensors)}",
-            {"inputs": expected},
-        )
+        raise mismatch(f"the model takes {len(specs)} input(s), got {len(tensors)}")
     if len(specs) == 1 and tensors[0][0] is None:
         ordered = [tensors[0][1]]
     else:
         by_name: dict[str, np.ndarray] = {}
         for name, array in tensors:
             if name is None:
-                raise ClientError(ErrorCode.INPUT_MISMATCH, "inputs must be named for a multi-input model", {"inputs": expected})
+                raise mismatch("inputs must be named for a multi-input model")
             by_name[name] = array
         missing = [s.name for s in specs if s.name not in by_name]
         unknown = sorted(set(by_name) - {s.name for s in specs})
         if missing or unknown:
-            raise ClientError(
-                ErrorCode.INPUT_MISMATCH,
-                f"inputs do not match the model's: missing {missing}, unknown {unknown}",
-                {"inputs": expected},
-            )
+            raise mismatch(f"inputs do not match the model's: missing {missing}, unknown {unknown}")
         ordered = [by_name[s.name] for s in specs]
     for spec, array in zip(specs, ordered, strict=True):
         problem = spec.accepts(array)
         if problem:
-            raise ClientError(ErrorCode.INPUT_MISMATCH, problem, {"inputs": expected})
+            raise mismatch(problem)
     return ordered

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import Coroutine, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import zmq
@@ -28,7 +29,6 @@ from tenantd import protocol
 from tenantd.protocol import Op, ProtocolError, Reply
 from tenantd.runtimes.base import TensorSpec
 
-T = TypeVar("T")
 Inputs = np.ndarray | Mapping[str, np.ndarray]
 DEFAULT_TIMEOUT_S = 30.0
 # Submitting a model includes the daemon's probe (a process start, a load and a first inference).
@@ -88,6 +88,64 @@ def _as_tensors(inputs: Inputs) -> list[tuple[str | None, np.ndarray]]:
     raise TypeError("inputs must be a numpy array (single-input model) or a dict of arrays by input name")
 
 
+def _submit_args(
+    model: str | os.PathLike[str] | bytes, name: str, runtime: str | None, replace: bool
+) -> tuple[dict[str, Any], list[bytes]]:
+    if isinstance(model, bytes):
+        data, filename = model, None
+    else:
+        path = Path(model)
+        data, filename = path.read_bytes(), path.name
+    args: dict[str, Any] = {"name": name, "replace": replace}
+    if filename:
+        args["filename"] = filename
+    if runtime:
+        args["runtime"] = runtime
+    return args, [data]
+
+
+def _events_args(limit: int, event: str | None) -> dict[str, Any]:
+    return {"limit": limit, **({"event": event} if event else {})}
+
+
+def _infer_result(reply: Reply) -> InferResult:
+    outputs: dict[str, np.ndarray] = {}
+    for index, (out_name, array) in enumerate(reply.tensors):
+        outputs[out_name if out_name is not None else str(index)] = array
+    return InferResult(outputs=outputs, timings=reply.timings)
+
+
+class _Requests:
+    """What both clients share: request ids, encoding, and turning an error reply into its
+    typed exception. Ids are unique per client; the pid prefix keeps forked clients apart."""
+
+    def __init__(self, tenant: str | None) -> None:
+        self.tenant = tenant
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}"
+
+    def encode(
+        self,
+        op: str,
+        args: Mapping[str, Any] | None,
+        tensors: list[tuple[str | None, np.ndarray]] | None,
+        blobs: list[Any] | None,
+        deadline_ms: float | None,
+    ) -> tuple[str, list[Any]]:
+        request_id = f"{self._prefix}-{next(self._ids)}"
+        frames = protocol.encode_request(
+            op, request_id, tenant=self.tenant, args=args, tensors=tensors or (), blobs=blobs or (),
+            deadline_ms=deadline_ms,
+        )
+        return request_id, frames
+
+    @staticmethod
+    def check(reply: Reply) -> Reply:
+        if not reply.ok:
+            raise error_for(reply.error_code, reply.error_message, reply.error_details, reply.id)
+        return reply
+
+
 class AsyncTenantClient:
     """asyncio client for one tenant on one daemon. Use ``async with`` or call :meth:`close`."""
 
@@ -106,9 +164,7 @@ class AsyncTenantClient:
         self._socket: zmq.asyncio.Socket | None = None
         self._receiver: asyncio.Task[None] | None = None
         self._pending: dict[protocol.RequestId, asyncio.Future[Reply]] = {}
-        # Ids are unique per client; the pid prefix keeps forked clients apart in logs.
-        self._ids = itertools.count(1)
-        self._prefix = f"{os.getpid():x}"
+        self._requests = _Requests(tenant)
 
     async def __aenter__(self) -> AsyncTenantClient:
         self._connect()
@@ -163,16 +219,7 @@ class AsyncTenantClient:
     ) -> Reply:
         """Send one request and wait for its reply; raise the typed error if it failed."""
         sock = self._connect()
-        request_id = f"{self._prefix}-{next(self._ids)}"
-        frames = protocol.encode_request(
-            op,
-            request_id,
-            tenant=self.tenant,
-            args=args,
-            tensors=tensors or (),
-            blobs=blobs or (),
-            deadline_ms=deadline_ms,
-        )
+        request_id, frames = self._requests.encode(op, args, tensors, blobs, deadline_ms)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         limit = self.timeout if timeout is None else timeout
@@ -186,9 +233,7 @@ class AsyncTenantClient:
             ) from None
         finally:
             self._pending.pop(request_id, None)
-        if not reply.ok:
-            raise error_for(reply.error_code, reply.error_message, reply.error_details, reply.id)
-        return reply
+        return self._requests.check(reply)
 
     # ------------------------------------------------------------------ operations
 
@@ -209,17 +254,8 @@ class AsyncTenantClient:
     ) -> ModelInfo:
         """Upload a model file (a path or its bytes) under ``name``; returns it once stored,
         probed and loaded. Raises InvalidModel, AlreadyExists, Forbidden, AdmissionDenied..."""
-        if isinstance(model, bytes):
-            data, filename = model, None
-        else:
-            path = Path(model)
-            data, filename = path.read_bytes(), path.name
-        args: dict[str, Any] = {"name": name, "replace": replace}
-        if filename:
-            args["filename"] = filename
-        if runtime:
-            args["runtime"] = runtime
-        reply = await self.call(Op.SUBMIT_MODEL.value, args, blobs=[data], timeout=timeout)
+        args, blobs = _submit_args(model, name, runtime, replace)
+        reply = await self.call(Op.SUBMIT_MODEL.value, args, blobs=blobs, timeout=timeout)
         return ModelInfo.from_wire(reply.result["model"])
 
     async def list_models(self) -> list[ModelInfo]:
@@ -231,10 +267,7 @@ class AsyncTenantClient:
         await self.call(Op.REMOVE_MODEL.value, {"model": name})
 
     async def events(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
-        args: dict[str, Any] = {"limit": limit}
-        if event:
-            args["event"] = event
-        return list((await self.call(Op.EVENTS.value, args)).result["events"])
+        return list((await self.call(Op.EVENTS.value, _events_args(limit, event))).result["events"])
 
     async def infer_detailed(
         self, name: str, inputs: Inputs, *, deadline_ms: float | None = None, timeout: float | None = None
@@ -244,10 +277,7 @@ class AsyncTenantClient:
         reply = await self.call(
             Op.INFER.value, {"model": name}, tensors=_as_tensors(inputs), deadline_ms=deadline_ms, timeout=timeout
         )
-        outputs: dict[str, np.ndarray] = {}
-        for index, (out_name, array) in enumerate(reply.tensors):
-            outputs[out_name if out_name is not None else str(index)] = array
-        return InferResult(outputs=outputs, timings=reply.timings)
+        return _infer_result(reply)
 
     async def infer(
         self, name: str, inputs: Inputs, *, deadline_ms: float | None = None, timeout: float | None = None
@@ -257,22 +287,22 @@ class AsyncTenantClient:
 
 
 class TenantClient:
-    """Synchronous client: the asyncio client driven on a private event loop.
+    """Synchronous client: the same requests, reply checks and typed errors as
+    :class:`AsyncTenantClient` (shared code), with its I/O on a blocking socket.
 
-    One instance belongs to one thread at a time; use one client per thread (or the async client
-    with ``asyncio.gather``) for concurrent requests."""
+    Driving the asyncio client from a private event loop cost about 0.2 ms per call here, 40% of
+    the latency budget for a 150 KiB request, so this client polls its own DEALER socket instead.
+    One instance belongs to one thread; use one client per thread (or the async client with
+    ``asyncio.gather``) for concurrent requests."""
 
     def __init__(self, endpoint: str, tenant: str | None = None, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._client = AsyncTenantClient(endpoint, tenant, timeout=timeout, context=zmq.asyncio.Context.instance())
         self.endpoint = endpoint
         self.tenant = tenant
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop.is_closed():
-            coro.close()
-            raise ClientClosed("this client is closed")
-        return self._loop.run_until_complete(coro)
+        self.timeout = timeout
+        self._requests = _Requests(tenant)
+        self._socket: zmq.Socket[bytes] | None = zmq.Context.instance().socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(endpoint)
 
     def __enter__(self) -> TenantClient:
         return self
@@ -281,15 +311,48 @@ class TenantClient:
         self.close()
 
     def close(self) -> None:
-        if not self._loop.is_closed():
-            self._loop.run_until_complete(self._client.close())
-            self._loop.close()
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def call(
+        self,
+        op: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        tensors: list[tuple[str | None, np.ndarray]] | None = None,
+        blobs: list[Any] | None = None,
+        deadline_ms: float | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """Send one request and wait for its reply; raise the typed error if it failed."""
+        sock = self._socket
+        if sock is None:
+            raise ClientClosed("this client is closed")
+        request_id, frames = self._requests.encode(op, args, tensors, blobs, deadline_ms)
+        limit = self.timeout if timeout is None else timeout
+        give_up = time.monotonic() + limit
+        sock.send_multipart(frames, copy=False)
+        while True:
+            remaining_ms = (give_up - time.monotonic()) * 1e3
+            if remaining_ms <= 0 or not sock.poll(max(1, int(remaining_ms))):
+                raise RequestTimeout(
+                    f"no reply to {op} from {self.endpoint} within {limit:g} s (is the daemon running?)",
+                    request_id=request_id,
+                )
+            try:
+                reply = protocol.decode_reply(sock.recv_multipart(copy=False))
+            except ProtocolError:
+                continue  # unreadable: the timeout reports the loss if it was ours
+            if reply.id == request_id:
+                return self._requests.check(reply)
+            # else: a stale reply to a call that already timed out
 
     def ping(self) -> dict[str, Any]:
-        return self._run(self._client.ping())
+        return self.call(Op.PING.value).result
 
     def status(self) -> dict[str, Any]:
-        return self._run(self._client.status())
+        return self.call(Op.STATUS.value).result
 
     def submit_model(
         self,
@@ -300,23 +363,29 @@ class TenantClient:
         replace: bool = False,
         timeout: float = DEFAULT_SUBMIT_TIMEOUT_S,
     ) -> ModelInfo:
-        return self._run(self._client.submit_model(model, name, runtime=runtime, replace=replace, timeout=timeout))
+        """Upload a model file (a path or its bytes) under ``name``; see :meth:`AsyncTenantClient.submit_model`."""
+        args, blobs = _submit_args(model, name, runtime, replace)
+        return ModelInfo.from_wire(self.call(Op.SUBMIT_MODEL.value, args, blobs=blobs, timeout=timeout).result["model"])
 
     def list_models(self) -> list[ModelInfo]:
-        return self._run(self._client.list_models())
+        return [ModelInfo.from_wire(m) for m in self.call(Op.LIST_MODELS.value).result["models"]]
 
     def remove_model(self, name: str) -> None:
-        self._run(self._client.remove_model(name))
+        self.call(Op.REMOVE_MODEL.value, {"model": name})
 
     def events(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
-        return self._run(self._client.events(limit, event))
+        return list(self.call(Op.EVENTS.value, _events_args(limit, event)).result["events"])
 
     def infer_detailed(
         self, name: str, inputs: Inputs, *, deadline_ms: float | None = None, timeout: float | None = None
     ) -> InferResult:
-        return self._run(self._client.infer_detailed(name, inputs, deadline_ms=deadline_ms, timeout=timeout))
+        reply = self.call(
+            Op.INFER.value, {"model": name}, tensors=_as_tensors(inputs), deadline_ms=deadline_ms, timeout=timeout
+        )
+        return _infer_result(reply)
 
     def infer(
         self, name: str, inputs: Inputs, *, deadline_ms: float | None = None, timeout: float | None = None
     ) -> dict[str, np.ndarray]:
-        return self._run(self._client.infer(name, inputs, deadline_ms=deadline_ms, timeout=timeout))
+        """Run ``name`` on ``inputs`` (one array, or a dict by input name); outputs by name."""
+        return self.infer_detailed(name, inputs, deadline_ms=deadline_ms, timeout=timeout).outputs
