@@ -22,6 +22,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 __all__ = [
+    "cnn",
+    "cnn_weights",
     "int8_mlp",
     "mlp",
     "mlp_weights",
@@ -48,13 +50,22 @@ _OPTION_TYPES = {
     schema.SoftmaxOptionsT: schema.BuiltinOptions.SoftmaxOptions,
     schema.AddOptionsT: schema.BuiltinOptions.AddOptions,
     schema.MulOptionsT: schema.BuiltinOptions.MulOptions,
+    schema.Conv2DOptionsT: schema.BuiltinOptions.Conv2DOptions,
+    schema.DepthwiseConv2DOptionsT: schema.BuiltinOptions.DepthwiseConv2DOptions,
+    schema.ReducerOptionsT: schema.BuiltinOptions.ReducerOptions,
+    schema.CastOptionsT: schema.BuiltinOptions.CastOptions,
 }
 _Options = (
     schema.FullyConnectedOptionsT
     | schema.SoftmaxOptionsT
     | schema.AddOptionsT
     | schema.MulOptionsT
+    | schema.Conv2DOptionsT
+    | schema.DepthwiseConv2DOptionsT
+    | schema.ReducerOptionsT
+    | schema.CastOptionsT
 )
+_CNN_INPUT_DTYPES = {"uint8": np.uint8, "float32": np.float32}
 Layer = tuple[np.ndarray, np.ndarray]
 
 
@@ -409,6 +420,153 @@ def sized_mlp(
         minimum = per_unit + 4 * out_features
         raise ValueError(f"param_bytes={param_bytes} is too small (min {minimum})")
     return mlp(in_features, [hidden], out_features, seed=seed, batch=batch)
+
+
+def cnn_weights(
+    image: int = 224,
+    channels: Sequence[int] = (96, 352, 704, 1408),
+    classes: int = 10,
+    *,
+    seed: int = 0,
+) -> list[Layer]:
+    """Return the ``(W, b)`` float32 pairs that :func:`cnn` bakes into its model.
+
+    In graph order: the first CONV_2D (``W`` ``[channels[0], 3, 3, 3]``); then,
+    for each later width ``c`` after ``p``, a DEPTHWISE_CONV_2D (``W`` ``[1, 3,
+    3, p]``, ``b`` ``[p]``) and a pointwise CONV_2D (``W`` ``[c, 1, 1, p]``);
+    last the FULLY_CONNECTED (``W`` ``[classes, channels[-1]]``). Weights are He
+    initialised (``N(0, 2 / fan_in)``, ``fan_in = kh * kw * in`` for a conv,
+    ``kh * kw`` for a depthwise conv), biases ``N(0, 0.05)``. These are the
+    weights for pixels scaled to ``[0, 1]``: the uint8 model folds the ``1/255``
+    into its stored first-conv weights. ``image`` does not affect the weights;
+    it is only validated, like in :func:`cnn`.
+    """
+    widths = [int(c) for c in channels]
+    if image < 1 or classes < 1 or not widths or min(widths) < 1:
+        raise ValueError(
+            "need image >= 1, classes >= 1 and channel widths >= 1, "
+            f"got image={image}, channels={widths}, classes={classes}"
+        )
+    rng = np.random.default_rng(seed)
+
+    def layer(shape: tuple[int, ...], fan_in: int, out: int) -> Layer:
+        w = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape).astype(np.float32)
+        return w, rng.normal(0.0, 0.05, size=out).astype(np.float32)
+
+    layers = [layer((widths[0], 3, 3, 3), 3 * 3 * 3, widths[0])]
+    for prev, width in itertools.pairwise(widths):
+        layers.append(layer((1, 3, 3, prev), 3 * 3, prev))
+        layers.append(layer((width, 1, 1, prev), prev, width))
+    layers.append(layer((classes, widths[-1]), widths[-1], classes))
+    return layers
+
+
+def _conv(
+    g: _Graph,
+    x: int,
+    layer: Layer,
+    out: int,
+    prefix: str,
+    *,
+    stride: int,
+    depthwise: bool = False,
+) -> None:
+    """Add one float CONV_2D (or DEPTHWISE_CONV_2D) with SAME padding and RELU6."""
+    w, b = layer
+    w_idx, b_idx = g.const(f"{prefix}/weights", w), g.const(f"{prefix}/bias", b)
+    options: schema.Conv2DOptionsT | schema.DepthwiseConv2DOptionsT
+    if depthwise:
+        code = schema.BuiltinOperator.DEPTHWISE_CONV_2D
+        options = schema.DepthwiseConv2DOptionsT()
+        options.depthMultiplier = 1
+    else:
+        code = schema.BuiltinOperator.CONV_2D
+        options = schema.Conv2DOptionsT()
+    options.padding = schema.Padding.SAME
+    options.strideW = options.strideH = stride
+    options.fusedActivationFunction = schema.ActivationFunctionType.RELU6
+    g.op(code, [x, w_idx, b_idx], [out], options=options)
+
+
+def cnn(
+    image: int = 224,
+    channels: Sequence[int] = (96, 352, 704, 1408),
+    classes: int = 10,
+    *,
+    seed: int = 0,
+    input_dtype: str = "uint8",
+    input_name: str = "image",
+    output_name: str = "probs",
+) -> bytes:
+    """Build a small, compute-bound MobileNet-style image classifier.
+
+    Input ``[1, image, image, 3]``: raw uint8 pixels (CAST to float32; the
+    ``1/255`` scaling is folded into the first conv's weights), or, with
+    ``input_dtype="float32"``, float32 pixels already scaled to ``[0, 1]`` (so
+    ``cnn(input_dtype="float32")`` on ``x / 255`` equals ``cnn()`` on ``x``).
+    Body: CONV_2D 3x3 stride 2 to ``channels[0]``; then per later width a
+    DEPTHWISE_CONV_2D 3x3 stride 2 and a CONV_2D 1x1 to that width (all SAME
+    padding, fused RELU6); MEAN over axes ``[1, 2]``; FULLY_CONNECTED to
+    ``classes`` (``"fc/out"``, the logits); SOFTMAX to ``output_name`` ``[1,
+    classes]`` float32. Weights are those of ``cnn_weights(image, channels,
+    classes, seed=seed)``; besides them the only constant is the 8-byte int32
+    MEAN axes tensor. With the defaults the input is 150,528 bytes, the weights
+    about 5.2 MB, and one inference takes about 4.6 ms in LiteRT (XNNPACK) at
+    ``num_threads=1`` on a 2-core AVX-512 AMD EPYC VM.
+    """
+    if input_dtype not in _CNN_INPUT_DTYPES:
+        raise ValueError(f"input_dtype must be one of {sorted(_CNN_INPUT_DTYPES)}")
+    layers = cnn_weights(image, channels, classes, seed=seed)
+    g = _Graph()
+    x = inp = g.tensor(input_name, [1, image, image, 3], _CNN_INPUT_DTYPES[input_dtype])
+    first = layers[0]
+    if input_dtype == "uint8":
+        pixels = g.tensor(f"{input_name}/float", [1, image, image, 3])
+        g.op(
+            schema.BuiltinOperator.CAST,
+            [x],
+            [pixels],
+            options=schema.CastOptionsT(
+                inDataType=schema.TensorType.UINT8,
+                outDataType=schema.TensorType.FLOAT32,
+            ),
+        )
+        x, first = pixels, (first[0] / np.float32(255.0), first[1])
+    size = -(-image // 2)  # SAME padding, stride 2: ceil(in / 2)
+    y = g.tensor("conv0/out", [1, size, size, first[0].shape[0]])
+    _conv(g, x, first, y, "conv0", stride=2)
+    x = y
+    blocks = zip(layers[1:-1:2], layers[2:-1:2], strict=True)
+    for i, (dw, pw) in enumerate(blocks, start=1):
+        size = -(-size // 2)
+        y = g.tensor(f"block{i}/dw/out", [1, size, size, dw[0].shape[-1]])
+        _conv(g, x, dw, y, f"block{i}/dw", stride=2, depthwise=True)
+        z = g.tensor(f"block{i}/pw/out", [1, size, size, pw[0].shape[0]])
+        _conv(g, y, pw, z, f"block{i}/pw", stride=1)
+        x = z
+    pooled = g.tensor("pool/out", [1, layers[-1][0].shape[1]])
+    axes = g.const("pool/axes", np.array([1, 2], np.int32))
+    g.op(
+        schema.BuiltinOperator.MEAN,
+        [x, axes],
+        [pooled],
+        options=schema.ReducerOptionsT(keepDims=False),
+    )
+    logits = g.tensor("fc/out", [1, classes])
+    _fc(g, pooled, layers[-1], logits, "fc", relu=False)
+    probs = g.tensor(output_name, [1, classes])
+    g.op(
+        schema.BuiltinOperator.SOFTMAX,
+        [logits],
+        [probs],
+        options=schema.SoftmaxOptionsT(beta=1.0),
+    )
+    widths = "x".join(str(int(c)) for c in channels)
+    return g.finish(
+        [inp],
+        [probs],
+        f"tenantd tiny cnn {image}px {input_dtype} {widths}->{classes} seed={seed}",
+    )
 
 
 def two_input_scale(seed: int = 0) -> float:

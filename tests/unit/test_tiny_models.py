@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,161 @@ def test_builds_are_deterministic() -> None:
     assert tiny.two_input(seed=1) != tiny.two_input(seed=2)
     assert tiny.sized_mlp(64 << 10) == tiny.sized_mlp(64 << 10)
     assert tiny.unsupported_op_model() == tiny.unsupported_op_model()
+
+
+def _same_pad(x: np.ndarray, k: int, stride: int) -> np.ndarray:
+    """Zero-pad H and W of ``[H, W, C]`` exactly as TFLite's SAME padding does."""
+    pads = []
+    for n in x.shape[:2]:
+        total = max((-(-n // stride) - 1) * stride + k - n, 0)
+        pads.append((total // 2, total - total // 2))  # the odd pixel goes after
+    return np.pad(x, [*pads, (0, 0)])
+
+
+def _numpy_conv_relu6(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, *, depthwise: bool
+) -> np.ndarray:
+    """SAME conv of ``x`` ``[H, W, C]`` then RELU6, in float64.
+
+    ``w`` is ``[out, kh, kw, in]`` (CONV_2D) or ``[1, kh, kw, C]`` (DEPTHWISE_CONV_2D).
+    """
+    k = w.shape[1]
+    xp = _same_pad(x, k, stride)
+    oh, ow = -(-x.shape[0] // stride), -(-x.shape[1] // stride)
+    w = w.astype(np.float64)
+    y = np.zeros((oh, ow, w.shape[3] if depthwise else w.shape[0]))
+    for i in range(k):
+        for j in range(k):
+            patch = xp[
+                i : i + (oh - 1) * stride + 1 : stride,
+                j : j + (ow - 1) * stride + 1 : stride,
+            ]
+            if depthwise:
+                y += patch * w[0, i, j]
+            else:
+                y += np.einsum("hwc,oc->hwo", patch, w[:, i, j])
+    return np.clip(y + b, 0.0, 6.0)
+
+
+def _numpy_cnn(
+    layers: list[tuple[np.ndarray, np.ndarray]], pixels: np.ndarray
+) -> np.ndarray:
+    """Float64 reference of tiny.cnn's logits for one ``[H, W, 3]`` image in [0, 1]."""
+    h = _numpy_conv_relu6(pixels, *layers[0], 2, depthwise=False)
+    for dw, pw in zip(layers[1:-1:2], layers[2:-1:2], strict=True):
+        h = _numpy_conv_relu6(h, *dw, 2, depthwise=True)
+        h = _numpy_conv_relu6(h, *pw, 1, depthwise=False)
+    w, b = layers[-1]
+    return h.mean(axis=(0, 1)) @ w.T.astype(np.float64) + b
+
+
+@pytest.mark.parametrize("image", [32, 29])  # SAME pads (0, 1) at 32 and (1, 1) at 29
+def test_cnn_matches_numpy_reference(image: int) -> None:
+    layers = tiny.cnn_weights(image, (8, 16), 5, seed=4)
+    assert [w.shape for w, _ in layers] == [
+        (8, 3, 3, 3),
+        (1, 3, 3, 8),
+        (16, 1, 1, 8),
+        (5, 16),
+    ]
+    assert [b.shape for _, b in layers] == [(8,), (8,), (16,), (5,)]
+    pixels = np.random.default_rng(9).integers(
+        0, 256, (1, image, image, 3), dtype=np.uint8
+    )
+    ref = _numpy_cnn(layers, pixels[0] / 255.0)[None]
+
+    u8 = tiny.cnn(image, (8, 16), 5, seed=4)
+    f32 = tiny.cnn(
+        image,
+        (8, 16),
+        5,
+        seed=4,
+        input_dtype="float32",
+        input_name="x",
+        output_name="p",
+    )
+    ops = [op["op_name"] for op in Interpreter(model_content=u8)._get_ops_details()]
+    assert ops == [
+        "CAST",
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "CONV_2D",
+        "MEAN",
+        "FULLY_CONNECTED",
+        "SOFTMAX",
+    ]
+    for probs in (
+        _run(u8, {"image": pixels})["probs"],
+        _run(f32, {"x": (pixels / np.float32(255.0)).astype(np.float32)})["p"],
+    ):
+        assert probs.shape == (1, 5)
+        assert probs.dtype == np.float32
+        np.testing.assert_allclose(probs, _softmax(ref), atol=1e-5)
+        np.testing.assert_allclose(
+            np.log(probs), ref - np.log(np.exp(ref).sum()), atol=1e-4
+        )
+        assert 1e-4 < probs.min() < probs.max() < 0.99  # not degenerate
+
+
+def test_cnn_default_224_model() -> None:
+    model = tiny.cnn()
+    interp = Interpreter(model_content=model, num_threads=1)
+    interp.allocate_tensors()
+    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
+    assert (inp["name"], tuple(inp["shape"]), inp["dtype"]) == (
+        "image",
+        (1, 224, 224, 3),
+        np.uint8,
+    )
+    assert (out["name"], tuple(out["shape"]), out["dtype"]) == (
+        "probs",
+        (1, 10),
+        np.float32,
+    )
+    pixels = np.random.default_rng(1).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    assert pixels.nbytes == 150_528
+    interp.set_tensor(inp["index"], pixels)
+    interp.invoke()
+    probs = interp.get_tensor(out["index"])
+    np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-5)
+    assert probs.max() < 0.999
+
+    times = []
+    for _ in range(15):
+        start = time.perf_counter()
+        interp.invoke()
+        times.append(time.perf_counter() - start)
+    print(
+        f"tiny.cnn() 224x224 uint8: median {1e3 * np.median(times):.2f} ms per inference, num_threads=1"
+    )
+
+    layers = tiny.cnn_weights()
+    assert [b.size for _, b in layers] == [
+        96,
+        96,
+        352,
+        352,
+        704,
+        704,
+        1408,
+        10,
+    ]  # conv, (dw, pw) x 3, fc
+    axes_bytes = 8  # the int32 [1, 2] axes of MEAN, the model's only other constant
+    assert (
+        tiny.param_bytes(model)
+        == sum(w.nbytes + b.nbytes for w, b in layers) + axes_bytes
+    )
+    assert tiny.cnn() == model
+    assert tiny.cnn(seed=1) != model
+
+
+def test_cnn_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="input_dtype"):
+        tiny.cnn(32, (8,), input_dtype="int8")
+    with pytest.raises(ValueError, match="channel"):
+        tiny.cnn(32, ())
+    with pytest.raises(ValueError, match="classes"):
+        tiny.cnn_weights(32, (8,), 0)
 
 
 def test_param_bytes_on_pymicro_wakeword_model() -> None:
