@@ -34,6 +34,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
 	$(PY) -m ruff check tenantd clients models tests experiments
+	$(PY) -m ruff format --check tenantd clients models tests experiments
 	$(PY) -m mypy tenantd clients/tenantclient
 
 clean:

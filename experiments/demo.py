@@ -24,15 +24,25 @@ from typing import Any
 import numpy as np
 
 from models import tiny
-from tenantclient import AsyncTenantClient, TenantClient
-from tenantclient import errors
+from tenantclient import AsyncTenantClient, TenantClient, errors
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def start_daemon(state_dir: Path, endpoint: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tenantd", "serve", "--device", "cpu", "--endpoint", endpoint, "--state-dir", str(state_dir)],
+        [
+            sys.executable,
+            "-m",
+            "tenantd",
+            "serve",
+            "--device",
+            "cpu",
+            "--endpoint",
+            endpoint,
+            "--state-dir",
+            str(state_dir),
+        ],
         stdout=subprocess.PIPE,
         stderr=(state_dir.parent / "daemon.log").open("w"),
         text=True,
@@ -95,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             for who, client, path, name in (("alice", alice, kws, "okay_nabu"), ("bob", bob, classifier, "bob_mlp")):
                 info = client.submit_model(path, name)
                 spec = ", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in info.inputs)
-                print(f"   {who:<5} -> {info.name:<10} runtime={info.runtime} footprint={info.footprint_bytes / 2**20:.1f} MiB "
-                      f"load={info.load_ms:.1f} ms input: {spec}")
+                print(
+                    f"   {who:<5} -> {info.name:<10} runtime={info.runtime} footprint={info.footprint_bytes / 2**20:.1f} MiB "
+                    f"load={info.load_ms:.1f} ms input: {spec}"
+                )
 
             print("3. bob asks for alice's model (must be refused)")
             try:
@@ -130,25 +142,44 @@ def main(argv: list[str] | None = None) -> int:
         for x, r in zip(kws_in, alice_res, strict=True):
             ref.set_tensor(ref.get_input_details()[0]["index"], x)
             ref.invoke()
-            kws_ok += np.array_equal(next(iter(r.outputs.values())), ref.get_tensor(ref.get_output_details()[0]["index"]))
-        cls_ok = sum(np.array_equal(r.outputs["probs"], direct(classifier, x)) for x, r in zip(cls_in, bob_res, strict=True))
+            kws_ok += np.array_equal(
+                next(iter(r.outputs.values())), ref.get_tensor(ref.get_output_details()[0]["index"])
+            )
+        cls_ok = sum(
+            np.array_equal(r.outputs["probs"], direct(classifier, x)) for x, r in zip(cls_in, bob_res, strict=True)
+        )
         rows = []
-        for tenant, model, results, ok in (("alice", "okay_nabu", alice_res, kws_ok), ("bob", "bob_mlp", bob_res, cls_ok)):
+        for tenant, model, results, ok in (
+            ("alice", "okay_nabu", alice_res, kws_ok),
+            ("bob", "bob_mlp", bob_res, cls_ok),
+        ):
             q = [r.timings["queue_ms"] for r in results]
             c = [r.timings["compute_ms"] for r in results]
-            rows.append((tenant, model, f"{ok}/{len(results)}", statistics.median(q), statistics.median(c),
-                         sum(r.timings["switch"] for r in results)))
+            rows.append(
+                (
+                    tenant,
+                    model,
+                    f"{ok}/{len(results)}",
+                    statistics.median(q),
+                    statistics.median(c),
+                    sum(r.timings["switch"] for r in results),
+                )
+            )
         print(f"\n   {'tenant':<7}{'model':<12}{'equal':>9}{'queue p50 ms':>14}{'compute p50 ms':>16}{'switches':>10}")
         for tenant, model, ok, q50, c50, sw in rows:
             print(f"   {tenant:<7}{model:<12}{ok:>9}{q50:>14.3f}{c50:>16.3f}{sw:>10}")
         total = 2 * args.requests
-        print(f"\n   {total} requests in {wall:.2f} s = {total / wall:.0f} inferences/s over ipc, both tenants served together")
+        print(
+            f"\n   {total} requests in {wall:.2f} s = {total / wall:.0f} inferences/s over ipc, both tenants served together"
+        )
 
         with TenantClient(endpoint) as operator:
             status = operator.status()
             events = operator.events(limit=12)
-        print(f"\n6. daemon status: {status['slots']} slots, models {status['resident']}, "
-              f"switches {status['switches']}, errors {status['errors']}")
+        print(
+            f"\n6. daemon status: {status['slots']} slots, models {status['resident']}, "
+            f"switches {status['switches']}, errors {status['errors']}"
+        )
         print("   last events:")
         for e in events:
             fields = {k: v for k, v in e.items() if k not in ("ts", "pid", "event", "sha256")}

@@ -90,9 +90,7 @@ class _Quant:
         return np.clip(q, info.min, info.max).astype(dtype)
 
     def to_schema(self) -> schema.QuantizationParametersT:
-        return schema.QuantizationParametersT(
-            scale=[self.scale], zeroPoint=[self.zero_point]
-        )
+        return schema.QuantizationParametersT(scale=[self.scale], zeroPoint=[self.zero_point])
 
 
 def _pack_aligned_buffer(self: schema.BufferT, builder: flatbuffers.Builder) -> int:
@@ -137,17 +135,11 @@ class _Graph:
         """Add a runtime (non-constant) tensor and return its index."""
         return self._add_tensor(name, shape, np.dtype(dtype), 0, quant)
 
-    def const(
-        self, name: str, value: np.ndarray, *, quant: _Quant | None = None
-    ) -> int:
+    def const(self, name: str, value: np.ndarray, *, quant: _Quant | None = None) -> int:
         """Add a constant tensor backed by its own buffer and return its index."""
         value = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
-        self.buffers.append(
-            _AlignedBufferT(data=np.frombuffer(value.tobytes(), np.uint8))
-        )
-        return self._add_tensor(
-            name, value.shape, value.dtype, len(self.buffers) - 1, quant
-        )
+        self.buffers.append(_AlignedBufferT(data=np.frombuffer(value.tobytes(), np.uint8)))
+        return self._add_tensor(name, value.shape, value.dtype, len(self.buffers) - 1, quant)
 
     def _add_tensor(
         self,
@@ -200,16 +192,11 @@ class _Graph:
             )
         )
 
-    def finish(
-        self, inputs: Sequence[int], outputs: Sequence[int], description: str
-    ) -> bytes:
+    def finish(self, inputs: Sequence[int], outputs: Sequence[int], description: str) -> bytes:
         """Serialise the graph as a one-subgraph model with a default signature."""
 
         def tensor_maps(indices: Sequence[int]) -> list[schema.TensorMapT]:
-            return [
-                schema.TensorMapT(name=self.tensors[i].name, tensorIndex=i)
-                for i in indices
-            ]
+            return [schema.TensorMapT(name=self.tensors[i].name, tensorIndex=i) for i in indices]
 
         model = schema.ModelT(
             version=SCHEMA_VERSION,
@@ -234,16 +221,12 @@ class _Graph:
                 )
             ],
         )
-        builder = flatbuffers.Builder(
-            1024 + sum(0 if b.data is None else len(b.data) for b in self.buffers)
-        )
+        builder = flatbuffers.Builder(1024 + sum(0 if b.data is None else len(b.data) for b in self.buffers))
         builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
         return bytes(builder.Output())
 
 
-def mlp_weights(
-    in_features: int, hidden: Sequence[int], out_features: int, seed: int = 0
-) -> list[Layer]:
+def mlp_weights(in_features: int, hidden: Sequence[int], out_features: int, seed: int = 0) -> list[Layer]:
     """Return the ``(W, b)`` float32 pairs that :func:`mlp` bakes into its model.
 
     ``W`` has TFLite's FULLY_CONNECTED layout ``[out, in]``, so each layer
@@ -257,9 +240,7 @@ def mlp_weights(
     rng = np.random.default_rng(seed)
     layers = []
     for fan_in, fan_out in itertools.pairwise(widths):
-        w = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_out, fan_in)).astype(
-            np.float32
-        )
+        w = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_out, fan_in)).astype(np.float32)
         b = rng.normal(0.0, 0.05, size=fan_out).astype(np.float32)
         layers.append((w, b))
     return layers
@@ -297,11 +278,7 @@ def _fc(
         b_quant = _Quant(in_quant.scale * w_quant.scale, 0)
         w_idx = g.const(f"{prefix}/weights", w_quant.quantize(w), quant=w_quant)
         b_idx = g.const(f"{prefix}/bias", b_quant.quantize(b, np.int32), quant=b_quant)
-    act = (
-        schema.ActivationFunctionType.RELU
-        if relu
-        else schema.ActivationFunctionType.NONE
-    )
+    act = schema.ActivationFunctionType.RELU if relu else schema.ActivationFunctionType.NONE
     g.op(
         schema.BuiltinOperator.FULLY_CONNECTED,
         [x, w_idx, b_idx],
@@ -374,9 +351,7 @@ def int8_mlp(
     steps.
     """
     layers = mlp_weights(in_features, hidden, out_features, seed)
-    calib = np.clip(
-        np.random.default_rng((seed, 8)).standard_normal((1024, in_features)), -4, 4
-    )
+    calib = np.clip(np.random.default_rng((seed, 8)).standard_normal((1024, in_features)), -4, 4)
     act_quants = [
         _Quant.for_range(1.25 * float(a.min()), 1.25 * float(a.max()))  # 25% headroom
         for a in _forward(layers, calib)
@@ -387,9 +362,7 @@ def int8_mlp(
     inp = x
     for i, (layer, out_quant) in enumerate(zip(layers, act_quants, strict=True)):
         last = i == len(layers) - 1
-        w_quant = _Quant(
-            float(np.float32(max(np.abs(layer[0]).max(), 1e-8) / 127.0)), 0
-        )
+        w_quant = _Quant(float(np.float32(max(np.abs(layer[0]).max(), 1e-8) / 127.0)), 0)
         name = output_name if last else f"fc{i}/out"
         y = g.tensor(name, [batch, layer[0].shape[0]], np.int8, quant=out_quant)
         _fc(g, x, layer, y, f"fc{i}", relu=not last, in_quant=in_quant, w_quant=w_quant)
@@ -592,9 +565,7 @@ def two_input(shape: Sequence[int] = (1, 8), *, seed: int = 0) -> bytes:
     g.op(schema.BuiltinOperator.ADD, [a, b], [total], options=schema.AddOptionsT())
     g.op(schema.BuiltinOperator.MUL, [a, b], [prod], options=schema.MulOptionsT())
     g.op(schema.BuiltinOperator.MUL, [prod, k], [scaled], options=schema.MulOptionsT())
-    return g.finish(
-        [a, b], [total, scaled], f"tenantd tiny two_input {list(shape)} seed={seed}"
-    )
+    return g.finish([a, b], [total, scaled], f"tenantd tiny two_input {list(shape)} seed={seed}")
 
 
 def unsupported_op_model() -> bytes:

@@ -25,7 +25,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> None:
-        daemon = Daemon(ServeConfig(device=args.device, endpoint=args.endpoint, state_dir=args.state_dir, policy=policy))
+        daemon = Daemon(
+            ServeConfig(device=args.device, endpoint=args.endpoint, state_dir=args.state_dir, policy=policy)
+        )
         daemon.install_signal_handlers()
 
         def ready(endpoint: str) -> None:

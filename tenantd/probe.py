@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = _measure(args.runtime, args.path, args.threads)
         code = 0
-    except Exception as exc:  # the point of the probe is to turn any failure into a reason
+    except Exception as exc:  # noqa: BLE001 - the probe's job is to turn any failure into a reason
         result = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
         code = 1
     sys.stdout.write(RESULT_MARK + json.dumps(result) + "\n")
@@ -128,7 +128,7 @@ async def probe_model(runtime: str, path: Path, threads: int, timeout_s: float) 
         )
     for line in reversed(stdout.decode(errors="replace").splitlines()):
         if line.startswith(RESULT_MARK):
-            data = json.loads(line[len(RESULT_MARK):])
+            data = json.loads(line[len(RESULT_MARK) :])
             return ProbeResult(**data)
     assert proc.returncode is not None
     if proc.returncode < 0:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, TypeAlias
+from enum import StrEnum
+from typing import Any, TypeAlias, cast
 
 import msgpack
 import numpy as np
@@ -33,7 +33,7 @@ RequestId: TypeAlias = str | int
 BytesLike: TypeAlias = bytes | bytearray | memoryview | Any  # anything exposing the buffer protocol
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     """Stable error codes carried on the wire. Never renumber or rename; only add."""
 
     BAD_REQUEST = "BAD_REQUEST"
@@ -66,8 +66,7 @@ ERROR_TABLE: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_MODEL: "No model of that name exists (or it was removed).",
     ErrorCode.FORBIDDEN: "The model exists but belongs to another tenant, or the operation needs "
     "a tenant and none was named.",
-    ErrorCode.ALREADY_EXISTS: "The tenant already has a model of that name; pass `replace: true` "
-    "to replace it.",
+    ErrorCode.ALREADY_EXISTS: "The tenant already has a model of that name; pass `replace: true` to replace it.",
     ErrorCode.INVALID_MODEL: "The submitted file is not a model the runtime can load and run; the "
     "probe's reason is in the message. Nothing was stored.",
     ErrorCode.RUNTIME_NOT_AVAILABLE: "The requested runtime is unknown or its package is not "
@@ -77,10 +76,8 @@ ERROR_TABLE: dict[ErrorCode, str] = {
     ErrorCode.ADMISSION_DENIED: "The device cannot take the model under the operator's policy; "
     "`details` states the budget, the current use, the footprint and the shortfall.",
     ErrorCode.QUEUE_FULL: "The tenant's queue (or the device's) is full. Retry later, with backoff.",
-    ErrorCode.DEADLINE_EXCEEDED: "The request could not start before its deadline and was dropped "
-    "without running.",
-    ErrorCode.UNAVAILABLE: "The daemon is shutting down and takes no new work. Retry elsewhere or "
-    "later.",
+    ErrorCode.DEADLINE_EXCEEDED: "The request could not start before its deadline and was dropped without running.",
+    ErrorCode.UNAVAILABLE: "The daemon is shutting down and takes no new work. Retry elsewhere or later.",
     ErrorCode.RUNTIME_ERROR: "The runtime failed while running this request; the model and the "
     "daemon are still serving.",
     ErrorCode.INTERNAL: "A bug in the daemon; the request may or may not have run. Please report "
@@ -88,7 +85,7 @@ ERROR_TABLE: dict[ErrorCode, str] = {
 }
 
 
-class Op(str, Enum):
+class Op(StrEnum):
     """Operations a client may ask for. The server's dispatch table has one handler per member."""
 
     PING = "ping"
@@ -197,7 +194,7 @@ def encode_tensors(
             }
         )
         # A 0-d or empty array still needs a (possibly empty) byte view.
-        buffers.append(memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(b""))
+        buffers.append(a.reshape(-1).data.cast("B") if a.size else memoryview(b""))
     return metas, buffers
 
 
@@ -246,8 +243,7 @@ def decode_tensors(
         expected = math.prod(shape) * np_dtype.itemsize
         _expect(
             view.nbytes == expected,
-            f"{where} is {dtype}{shape}, which needs {expected} bytes, but frame {frame} "
-            f"holds {view.nbytes}",
+            f"{where} is {dtype}{shape}, which needs {expected} bytes, but frame {frame} holds {view.nbytes}",
             request_id,
         )
         array = np.frombuffer(view, dtype=np_dtype).reshape(shape)
@@ -260,7 +256,8 @@ def decode_tensors(
 
 
 def _pack(header: Mapping[str, Any]) -> bytes:
-    return msgpack.packb(header, use_bin_type=True)
+    packed: bytes = msgpack.packb(header, use_bin_type=True)
+    return packed
 
 
 def _unpack_header(raw: BytesLike, limit: int | None = MAX_HEADER_BYTES) -> dict[str, Any]:
@@ -355,8 +352,8 @@ def decode_request(frames: Sequence[BytesLike]) -> Request:
     buffers = list(frames[1:])
     tensors = decode_tensors(header.get("tensors", []), buffers, rid)
     return Request(
-        id=rid,
-        op=op,
+        id=cast(RequestId, rid),
+        op=cast(str, op),
         tenant=tenant,
         args=args,
         tensors=tensors,
@@ -419,7 +416,8 @@ def decode_reply(frames: Sequence[BytesLike]) -> Reply:
             timings=header.get("timings", {}),
         )
     error = header.get("error")
-    _expect(isinstance(error, dict), "error reply without an 'error' map", rid)
+    if not isinstance(error, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "error reply without an 'error' map", request_id=rid)
     return Reply(
         id=rid,
         ok=False,

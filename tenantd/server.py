@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zmq
@@ -152,7 +152,9 @@ class Daemon:
 
     async def serve(self, ready: Callable[[str], None] | None = None) -> None:
         """Run until :meth:`stop` (or SIGTERM/SIGINT when installed), then drain and close."""
-        self.events.emit("start", device=self.config.device, endpoint=self.endpoint, pid=os.getpid(), version=__version__)
+        self.events.emit(
+            "start", device=self.config.device, endpoint=self.endpoint, pid=os.getpid(), version=__version__
+        )
         removed = self.store.collect_garbage()
         if removed:
             log.info("removed %d orphaned model file(s) left by an interrupted submission", len(removed))
@@ -183,7 +185,7 @@ class Daemon:
         if ready is not None:
             ready(self.endpoint)
         loop = asyncio.get_running_loop()
-        loop.add_reader(sock.getsockopt(zmq.FD), self._read)
+        loop.add_reader(sock.fileno(), self._read)
         self._schedule_read()  # messages may have arrived before the reader was added
         await self._stop.wait()
         await self._shutdown(sock)
@@ -206,7 +208,7 @@ class Daemon:
         dropped = await self.scheduler.drain(self.policy.drain_timeout_s)
         if self._control_tasks:
             await asyncio.wait(self._control_tasks, timeout=max(0.0, deadline - time.monotonic()))
-        asyncio.get_running_loop().remove_reader(sock.getsockopt(zmq.FD))
+        asyncio.get_running_loop().remove_reader(sock.fileno())
         sock.close(linger=CLOSE_LINGER_MS)
         assert self._ctx is not None
         self._ctx.term()
@@ -230,7 +232,9 @@ class Daemon:
                 continue
             self.executor.install(resident)
             self.models[record.name] = record
-            self.events.emit("model.loaded", model=record.name, tenant=record.owner, load_ms=round(load_ms, 3), restored=True)
+            self.events.emit(
+                "model.loaded", model=record.name, tenant=record.owner, load_ms=round(load_ms, 3), restored=True
+            )
 
     # ------------------------------------------------------------------ receiving and replying
 
@@ -244,7 +248,7 @@ class Daemon:
         if sock is None:
             return
         for _ in range(READ_BATCH):
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not _has_input(sock):
                 return
             frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             try:
@@ -324,7 +328,7 @@ class Daemon:
         except zmq.Again:
             # ROUTER only refuses when the peer's queue is full: it stopped reading; drop it.
             log.warning("dropping a reply to a client that is not reading its replies")
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if _has_input(sock):
             self._schedule_read()
 
     def _reply_error(
@@ -419,7 +423,7 @@ class Daemon:
         finally:
             self._unload_if_retired(resident)
         loop = asyncio.get_running_loop()
-        timings = {
+        timings: dict[str, Any] = {
             "queue_ms": round((job.started - job.enqueued) * 1e3, 4),
             "compute_ms": round(result.compute_ms, 4),
             "total_ms": round((loop.time() - job.enqueued) * 1e3, 4),
@@ -440,7 +444,9 @@ class Daemon:
         names = [spec.name for spec in record.outputs]
         self._send(
             payload.envelope,
-            protocol.encode_reply(payload.request_id, tensors=list(zip(names, result.outputs, strict=True)), timings=timings),
+            protocol.encode_reply(
+                payload.request_id, tensors=list(zip(names, result.outputs, strict=True)), timings=timings
+            ),
         )
 
     def _unload_if_retired(self, resident: Resident) -> None:
@@ -521,7 +527,9 @@ class Daemon:
         args = request.args
         name = args.get("name")
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            raise ClientError(ErrorCode.BAD_REQUEST, f"args.name {name!r} is not a valid model name ({NAME_RE.pattern})")
+            raise ClientError(
+                ErrorCode.BAD_REQUEST, f"args.name {name!r} is not a valid model name ({NAME_RE.pattern})"
+            )
         replace = args.get("replace", False)
         filename = args.get("filename")
         if not isinstance(replace, bool) or (filename is not None and not isinstance(filename, str)):
@@ -542,7 +550,9 @@ class Daemon:
 
         loop = asyncio.get_running_loop()
         sha, path = await loop.run_in_executor(None, self.store.put_blob, data)
-        self.events.emit("model.submitted", model=name, tenant=tenant, sha256=sha, size_bytes=data.nbytes, runtime=runtime)
+        self.events.emit(
+            "model.submitted", model=name, tenant=tenant, sha256=sha, size_bytes=data.nbytes, runtime=runtime
+        )
         try:
             return await self._admit(name, tenant, runtime, filename, sha, path, data.nbytes, replace)
         except BaseException:
@@ -563,7 +573,9 @@ class Daemon:
         async with self._probe_slots:
             probe = await probe_model(runtime, path, self.threads, self.policy.probe_timeout_s)
         if not probe.ok:
-            self.events.emit("model.refused", model=name, tenant=tenant, code=ErrorCode.INVALID_MODEL.value, reason=probe.reason)
+            self.events.emit(
+                "model.refused", model=name, tenant=tenant, code=ErrorCode.INVALID_MODEL.value, reason=probe.reason
+            )
             raise ClientError(ErrorCode.INVALID_MODEL, f"{runtime} cannot use this file: {probe.reason}")
         self.events.emit(
             "model.probed",
@@ -579,8 +591,12 @@ class Daemon:
         try:
             resident, load_ms = await self.executor.load(name, runtime, path)
         except RuntimeFailure as exc:
-            self.events.emit("model.refused", model=name, tenant=tenant, code=ErrorCode.RUNTIME_ERROR.value, reason=str(exc))
-            raise ClientError(ErrorCode.RUNTIME_ERROR, f"the probe passed but the daemon could not load it: {exc}") from None
+            self.events.emit(
+                "model.refused", model=name, tenant=tenant, code=ErrorCode.RUNTIME_ERROR.value, reason=str(exc)
+            )
+            raise ClientError(
+                ErrorCode.RUNTIME_ERROR, f"the probe passed but the daemon could not load it: {exc}"
+            ) from None
         record = ModelRecord(
             name=name,
             owner=tenant,
@@ -614,6 +630,10 @@ class Daemon:
             await loop.run_in_executor(None, self.store.discard_blob_if_unreferenced, replaced.sha256)
         self.events.emit("model.loaded", model=name, tenant=tenant, load_ms=round(load_ms, 3), replaced=old is not None)
         return {"model": self._model_info(record)}
+
+
+def _has_input(sock: zmq.Socket[bytes]) -> bool:
+    return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 
 def match_inputs(specs: Sequence[TensorSpec], tensors: Sequence[tuple[str | None, np.ndarray]]) -> list[np.ndarray]:

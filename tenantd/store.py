@@ -244,7 +244,22 @@ class Store:
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> ModelRecord:
-        (name, owner, sha, size, runtime, filename, inputs, outputs, footprint, load_ms, first_ms, probe, state, created) = row
+        (
+            name,
+            owner,
+            sha,
+            size,
+            runtime,
+            filename,
+            inputs,
+            outputs,
+            footprint,
+            load_ms,
+            first_ms,
+            probe,
+            state,
+            created,
+        ) = row
         return ModelRecord(
             name=name,
             owner=owner,

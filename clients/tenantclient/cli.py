@@ -64,8 +64,21 @@ def _print_models(models: list[ModelInfo]) -> None:
 
 
 def _print_status(status: dict[str, Any]) -> None:
-    keys = ["version", "device", "endpoint", "pid", "uptime_s", "state", "tenant_identity", "slots",
-            "threads_per_model", "queued", "running", "models", "switches"]
+    keys = [
+        "version",
+        "device",
+        "endpoint",
+        "pid",
+        "uptime_s",
+        "state",
+        "tenant_identity",
+        "slots",
+        "threads_per_model",
+        "queued",
+        "running",
+        "models",
+        "switches",
+    ]
     width = max(len(k) for k in keys)
     for key in keys:
         print(f"{key.ljust(width)}  {status.get(key)}")
@@ -88,7 +101,9 @@ def _print_events(events: list[dict[str, Any]]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tenantctl", description="Control and use a running tenantd daemon.")
     parser.add_argument(
-        "--endpoint", default=DEFAULT_ENDPOINT, help=f"daemon endpoint (env TENANTD_ENDPOINT; default {DEFAULT_ENDPOINT})"
+        "--endpoint",
+        default=DEFAULT_ENDPOINT,
+        help=f"daemon endpoint (env TENANTD_ENDPOINT; default {DEFAULT_ENDPOINT})",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
     parser.add_argument("--json", action="store_true", help="print the daemon's raw answer as JSON")
@@ -129,8 +144,10 @@ def run(args: argparse.Namespace) -> Any:
             info = client.submit_model(args.file, args.name, runtime=args.runtime, replace=args.replace)
             if args.json:
                 return info.__dict__
-            print(f"submitted {info.name} for tenant {info.owner}: runtime {info.runtime}, "
-                  f"footprint {_mib(info.footprint_bytes)}, load {info.load_ms:.1f} ms")
+            print(
+                f"submitted {info.name} for tenant {info.owner}: runtime {info.runtime}, "
+                f"footprint {_mib(info.footprint_bytes)}, load {info.load_ms:.1f} ms"
+            )
             _print_models([info])
             return None
         if args.command == "remove":

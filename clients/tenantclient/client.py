@@ -134,7 +134,12 @@ class _Requests:
     ) -> tuple[str, list[Any]]:
         request_id = f"{self._prefix}-{next(self._ids)}"
         frames = protocol.encode_request(
-            op, request_id, tenant=self.tenant, args=args, tensors=tensors or (), blobs=blobs or (),
+            op,
+            request_id,
+            tenant=self.tenant,
+            args=args,
+            tensors=tensors or (),
+            blobs=blobs or (),
             deadline_ms=deadline_ms,
         )
         return request_id, frames

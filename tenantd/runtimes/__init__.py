@@ -60,16 +60,12 @@ def get_runtime_class(name: str) -> type[Runtime]:
     try:
         target, package, _ = _REGISTRY[name]
     except KeyError:
-        raise RuntimeNotAvailable(
-            f"unknown runtime {name!r}; known runtimes: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+        raise RuntimeNotAvailable(f"unknown runtime {name!r}; known runtimes: {', '.join(sorted(_REGISTRY))}") from None
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise RuntimeNotAvailable(
-            f"runtime {name!r} is not installed here ({exc}); install {package}"
-        ) from exc
+        raise RuntimeNotAvailable(f"runtime {name!r} is not installed here ({exc}); install {package}") from exc
     cls = getattr(module, class_name)
     if not (isinstance(cls, type) and issubclass(cls, Runtime)):
         raise RuntimeNotAvailable(f"{target} is not a tenantd Runtime")

@@ -21,7 +21,7 @@ try:
 
     _PACKAGE = "ai-edge-litert"
 except ImportError:  # pragma: no cover - exercised only where tflite-runtime alone is installed
-    from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+    from tflite_runtime.interpreter import Interpreter
 
     _PACKAGE = "tflite-runtime"
 

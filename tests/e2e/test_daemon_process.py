@@ -15,7 +15,7 @@ import pytest
 
 from tenantclient import AsyncTenantClient, TenantClient
 from tests.conftest import ModelFiles, direct_litert
-from tests.support.daemon import REPO, start_daemon_process, daemon_env
+from tests.support.daemon import REPO, daemon_env, start_daemon_process
 from tests.support.faulty_runtime import faulty_model
 
 pytestmark = pytest.mark.e2e
@@ -88,7 +88,9 @@ def test_kill_minus_9_restart_restores_every_acknowledged_model(tmp_path: Path, 
         with TenantClient(second.endpoint, tenant="alice") as alice, TenantClient(second.endpoint, tenant="bob") as bob:
             assert np.array_equal(alice.infer("alice_mlp", x_a)["probs"], direct_litert(model_files.mlp, x_a)["probs"])
             assert np.array_equal(bob.infer("bob_mlp", x_b)["probs"], direct_litert(model_files.mlp_b, x_b)["probs"])
-        restored = [e for e in second.state_dir.joinpath("events.jsonl").read_text().splitlines() if '"restored":true' in e]
+        restored = [
+            e for e in second.state_dir.joinpath("events.jsonl").read_text().splitlines() if '"restored":true' in e
+        ]
         assert len(restored) == 3
     finally:
         assert second.stop() == 0
@@ -156,8 +158,18 @@ def test_invalid_policy_names_the_key(tmp_path: Path) -> None:
     policy = tmp_path / "p.toml"
     policy.write_text("slots = 0\nqueue_depht = 3\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "tenantd", "serve", "--endpoint", f"ipc://{tmp_path}/s", "--state-dir", str(tmp_path / "s"),
-         "--policy", str(policy)],
+        [
+            sys.executable,
+            "-m",
+            "tenantd",
+            "serve",
+            "--endpoint",
+            f"ipc://{tmp_path}/s",
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--policy",
+            str(policy),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -160,7 +160,10 @@ def test_queued_request_never_runs_a_model_that_changed_hands(strict_daemon: Dae
     name. Her request must not run on bob's model."""
 
     async def run() -> object:
-        async with AsyncTenantClient(endpoint, tenant="alice") as alice, AsyncTenantClient(endpoint, tenant="bob") as bob:
+        async with (
+            AsyncTenantClient(endpoint, tenant="alice") as alice,
+            AsyncTenantClient(endpoint, tenant="bob") as bob,
+        ):
             await alice.submit_model(faulty_model(infer="slow", sleep_ms=2000), "blocker", runtime="faulty")
             await alice.submit_model(faulty_model(), "m", runtime="faulty")
             blocker = asyncio.ensure_future(alice.infer("blocker", X))

@@ -29,7 +29,13 @@ def rand(shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
 def test_submit_and_infer_equals_direct_litert(daemon: Daemon, endpoint: str, model_files: ModelFiles) -> None:
     with TenantClient(endpoint, tenant="alice") as client:
         info = client.submit_model(model_files.mlp, "mlp")
-        assert (info.name, info.owner, info.runtime, info.state, info.resident) == ("mlp", "alice", "litert", "admitted", True)
+        assert (info.name, info.owner, info.runtime, info.state, info.resident) == (
+            "mlp",
+            "alice",
+            "litert",
+            "admitted",
+            True,
+        )
         assert [(s.name, s.dtype, s.shape) for s in info.inputs] == [("input", "float32", (1, 32))]
         assert [(s.name, s.dtype, s.shape) for s in info.outputs] == [("probs", "float32", (1, 10))]
         assert info.footprint_bytes > 0 and info.load_ms > 0 and info.first_infer_ms > 0
@@ -173,15 +179,36 @@ def raw_roundtrip(endpoint: str, frames: list[bytes], timeout_ms: int = 10_000) 
         ([protocol._pack({"v": 99, "id": "r1", "op": "ping"})], "UNSUPPORTED_VERSION", "version 99"),
         ([protocol._pack({"v": 1, "id": "r2", "op": "launch_missiles"})], "UNKNOWN_OP", "launch_missiles"),
         (
-            [protocol._pack({"v": 1, "id": "r3", "op": "infer", "tenant": "alice", "args": {"model": "alice_mlp"},
-                             "tensors": [{"name": "input", "dtype": "float32", "shape": [1, 32], "frame": 0}]}),
-             b"\x00" * 100],
+            [
+                protocol._pack(
+                    {
+                        "v": 1,
+                        "id": "r3",
+                        "op": "infer",
+                        "tenant": "alice",
+                        "args": {"model": "alice_mlp"},
+                        "tensors": [{"name": "input", "dtype": "float32", "shape": [1, 32], "frame": 0}],
+                    }
+                ),
+                b"\x00" * 100,
+            ],
             "BAD_REQUEST",
             "needs 128 bytes",
         ),
         (
-            [protocol._pack({"v": 1, "id": "r4", "op": "infer", "tenant": "alice", "args": {"model": "alice_mlp"},
-                             "tensors": [{"name": "input", "dtype": "object", "shape": [1], "frame": 0}]}), b"x"],
+            [
+                protocol._pack(
+                    {
+                        "v": 1,
+                        "id": "r4",
+                        "op": "infer",
+                        "tenant": "alice",
+                        "args": {"model": "alice_mlp"},
+                        "tensors": [{"name": "input", "dtype": "object", "shape": [1], "frame": 0}],
+                    }
+                ),
+                b"x",
+            ],
             "BAD_REQUEST",
             "dtype",
         ),

@@ -49,7 +49,7 @@ def daemon_in_thread(state_dir: Path, endpoint: str, policy: Policy | None = Non
     def run() -> None:
         try:
             loop.run_until_complete(main())
-        except BaseException as exc:  # reported to the test below
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread below
             failure.append(exc)
             ready.set()
         finally:
@@ -96,9 +96,7 @@ def start_daemon_process(
     if policy is not None:
         cmd += ["--policy", str(policy)]
     cmd += extra or []
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env(), cwd=REPO
-    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env(), cwd=REPO)
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:

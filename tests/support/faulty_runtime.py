@@ -1,8 +1,9 @@
 """A test double runtime that misbehaves on demand, registered as ``faulty`` via TENANTD_RUNTIMES.
 
-Its "model file" is ``FAULTY`` followed by JSON: ``{"load": "ok"|"crash"|"hang"|"error",
-"infer": "ok"|"error"|"slow", "sleep_ms": N}`` ("error" fails on negative inputs only). A loaded model takes one float32 [1, 4] input "x"
-and returns "y" = 2x. It exists to prove that the daemon survives runtimes that crash, hang or fail
+Its "model file" is ``FAULTY`` followed by JSON:
+``{"load": "ok"|"crash"|"abort"|"hang"|"error", "infer": "ok"|"error"|"slow", "sleep_ms": N}``
+("error" fails on negative inputs only). A loaded model takes one float32 [1, 4] input "x" and
+returns "y" = 2x. It exists to prove that the daemon survives runtimes that crash, hang or fail
 (real LiteRT cannot be made to segfault on purpose), and to give scheduler tests a model whose
 inference takes a known time. It is never the only proof that a serving path works.
 """
@@ -64,7 +65,7 @@ class FaultyRuntime(Runtime):
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
         if not data.startswith(MAGIC):
             raise RuntimeFailure("not a faulty-runtime model")
-        spec = json.loads(data[len(MAGIC):])
+        spec = json.loads(data[len(MAGIC) :])
         # Only the probe process may crash or hang: the daemon must never load such a file.
         if spec["load"] == "crash":
             ctypes.string_at(0)  # segfault, like a native runtime reading a bad model

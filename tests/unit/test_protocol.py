@@ -81,7 +81,9 @@ SAMPLE_ARRAYS = {
 @pytest.mark.parametrize("key", sorted(SAMPLE_ARRAYS))
 def test_request_round_trip_single_tensor(key: str) -> None:
     array = SAMPLE_ARRAYS[key]
-    frames = encode_request("infer", "r1", tenant="alice", args={"model": "m"}, tensors=[("in", array)], deadline_ms=250)
+    frames = encode_request(
+        "infer", "r1", tenant="alice", args={"model": "m"}, tensors=[("in", array)], deadline_ms=250
+    )
     request = decode_request(_as_wire(frames))
     assert request.id == "r1"
     assert request.op == "infer"
@@ -396,7 +398,9 @@ def test_args_not_a_map(args: Any) -> None:
     assert "'args'" in err.message
 
 
-@pytest.mark.parametrize("deadline", [-1, -0.5, "10", True, float("nan")], ids=["neg-int", "neg-float", "str", "bool", "nan"])
+@pytest.mark.parametrize(
+    "deadline", [-1, -0.5, "10", True, float("nan")], ids=["neg-int", "neg-float", "str", "bool", "nan"]
+)
 def test_bad_deadline(deadline: Any) -> None:
     err = _decode_error([_header(deadline_ms=deadline)])
     assert err.code is ErrorCode.BAD_REQUEST
@@ -439,7 +443,9 @@ def test_bad_shape(shape: Any) -> None:
     assert str(MAX_RANK) in err.message
 
 
-@pytest.mark.parametrize("frame", [1, -1, 99, None, True, "0"], ids=["past-end", "negative", "far", "missing", "bool", "str"])
+@pytest.mark.parametrize(
+    "frame", [1, -1, 99, None, True, "0"], ids=["past-end", "negative", "far", "missing", "bool", "str"]
+)
 def test_frame_index_out_of_range(frame: Any) -> None:
     err = _decode_error([_header(tensors=[_tensor_meta(frame=frame)]), b"\x00" * 8])
     assert err.code is ErrorCode.BAD_REQUEST

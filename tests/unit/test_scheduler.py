@@ -461,7 +461,10 @@ def test_drain_with_nothing_started_drops_everything() -> None:
         # start() never called: nothing can run.
         assert await until(sched.drain(0.01)) == 2
         assert fake.started == []
-        assert sorted((d[0], d[1]) for d in fake.dropped) == [("a", ErrorCode.UNAVAILABLE), ("b", ErrorCode.UNAVAILABLE)]
+        assert sorted((d[0], d[1]) for d in fake.dropped) == [
+            ("a", ErrorCode.UNAVAILABLE),
+            ("b", ErrorCode.UNAVAILABLE),
+        ]
 
     run(main)
 

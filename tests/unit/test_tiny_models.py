@@ -24,14 +24,10 @@ def _run(model: bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for name, value in inputs.items():
         interp.set_tensor(details[name]["index"], value)
     interp.invoke()
-    return {
-        d["name"]: interp.get_tensor(d["index"]) for d in interp.get_output_details()
-    }
+    return {d["name"]: interp.get_tensor(d["index"]) for d in interp.get_output_details()}
 
 
-def _numpy_mlp(
-    layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray
-) -> np.ndarray:
+def _numpy_mlp(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
     """Independent float64 reference: ReLU hidden layers, linear last layer."""
     h = x.astype(np.float64)
     for i, (w, b) in enumerate(layers):
@@ -68,15 +64,11 @@ def test_mlp_matches_numpy_reference() -> None:
 
 
 def test_mlp_names_and_shapes() -> None:
-    interp = Interpreter(
-        model_content=tiny.mlp(8, [4], 3, batch=2, input_name="x", output_name="p")
-    )
+    interp = Interpreter(model_content=tiny.mlp(8, [4], 3, batch=2, input_name="x", output_name="p"))
     (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
     assert (inp["name"], tuple(inp["shape"]), inp["dtype"]) == ("x", (2, 8), np.float32)
     assert (out["name"], tuple(out["shape"]), out["dtype"]) == ("p", (2, 3), np.float32)
-    assert interp.get_signature_list() == {
-        "serving_default": {"inputs": ["x"], "outputs": ["p"]}
-    }
+    assert interp.get_signature_list() == {"serving_default": {"inputs": ["x"], "outputs": ["p"]}}
 
 
 def test_two_input_outputs_and_names() -> None:
@@ -133,9 +125,7 @@ def test_sized_mlp_rejects_tiny_target() -> None:
 
 def test_param_bytes_counts_constant_buffers_only() -> None:
     layers = tiny.mlp_weights(8, [4], 3)
-    assert tiny.param_bytes(tiny.mlp(8, [4], 3)) == sum(
-        w.nbytes + b.nbytes for w, b in layers
-    )
+    assert tiny.param_bytes(tiny.mlp(8, [4], 3)) == sum(w.nbytes + b.nbytes for w, b in layers)
     assert tiny.param_bytes(tiny.two_input()) == 4  # the scalar constant k
     assert tiny.param_bytes(tiny.unsupported_op_model()) == 0
     with pytest.raises(ValueError, match="TFL3"):
@@ -168,9 +158,7 @@ def _same_pad(x: np.ndarray, k: int, stride: int) -> np.ndarray:
     return np.pad(x, [*pads, (0, 0)])
 
 
-def _numpy_conv_relu6(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, *, depthwise: bool
-) -> np.ndarray:
+def _numpy_conv_relu6(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, *, depthwise: bool) -> np.ndarray:
     """SAME conv of ``x`` ``[H, W, C]`` then RELU6, in float64.
 
     ``w`` is ``[out, kh, kw, in]`` (CONV_2D) or ``[1, kh, kw, C]`` (DEPTHWISE_CONV_2D).
@@ -193,9 +181,7 @@ def _numpy_conv_relu6(
     return np.clip(y + b, 0.0, 6.0)
 
 
-def _numpy_cnn(
-    layers: list[tuple[np.ndarray, np.ndarray]], pixels: np.ndarray
-) -> np.ndarray:
+def _numpy_cnn(layers: list[tuple[np.ndarray, np.ndarray]], pixels: np.ndarray) -> np.ndarray:
     """Float64 reference of tiny.cnn's logits for one ``[H, W, 3]`` image in [0, 1]."""
     h = _numpy_conv_relu6(pixels, *layers[0], 2, depthwise=False)
     for dw, pw in zip(layers[1:-1:2], layers[2:-1:2], strict=True):
@@ -215,9 +201,7 @@ def test_cnn_matches_numpy_reference(image: int) -> None:
         (5, 16),
     ]
     assert [b.shape for _, b in layers] == [(8,), (8,), (16,), (5,)]
-    pixels = np.random.default_rng(9).integers(
-        0, 256, (1, image, image, 3), dtype=np.uint8
-    )
+    pixels = np.random.default_rng(9).integers(0, 256, (1, image, image, 3), dtype=np.uint8)
     ref = _numpy_cnn(layers, pixels[0] / 255.0)[None]
 
     u8 = tiny.cnn(image, (8, 16), 5, seed=4)
@@ -247,9 +231,7 @@ def test_cnn_matches_numpy_reference(image: int) -> None:
         assert probs.shape == (1, 5)
         assert probs.dtype == np.float32
         np.testing.assert_allclose(probs, _softmax(ref), atol=1e-5)
-        np.testing.assert_allclose(
-            np.log(probs), ref - np.log(np.exp(ref).sum()), atol=1e-4
-        )
+        np.testing.assert_allclose(np.log(probs), ref - np.log(np.exp(ref).sum()), atol=1e-4)
         assert 1e-4 < probs.min() < probs.max() < 0.99  # not degenerate
 
 
@@ -281,9 +263,7 @@ def test_cnn_default_224_model() -> None:
         start = time.perf_counter()
         interp.invoke()
         times.append(time.perf_counter() - start)
-    print(
-        f"tiny.cnn() 224x224 uint8: median {1e3 * np.median(times):.2f} ms per inference, num_threads=1"
-    )
+    print(f"tiny.cnn() 224x224 uint8: median {1e3 * np.median(times):.2f} ms per inference, num_threads=1")
 
     layers = tiny.cnn_weights()
     assert [b.size for _, b in layers] == [
@@ -297,10 +277,7 @@ def test_cnn_default_224_model() -> None:
         10,
     ]  # conv, (dw, pw) x 3, fc
     axes_bytes = 8  # the int32 [1, 2] axes of MEAN, the model's only other constant
-    assert (
-        tiny.param_bytes(model)
-        == sum(w.nbytes + b.nbytes for w, b in layers) + axes_bytes
-    )
+    assert tiny.param_bytes(model) == sum(w.nbytes + b.nbytes for w, b in layers) + axes_bytes
     assert tiny.cnn() == model
     assert tiny.cnn(seed=1) != model
 
