@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 info = client.submit_model(path, name)
                 spec = ", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in info.inputs)
                 print(
-                    f"   {who:<5} -> {info.name:<10} runtime={info.runtime} footprint={info.footprint_bytes / 2**20:.1f} MiB "
+                    f"   {who:<5} -> {info.name:<10} runtime={info.runtime} "
+                    f"footprint={info.footprint_bytes / 2**20:.1f} MiB "
                     f"load={info.load_ms:.1f} ms input: {spec}"
                 )
 
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {tenant:<7}{model:<12}{ok:>9}{q50:>14.3f}{c50:>16.3f}{sw:>10}")
         total = 2 * args.requests
         print(
-            f"\n   {total} requests in {wall:.2f} s = {total / wall:.0f} inferences/s over ipc, both tenants served together"
+            f"\n   {total} requests in {wall:.2f} s = {total / wall:.0f} inferences/s over ipc, "
+            "both tenants served together"
         )
 
         with TenantClient(endpoint) as operator:

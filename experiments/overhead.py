@@ -2,8 +2,14 @@
 
 What it measures
 ----------------
-For one model (by default a float32 MLP from :func:`models.tiny.mlp` whose single input is
-``[1, 38400]`` float32 = 150 KiB), on this machine and in one run:
+For one model, on this machine and in one run. By default the model is :func:`models.tiny.cnn`:
+a compute-bound MobileNet-style image classifier (3x3 conv, three depthwise-separable blocks
+with widths 96, 352, 704, 1408, global mean, FC to 10 classes, softmax; ~5.2 MB of float32
+weights) whose single input is a uint8 ``[1, 224, 224, 3]`` image = 150,528 bytes (the issue's
+"150 KiB input"); one inference takes ~4.5 ms at 1 thread on a 2-core AMD EPYC. ``--model mlp``
+selects the earlier float32 MLP from :func:`models.tiny.mlp` instead (input ``[1, 38400]``
+float32 = 150 KiB; ``--model-in`` and ``--hidden`` shape it). The input is drawn from the
+seeded RNG (random uint8 pixels for the CNN, standard normal float32 for the MLP). Phases:
 
 * **direct**: the model in this process through ``ai_edge_litert.interpreter.Interpreter`` with
   the same ``num_threads`` as the daemon gives its models; a closed loop of
@@ -38,13 +44,18 @@ The issue's targets: daemon throughput >= 0.95 x direct, and added p50 latency <
 150 KiB input over ipc. Figures go to stdout as a Markdown table and to ``--out`` as
 ``overhead.md``, ``overhead.csv`` and ``overhead.json`` (parameters, seed, machine, versions).
 
-Caveats: the default hidden width (768) makes direct inference take ~3 ms at 1 thread on a
-2-core EPYC; ``--quick`` uses 256 (~0.7 ms), so its ratios are not comparable with a default
-run's. Batch-1 dense layers are memory-bound, so other load on the machine moves the figures;
-on a small machine the client, the daemon's event loop and its runtime thread also share cores.
+Caveats: ``--quick`` uses a narrower CNN (widths 32, 128, 256, 512: ~0.7 ms per inference) and
+short windows, so its ratios are not comparable with a default run's: the fixed per-request
+cost weighs more against a shorter inference. The earlier default, the MLP, was memory-bound
+(a batch-1 dense layer reads every weight once per inference), and bandwidth contention from
+its 118 MB of weights inflated every other cost in the daemon phases (decoding, copies, the
+event loop), which is why the default is now a compute-bound CNN. Other load on the machine
+still moves the figures, and on a small machine the client, the daemon's event loop and its
+runtime thread share cores.
 
-    python -m experiments.overhead            # ~1.5 min
-    python -m experiments.overhead --quick    # < 15 s, smaller hidden layer, short windows
+    python -m experiments.overhead                # ~1.5 min, the CNN
+    python -m experiments.overhead --quick        # < 15 s, a narrower CNN, short windows
+    python -m experiments.overhead --model mlp    # the float32 MLP (--model-in, --hidden)
 """
 
 from __future__ import annotations
@@ -75,15 +86,22 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 from ai_edge_litert.interpreter import Interpreter
-from tenantclient import AsyncTenantClient, TenantClient, TenantError
 
 import tenantd
-from models.tiny import mlp, param_bytes
+from models.tiny import cnn, mlp, param_bytes
+from tenantclient import AsyncTenantClient, TenantClient, TenantError
 
+MODELS = ("cnn", "mlp")
+DEFAULT_MODEL = "cnn"
+# The CNN: uint8 [1, 224, 224, 3] = 150,528 bytes in, 10 classes out. On a 2-core AMD EPYC with
+# 1 thread the default widths (~5.2 MB of weights) take ~4.5 ms, the quick ones (~0.7 MB) ~0.7 ms.
+CNN_IMAGE = 224
+CNN_CLASSES = 10
+DEFAULT_CHANNELS = (96, 352, 704, 1408)
+QUICK_CHANNELS = (32, 128, 256, 512)
+# The MLP (--model mlp): float32 input; batch-1 dense layers are memory-bound, so its latency
+# scales with the weight bytes: hidden=768 (118 MB) ~2.9 ms, hidden=256 (39 MB) ~0.7 ms.
 DEFAULT_IN_FEATURES = 38400  # x 4 bytes = 153,600 bytes = 150 KiB
-# Batch-1 fully connected layers are memory-bound (every weight is read once per inference), so
-# direct latency scales with the weight bytes: on a 2-core AMD EPYC with 1 thread, hidden=768
-# (118 MB of weights) takes ~2.9 ms, hidden=256 (39 MB) ~0.7 ms.
 DEFAULT_HIDDEN = 768
 QUICK_HIDDEN = 256
 OUT_FEATURES = 16
@@ -93,7 +111,7 @@ DEFAULT_CONCURRENCY = (1, 2, 4)
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "overhead"
 
 TENANT = "overhead"
-MODEL_NAME = "overhead-mlp"
+MODEL_NAME = "overhead-model"
 READY_PREFIX = "tenantd ready"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 40.0  # the daemon's default drain timeout is 30 s
@@ -101,7 +119,7 @@ STOP_TIMEOUT_S = 40.0  # the daemon's default drain timeout is 30 s
 TARGET_THROUGHPUT_RATIO = 0.95
 TARGET_ADDED_P50_MS = 0.5
 
-Float32Array = npt.NDArray[np.float32]
+Tensor = npt.NDArray[Any]  # the model's input or output: uint8 image or float32 features
 
 
 class BenchmarkError(Exception):
@@ -112,8 +130,10 @@ class BenchmarkError(Exception):
 class Settings:
     """The command line with the --quick/default choices resolved."""
 
-    in_features: int
-    hidden: int
+    model: str  # one of MODELS
+    channels: tuple[int, ...]  # the CNN's widths
+    in_features: int  # the MLP's input features
+    hidden: int  # the MLP's hidden width
     warmup_s: float
     duration_s: float
     concurrency: tuple[int, ...]
@@ -130,7 +150,9 @@ class Settings:
             return value if value is not None else (quick if args.quick else default)
 
         return cls(
-            in_features=args.model_in,
+            model=args.model,
+            channels=QUICK_CHANNELS if args.quick else DEFAULT_CHANNELS,
+            in_features=args.model_in if args.model_in is not None else DEFAULT_IN_FEATURES,
             hidden=pick(args.hidden, QUICK_HIDDEN, DEFAULT_HIDDEN),
             warmup_s=pick(args.warmup, QUICK_WARMUP_S, DEFAULT_WARMUP_S),
             duration_s=pick(args.duration, QUICK_DURATION_S, DEFAULT_DURATION_S),
@@ -145,7 +167,29 @@ class Settings:
 
     @property
     def layers(self) -> str:
+        """The layer widths, e.g. ``224px:96x352x704x1408->10`` or ``38400x768x16``."""
+        if self.model == "cnn":
+            widths = "x".join(str(c) for c in self.channels)
+            return f"{CNN_IMAGE}px:{widths}->{CNN_CLASSES}"
         return f"{self.in_features}x{self.hidden}x{OUT_FEATURES}"
+
+    @property
+    def description(self) -> str:
+        if self.model == "cnn":
+            return f"uint8-input MobileNet-style CNN {self.layers}"
+        return f"float32 MLP {self.layers}"
+
+    def build_model(self) -> bytes:
+        if self.model == "cnn":
+            return cnn(CNN_IMAGE, self.channels, CNN_CLASSES, seed=self.seed)
+        return mlp(self.in_features, [self.hidden], OUT_FEATURES, seed=self.seed)
+
+    def make_input(self) -> Tensor:
+        """The benchmark input, drawn from the seeded RNG."""
+        rng = np.random.default_rng((self.seed, 1))
+        if self.model == "cnn":
+            return rng.integers(0, 256, (1, CNN_IMAGE, CNN_IMAGE, 3), dtype=np.uint8)
+        return rng.standard_normal((1, self.in_features)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -241,13 +285,13 @@ class Direct:
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         self.output_index = self.interpreter.get_output_details()[0]["index"]
 
-    def infer(self, x: Float32Array) -> Float32Array:
+    def infer(self, x: Tensor) -> Tensor:
         self.interpreter.set_tensor(self.input_index, x)
         self.interpreter.invoke()
-        output: Float32Array = self.interpreter.get_tensor(self.output_index)
+        output: Tensor = self.interpreter.get_tensor(self.output_index)
         return output
 
-    def measure(self, x: Float32Array, warmup_s: float, duration_s: float) -> Window:
+    def measure(self, x: Tensor, warmup_s: float, duration_s: float) -> Window:
         records: list[Record] = []
         begin = time.perf_counter() + warmup_s
         end = begin + duration_s
@@ -267,7 +311,7 @@ def _daemon_record(start: float, timings: dict[str, Any]) -> Record:
     )
 
 
-def measure_sync(endpoint: str, x: Float32Array, warmup_s: float, duration_s: float) -> Window:
+def measure_sync(endpoint: str, x: Tensor, warmup_s: float, duration_s: float) -> Window:
     """Closed loop of the synchronous client, one request in flight."""
     records: list[Record] = []
     with TenantClient(endpoint, tenant=TENANT) as client:
@@ -293,9 +337,7 @@ def measure_ping(endpoint: str, warmup_s: float, duration_s: float) -> Window:
     return Window(records, begin, end)
 
 
-def measure_async(
-    endpoint: str, x: Float32Array, concurrency: int, warmup_s: float, duration_s: float
-) -> Window:
+def measure_async(endpoint: str, x: Tensor, concurrency: int, warmup_s: float, duration_s: float) -> Window:
     """``concurrency`` closed loops sharing one asyncio client."""
 
     async def run() -> Window:
@@ -447,7 +489,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("daemon_total_p50_ms", "daemon total p50", "{:.3f}"),
     ("transport_p50_ms", "transport p50", "{:.3f}"),
     ("throughput_ratio", "inf/s ÷ direct", "{:.3f}"),
-    ("added_p50_ms", "p50 − direct p50 (ms)", "{:+.3f}"),
+    ("added_p50_ms", "p50 − direct p50 (ms)", "{:+.3f}"),  # noqa: RUF001 (a minus sign)
 ]
 
 
@@ -462,8 +504,8 @@ def markdown(report: dict[str, Any], rows: Sequence[PhaseResult]) -> str:
             f"load average (1 min) {load['before'][0]:.2f} before, {load['after'][0]:.2f} after"
         ),
         (
-            f"- model: float32 MLP {model['layers']} (seed {p['seed']}); "
-            f"input {model['input_bytes']:,} B ({model['input_shape']} float32), "
+            f"- model: {model['description']} (seed {p['seed']}); "
+            f"input {model['input_bytes']:,} B ({model['input_shape']} {model['input_dtype']}), "
             f"params {model['param_bytes']:,} B, file {model['file_bytes']:,} B"
         ),
         (
@@ -486,7 +528,7 @@ def markdown(report: dict[str, Any], rows: Sequence[PhaseResult]) -> str:
     ]
     for row in rows:
         values = asdict(row)
-        cells = ["–" if values[f] is None else fmt.format(values[f]) for f, _, fmt in COLUMNS]
+        cells = ["–" if values[f] is None else fmt.format(values[f]) for f, _, fmt in COLUMNS]  # noqa: RUF001
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *(f"- {line}" for line in report["summary"])]
     return "\n".join(lines) + "\n"
@@ -504,9 +546,7 @@ def write_outputs(out: Path, report: dict[str, Any], rows: Sequence[PhaseResult]
     (out / "overhead.json").write_text(json.dumps(document, indent=2) + "\n")
 
 
-def summary_lines(
-    baseline_runs: Sequence[PhaseResult], sync: PhaseResult, batch: Sequence[PhaseResult]
-) -> list[str]:
+def summary_lines(baseline_runs: Sequence[PhaseResult], sync: PhaseResult, batch: Sequence[PhaseResult]) -> list[str]:
     before, after = baseline_runs
     drift = (after.throughput_per_s - before.throughput_per_s) / before.throughput_per_s
     best = max(batch, key=lambda r: r.throughput_per_s)
@@ -531,6 +571,7 @@ def summary_lines(
             "the daemon phases (the baseline pools both)"
         ),
     ]
+
 
 # ---------------------------------------------------------------------------------------- main
 
@@ -567,14 +608,21 @@ def build_parser() -> argparse.ArgumentParser:
         "in one run. Prints a Markdown table; writes overhead.{md,csv,json} to --out.",
     )
     parser.add_argument(
-        "--model-in", type=_positive_int, default=DEFAULT_IN_FEATURES, metavar="N",
-        help=f"input features of the MLP (float32, batch 1; input bytes = 4*N); "
+        "--model", choices=MODELS, default=DEFAULT_MODEL,
+        help=f"cnn: a compute-bound MobileNet-style CNN, uint8 [1,{CNN_IMAGE},{CNN_IMAGE},3] input "
+        f"(150,528 B), widths {','.join(map(str, DEFAULT_CHANNELS))} "
+        f"({','.join(map(str, QUICK_CHANNELS))} with --quick); mlp: a float32 MLP "
+        f"(memory-bound; see --model-in, --hidden); default {DEFAULT_MODEL}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--model-in", type=_positive_int, default=None, metavar="N",
+        help=f"--model mlp only: input features of the MLP (float32, batch 1; input bytes = 4*N); "
         f"default {DEFAULT_IN_FEATURES} = 150 KiB",
     )  # fmt: skip
     parser.add_argument(
         "--hidden", type=_positive_int, default=None, metavar="H",
-        help=f"hidden width of the MLP (sets the compute time); default {DEFAULT_HIDDEN}, "
-        f"{QUICK_HIDDEN} with --quick",
+        help=f"--model mlp only: hidden width of the MLP (sets the compute time); default "
+        f"{DEFAULT_HIDDEN}, {QUICK_HIDDEN} with --quick",
     )  # fmt: skip
     parser.add_argument(
         "--duration", type=_positive_float, default=None, metavar="S",
@@ -605,11 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick", action="store_true",
         help=f"short run (< 15 s): {QUICK_WARMUP_S:g} s warm-up, {QUICK_DURATION_S:g} s per phase, "
-        f"hidden {QUICK_HIDDEN}",
+        f"CNN widths {','.join(map(str, QUICK_CHANNELS))} (MLP: hidden {QUICK_HIDDEN})",
     )  # fmt: skip
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the model's weights and input; default 0"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model's weights and input; default 0")
     return parser
 
 
@@ -617,7 +663,7 @@ def _progress(message: str) -> None:
     print(f"[overhead] {message}", file=sys.stderr, flush=True)
 
 
-def check_outputs(direct: Direct, client: TenantClient, output_name: str, x: Float32Array) -> None:
+def check_outputs(direct: Direct, client: TenantClient, output_name: str, x: Tensor) -> None:
     """Fail unless the daemon returns exactly what the direct interpreter computes for ``x``."""
     expected = direct.infer(x).copy()
     got = client.infer(MODEL_NAME, x)[output_name]
@@ -635,8 +681,7 @@ def run_benchmark(settings: Settings, endpoint: str, model_path: Path, started_h
     written to ``settings.out`` with the CSV and JSON)."""
     warmup, duration = settings.warmup_s, settings.duration_s
     model_bytes = model_path.read_bytes()
-    rng = np.random.default_rng((settings.seed, 1))
-    x = rng.standard_normal((1, settings.in_features)).astype(np.float32)
+    x = settings.make_input()
     load_before = os.getloadavg()
 
     with TenantClient(endpoint, tenant=TENANT) as client:
@@ -688,9 +733,16 @@ def run_benchmark(settings: Settings, endpoint: str, model_path: Path, started_h
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "parameters": {
             "seed": settings.seed,
-            "model_in": settings.in_features,
-            "hidden": settings.hidden,
-            "out_features": OUT_FEATURES,
+            "model": settings.model,
+            **(
+                {"image": CNN_IMAGE, "channels": list(settings.channels), "classes": CNN_CLASSES}
+                if settings.model == "cnn"
+                else {
+                    "model_in": settings.in_features,
+                    "hidden": settings.hidden,
+                    "out_features": OUT_FEATURES,
+                }
+            ),
             "warmup_s": warmup,
             "duration_s": duration,
             "concurrency": list(settings.concurrency),
@@ -702,8 +754,11 @@ def run_benchmark(settings: Settings, endpoint: str, model_path: Path, started_h
         "loadavg": {"before": list(load_before), "after": list(os.getloadavg())},
         "versions": versions(),
         "model": {
+            "kind": settings.model,
+            "description": settings.description,
             "layers": settings.layers,
             "input_shape": list(x.shape),
+            "input_dtype": str(x.dtype),
             "input_bytes": x.nbytes,
             "param_bytes": param_bytes(model_bytes),
             "file_bytes": len(model_bytes),
@@ -733,14 +788,17 @@ def run_benchmark(settings: Settings, endpoint: str, model_path: Path, started_h
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    settings = Settings.from_args(build_parser().parse_args(argv), argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model != "mlp" and (args.model_in is not None or args.hidden is not None):
+        parser.error("--model-in and --hidden apply only to --model mlp")
+    settings = Settings.from_args(args, argv)
     try:
         with tempfile.TemporaryDirectory(prefix="tenantd-overhead-") as tmp:
             workdir = Path(tmp)
-            _progress(f"building float32 MLP {settings.layers} (seed {settings.seed})")
-            model_path = workdir / "overhead_mlp.tflite"
-            model = mlp(settings.in_features, [settings.hidden], OUT_FEATURES, seed=settings.seed)
-            model_path.write_bytes(model)
+            _progress(f"building {settings.description} (seed {settings.seed})")
+            model_path = workdir / f"overhead_{settings.model}.tflite"
+            model_path.write_bytes(settings.build_model())
             if settings.endpoint:
                 text = run_benchmark(settings, settings.endpoint, model_path, started_here=False)
             else:
