@@ -1,9 +1,9 @@
-"""The executor owns the device: the runtimes, the loaded models, and the worker threads that run
-inferences. It measures each run (compute time; whether the slot switched models) and keeps a short
-window of warm compute times per model so that a switch's extra cost can be stated.
+"""The executor owns the device: the runtimes and the loaded (resident) models. It loads models
+off the event loop, runs one inference on a slot's thread and times it, and keeps a short window
+of warm compute times per model so that a switch's extra cost can be stated.
 
-Loading and inference are blocking calls into native code that release the GIL, so they run on a
-thread pool with one thread per execution slot; everything else stays on the event loop.
+Inference is a blocking call into native code that releases the GIL; it runs on the scheduler's
+slot threads. Loading runs on the event loop's default thread pool.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import statistics
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +39,10 @@ class Resident:
 class RunResult:
     outputs: list[np.ndarray]
     compute_ms: float
-    switch: bool
     previous: str | None  # model that ran last on this slot
-    warm_median_ms: float | None  # of this model, before this run
+
+    def switched(self, model: str) -> bool:
+        return self.previous is not None and self.previous != model
 
 
 class Executor:
@@ -51,8 +51,8 @@ class Executor:
         self.threads_per_model = threads_per_model
         self._runtimes: dict[str, Runtime] = {}
         self.resident: dict[str, Resident] = {}
+        # Each entry is read and written only by its own slot's thread.
         self._last_on_slot: list[str | None] = [None] * slots
-        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="tenantd-slot")
         self.switches = 0
 
     def runtime(self, name: str) -> Runtime:
@@ -65,7 +65,7 @@ class Executor:
         rt = self.runtime(runtime)
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        model = await loop.run_in_executor(self._pool, rt.load, path)
+        model = await loop.run_in_executor(None, rt.load, path)
         return Resident(name=name, runtime=runtime, model=model), (time.perf_counter() - t0) * 1e3
 
     def install(self, resident: Resident) -> Resident | None:
@@ -77,33 +77,30 @@ class Executor:
 
     def evict(self, name: str) -> Resident | None:
         """Stop serving ``name``; returns it for the caller to unload once it is not running."""
-        self._last_on_slot = [None if m == name else m for m in self._last_on_slot]
         return self.resident.pop(name, None)
 
-    async def run(self, resident: Resident, inputs: list[np.ndarray], slot: int) -> RunResult:
+    def run(self, resident: Resident, inputs: list[np.ndarray], slot: int) -> RunResult:
+        """Run one inference on the calling slot thread. Raises RuntimeFailure."""
         previous = self._last_on_slot[slot]
-        switch = previous is not None and previous != resident.name
-        warm_median = resident.warm_median_ms() if switch else None
-        loop = asyncio.get_running_loop()
-        outputs, compute_ms = await loop.run_in_executor(self._pool, _timed_infer, resident.model, inputs)
+        t0 = time.perf_counter()
+        outputs = resident.model.infer(inputs)
+        compute_ms = (time.perf_counter() - t0) * 1e3
         self._last_on_slot[slot] = resident.name
-        if switch:
+        return RunResult(outputs, compute_ms, previous)
+
+    def account(self, resident: Resident, result: RunResult) -> tuple[bool, float | None]:
+        """On the event loop: record a finished run; returns (switch, the model's warm median
+        before this run, on a switch)."""
+        if result.switched(resident.name):
             self.switches += 1
-        else:
-            resident.warm_ms.append(compute_ms)
-        return RunResult(outputs, compute_ms, switch, previous, warm_median)
+            return True, resident.warm_median_ms()
+        resident.warm_ms.append(result.compute_ms)
+        return False, None
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
         for name in list(self.resident):
             resident = self.evict(name)
             if resident is not None:
                 resident.model.unload()
         for runtime in self._runtimes.values():
             runtime.release()
-
-
-def _timed_infer(model: LoadedModel, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
-    t0 = time.perf_counter()
-    outputs = model.infer(inputs)
-    return outputs, (time.perf_counter() - t0) * 1e3

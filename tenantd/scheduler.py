@@ -1,21 +1,26 @@
 """Per-device request scheduling: bounded per-tenant queues, round-robin across tenants, a fixed
 number of execution slots, and deadlines.
 
-Everything here runs on the daemon's event loop thread, so the queues need no locks; the slow part
-(the inference) is awaited by the ``execute`` callback, which runs it on a worker thread. Fairness
-is round-robin over tenants that have work waiting: a tenant's burst fills only its own queue, and
-each tenant gets a turn before any gets a second one. A model runs one request at a time (runtime
-interpreters are not re-entrant), so a tenant whose next request is for a busy model is passed
-over for that turn rather than blocking a slot. Queues are bounded per tenant and per device, and a
-request with a deadline that cannot start in time is dropped by a timer, not left to rot.
+Each execution slot is a thread. When a slot finishes a request it takes the next one itself,
+under the scheduler's lock, and starts running it at once: the reply to the finished request goes
+back to the event loop in parallel (through the ``execute`` callback) instead of sitting between
+two inferences. Requests are queued, expired and drained from the event loop.
+
+Fairness is round-robin over tenants that have work waiting: a tenant's burst fills only its own
+queue, and each tenant gets a turn before any gets a second one. A model runs one request at a
+time (runtime interpreters are not re-entrant), so a tenant whose next request is for a busy model
+is passed over for that turn rather than holding a slot. Queues are bounded per tenant and per
+device; a request with a deadline that cannot start in time is dropped by a timer, never run late.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,18 +38,25 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)
 class Job:
-    """One queued request. ``payload`` is opaque to the scheduler."""
+    """One queued request. ``payload`` is opaque to the scheduler. Times are time.monotonic()."""
 
     tenant: str
     model: str
     payload: Any
-    deadline: float | None = None  # loop.time() by which the job must start
-    enqueued: float = 0.0  # loop.time() when queued
-    started: float = 0.0  # loop.time() when a slot took it
+    deadline: float | None = None  # by when the job must start
+    enqueued: float = 0.0
+    started: float = 0.0
+    # Set on the event loop when the daemon gave up waiting for this job (drain timeout): its
+    # late result must not be answered a second time.
+    abandoned: bool = False
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
-Execute = Callable[[Job, int], Awaitable[None]]
+# execute(job, slot) runs on the slot's thread. It owns answering the job; if it raises, the
+# scheduler answers INTERNAL. drop(job, code, message) is always called on the event loop thread;
+# it may be called for a job the drain already gave up on (job.abandoned), which it must not
+# answer twice.
+Execute = Callable[[Job, int], None]
 Drop = Callable[[Job, ErrorCode, str], None]
 
 
@@ -62,78 +74,101 @@ class Scheduler:
         self._drop = drop
         self.depth_per_tenant = depth_per_tenant
         self.depth_total = depth_total
+        self._cond = threading.Condition()
+        # Everything below is guarded by _cond.
         self._queues: dict[str, deque[Job]] = {}
         self._ring: deque[str] = deque()  # tenants with waiting jobs, next to serve at the left
         self._busy: set[str] = set()  # models running right now
-        self._wakeup = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._running: dict[int, Job] = {}  # slot -> job
         self._closing = False
         self.queued = 0
-        self.running = 0
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    # ---------------------------------------------------------------- lifecycle
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # ---------------------------------------------------------------- lifecycle (event loop)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._slot(i), name=f"slot-{i}") for i in range(self.slots)]
+        self._loop = asyncio.get_running_loop()
+        self._threads = [
+            threading.Thread(target=self._slot, args=(i,), name=f"tenantd-slot-{i}", daemon=True)
+            for i in range(self.slots)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def drain(self, timeout: float) -> int:
-        """Stop taking jobs, finish what is queued or running within ``timeout`` seconds; drop
-        the rest with UNAVAILABLE. Returns how many were dropped."""
-        self._closing = True
-        self._wakeup.set()
-        done, _ = await asyncio.wait(self._tasks, timeout=timeout) if self._tasks else (set(), set())
-        dropped = 0
-        for tenant in list(self._queues):
-            queue = self._queues.pop(tenant)
-            while queue:
-                job = queue.popleft()
-                self._cancel_timer(job)
-                self._drop(job, ErrorCode.UNAVAILABLE, "the daemon shut down before this request could run")
-                dropped += 1
-        self._ring.clear()
-        self.queued = 0
-        for task in self._tasks:
-            if task not in done:
-                task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        return dropped
+        """Stop taking jobs and finish what is queued or running within ``timeout`` seconds;
+        answer the rest with UNAVAILABLE. Returns how many queued jobs were dropped."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        loop = asyncio.get_running_loop()
+        give_up = time.monotonic() + timeout
+        for thread in self._threads:
+            await loop.run_in_executor(None, thread.join, max(0.0, give_up - time.monotonic()))
+        with self._cond:
+            left = [job for queue in self._queues.values() for job in queue]
+            self._queues.clear()
+            self._ring.clear()
+            self.queued = 0
+            stuck = list(self._running.values())
+            self._cond.notify_all()  # slots waiting on a busy model may exit now
+        for job in left:
+            self._cancel_timer(job)
+            self._drop(job, ErrorCode.UNAVAILABLE, "the daemon shut down before this request could run")
+        for job in stuck:
+            job.abandoned = True
+            self._drop(job, ErrorCode.UNAVAILABLE, "the daemon shut down while this request ran")
+        return len(left)
 
-    # ---------------------------------------------------------------- queueing
+    # ---------------------------------------------------------------- queueing (event loop)
 
     def submit(self, job: Job) -> None:
-        if self._closing:
-            raise QueueFull("device (shutting down)", 0)
-        queue = self._queues.get(job.tenant)
-        if queue is not None and len(queue) >= self.depth_per_tenant:
-            raise QueueFull(f"tenant {job.tenant!r}", self.depth_per_tenant)
-        if self.queued >= self.depth_total:
-            raise QueueFull("device", self.depth_total)
         loop = asyncio.get_running_loop()
-        job.enqueued = loop.time()
+        with self._cond:
+            if self._closing:
+                raise QueueFull("device (shutting down)", 0)
+            queue = self._queues.get(job.tenant)
+            if queue is not None and len(queue) >= self.depth_per_tenant:
+                raise QueueFull(f"tenant {job.tenant!r}", self.depth_per_tenant)
+            if self.queued >= self.depth_total:
+                raise QueueFull("device", self.depth_total)
+            job.enqueued = time.monotonic()
+            if queue is None:
+                queue = self._queues[job.tenant] = deque()
+            if not queue:
+                self._ring.append(job.tenant)
+            queue.append(job)
+            self.queued += 1
+            self._cond.notify()
         if job.deadline is not None:
-            job.timer = loop.call_at(job.deadline, self._expire, job)
-        if queue is None:
-            queue = self._queues[job.tenant] = deque()
-        if not queue:
-            self._ring.append(job.tenant)
-        queue.append(job)
-        self.queued += 1
-        self._wakeup.set()
+            # Not cancelled when a slot takes the job (a handle is not thread-safe); _expire then
+            # returns at once, and the timer only keeps the job in memory until its deadline.
+            job.timer = loop.call_later(max(0.0, job.deadline - time.monotonic()), self._expire, job)
 
     def queue_depths(self) -> dict[str, int]:
-        return {tenant: len(q) for tenant, q in self._queues.items() if q}
+        with self._cond:
+            return {tenant: len(q) for tenant, q in self._queues.items() if q}
 
     def is_busy(self, model: str) -> bool:
-        return model in self._busy
+        with self._cond:
+            return model in self._busy
 
     def _expire(self, job: Job) -> None:
-        queue = self._queues.get(job.tenant)
-        if queue is None or job not in queue:
-            return  # already started or dropped
-        queue.remove(job)
-        self.queued -= 1
-        if not queue:
-            self._ring.remove(job.tenant)
+        with self._cond:
+            if job.started:
+                return
+            queue = self._queues.get(job.tenant)
+            if queue is None or job not in queue:
+                return  # already started or dropped
+            queue.remove(job)
+            self.queued -= 1
+            if not queue:
+                self._ring.remove(job.tenant)
         job.timer = None
         self._drop(job, ErrorCode.DEADLINE_EXCEEDED, "the request could not start before its deadline")
 
@@ -143,8 +178,10 @@ class Scheduler:
             job.timer.cancel()
             job.timer = None
 
+    # ---------------------------------------------------------------- slots (slot threads)
+
     def _take(self) -> Job | None:
-        """The next job in round-robin order whose model is idle, or None."""
+        """The next job in round-robin order whose model is idle, or None. Caller holds _cond."""
         for _ in range(len(self._ring)):
             tenant = self._ring[0]
             queue = self._queues[tenant]
@@ -156,37 +193,39 @@ class Scheduler:
             if queue:
                 self._ring.append(tenant)
             self.queued -= 1
-            self._cancel_timer(job)
             return job
         return None
 
-    async def _slot(self, slot: int) -> None:
-        loop = asyncio.get_running_loop()
+    def _to_loop(self, job: Job, code: ErrorCode, message: str) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._drop, job, code, message)
+        except RuntimeError:  # the loop is closed: the daemon is gone, nobody to answer
+            log.warning("could not answer a %s job of tenant %s: the event loop is closed", code.value, job.tenant)
+
+    def _slot(self, slot: int) -> None:
         while True:
-            job = self._take()
-            if job is None:
-                if self._closing and self.queued == 0:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            job.started = loop.time()
-            if job.deadline is not None and job.started > job.deadline:
-                self._drop(job, ErrorCode.DEADLINE_EXCEEDED, "the request could not start before its deadline")
-                continue
-            self._busy.add(job.model)
-            self.running += 1
+            with self._cond:
+                job = self._take()
+                while job is None:
+                    if self._closing and self.queued == 0:
+                        return
+                    self._cond.wait()
+                    job = self._take()
+                self._busy.add(job.model)
+                self._running[slot] = job
+                job.started = time.monotonic()
             try:
-                await self._execute(job, slot)
-            except asyncio.CancelledError:
-                # Drain timed out with this job still running: its requester still gets an answer.
-                self._drop(job, ErrorCode.UNAVAILABLE, "the daemon shut down while this request ran")
-                raise
-            except Exception as exc:  # execute answers its own errors; this is a daemon bug
+                if job.deadline is not None and job.started > job.deadline:
+                    self._to_loop(job, ErrorCode.DEADLINE_EXCEEDED, "the request could not start before its deadline")
+                else:
+                    self._execute(job, slot)
+            except Exception as exc:
                 log.exception("slot %d: unhandled error running a job of tenant %s", slot, job.tenant)
-                self._drop(job, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+                self._to_loop(job, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
             finally:
-                self._busy.discard(job.model)
-                self.running -= 1
-                # A job passed over because its model was busy may be runnable now.
-                self._wakeup.set()
+                with self._cond:
+                    self._busy.discard(job.model)
+                    del self._running[slot]
+                    # A job passed over because its model was busy may be runnable now.
+                    self._cond.notify_all()

@@ -30,7 +30,7 @@ import zmq
 from tenantd import __version__, protocol
 from tenantd.config import ConfigError, Policy
 from tenantd.events import EventLog
-from tenantd.executor import Executor, Resident
+from tenantd.executor import Executor, Resident, RunResult
 from tenantd.probe import probe_model
 from tenantd.protocol import ErrorCode, Op, ProtocolError, Request
 from tenantd.runtimes import (
@@ -101,6 +101,7 @@ class InferPayload:
     envelope: Envelope
     inputs: list[np.ndarray]
     record: ModelRecord  # the model the owner and inputs were checked against
+    resident: Resident  # and its loaded instance: the job runs on exactly this one or not at all
 
 
 class Daemon:
@@ -147,6 +148,8 @@ class Daemon:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._read_scheduled = False
+        self._retired: list[Resident] = []  # removed or replaced, unloaded once idle
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,6 +161,7 @@ class Daemon:
         removed = self.store.collect_garbage()
         if removed:
             log.info("removed %d orphaned model file(s) left by an interrupted submission", len(removed))
+        self._loop = asyncio.get_running_loop()
         await self._restore_models()
         self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.ROUTER)
@@ -378,12 +382,14 @@ class Daemon:
             raise ClientError(ErrorCode.UNAVAILABLE, "the daemon is shutting down")
         record = self._owned_model(request)
         inputs = match_inputs(record.inputs, request.tensors)
-        loop = asyncio.get_running_loop()
-        deadline = None if request.deadline_ms is None else loop.time() + request.deadline_ms / 1e3
+        resident = self.executor.resident.get(record.name)
+        if resident is None:
+            raise ClientError(ErrorCode.RUNTIME_ERROR, f"model {record.name!r} could not be loaded (see events)")
+        deadline = None if request.deadline_ms is None else time.monotonic() + request.deadline_ms / 1e3
         job = Job(
             tenant=record.owner,
             model=record.name,
-            payload=InferPayload(request.id, envelope, inputs, record),
+            payload=InferPayload(request.id, envelope, inputs, record, resident),
             deadline=deadline,
         )
         try:
@@ -391,57 +397,52 @@ class Daemon:
         except QueueFull as exc:
             raise ClientError(ErrorCode.QUEUE_FULL, str(exc), {"scope": exc.scope, "limit": exc.limit}) from None
 
-    async def _execute(self, job: Job, slot: int) -> None:
+    def _execute(self, job: Job, slot: int) -> None:
+        """On a slot thread: run the job, then hand the result to the event loop to answer."""
         payload: InferPayload = job.payload
-        record = payload.record
-        if self.models.get(job.model) is not record:
+        loop = self._loop
+        assert loop is not None
+        if self.executor.resident.get(job.model) is not payload.resident:
             # Removed (and perhaps re-created by someone else) or replaced while this waited: the
             # owner and input checks no longer hold, so it must not run.
-            self._reply_error(
-                payload.envelope,
-                payload.request_id,
+            loop.call_soon_threadsafe(
+                self._drop_job,
+                job,
                 ErrorCode.UNKNOWN_MODEL,
                 f"model {job.model!r} was removed or replaced while this request waited",
             )
             return
-        resident = self.executor.resident.get(job.model)
-        if resident is None:
-            self._reply_error(
-                payload.envelope,
-                payload.request_id,
-                ErrorCode.RUNTIME_ERROR,
-                f"model {job.model!r} could not be loaded on this device (see events)",
-            )
-            return
         try:
-            result = await self.executor.run(resident, payload.inputs, slot)
+            result = self.executor.run(payload.resident, payload.inputs, slot)
         except RuntimeFailure as exc:
-            self._reply_error(
-                payload.envelope, payload.request_id, ErrorCode.RUNTIME_ERROR, f"model {job.model!r}: {exc}"
-            )
+            loop.call_soon_threadsafe(self._drop_job, job, ErrorCode.RUNTIME_ERROR, f"model {job.model!r}: {exc}")
             return
-        finally:
-            self._unload_if_retired(resident)
-        loop = asyncio.get_running_loop()
+        loop.call_soon_threadsafe(self._answer_infer, job, slot, result)
+
+    def _answer_infer(self, job: Job, slot: int, result: RunResult) -> None:
+        payload: InferPayload = job.payload
+        self._unload_retired()
+        if job.abandoned:
+            return
+        switch, warm_median = self.executor.account(payload.resident, result)
         timings: dict[str, Any] = {
             "queue_ms": round((job.started - job.enqueued) * 1e3, 4),
             "compute_ms": round(result.compute_ms, 4),
-            "total_ms": round((loop.time() - job.enqueued) * 1e3, 4),
-            "switch": result.switch,
+            "total_ms": round((time.monotonic() - job.enqueued) * 1e3, 4),
+            "switch": switch,
             "slot": slot,
         }
-        if result.switch:
-            extra = None if result.warm_median_ms is None else result.compute_ms - result.warm_median_ms
+        if switch:
             timings["switched_from"] = result.previous
             self.events.emit(
                 "switch",
                 slot=slot,
                 **{"from": result.previous, "to": job.model},
                 compute_ms=round(result.compute_ms, 4),
-                warm_median_ms=None if result.warm_median_ms is None else round(result.warm_median_ms, 4),
-                extra_ms=None if extra is None else round(extra, 4),
+                warm_median_ms=None if warm_median is None else round(warm_median, 4),
+                extra_ms=None if warm_median is None else round(result.compute_ms - warm_median, 4),
             )
-        names = [spec.name for spec in record.outputs]
+        names = [spec.name for spec in payload.record.outputs]
         self._send(
             payload.envelope,
             protocol.encode_reply(
@@ -449,12 +450,24 @@ class Daemon:
             ),
         )
 
-    def _unload_if_retired(self, resident: Resident) -> None:
-        """Unload ``resident`` if it was removed or replaced while it ran."""
-        if self.executor.resident.get(resident.name) is not resident:
-            resident.model.unload()
+    def _retire(self, resident: Resident | None) -> None:
+        """A model was removed or replaced: unload it once no slot is running it."""
+        if resident is not None:
+            self._retired.append(resident)
+            self._unload_retired()
+
+    def _unload_retired(self) -> None:
+        if self._retired:
+            busy = [r for r in self._retired if self.scheduler.is_busy(r.name)]
+            for resident in self._retired:
+                if resident not in busy:
+                    resident.model.unload()
+            self._retired = busy
 
     def _drop_job(self, job: Job, code: ErrorCode, message: str) -> None:
+        self._unload_retired()
+        if job.abandoned and code is not ErrorCode.UNAVAILABLE:
+            return  # already answered when the drain gave up on it
         payload: InferPayload = job.payload
         self._reply_error(payload.envelope, payload.request_id, code, message, {"tenant": job.tenant})
 
@@ -513,10 +526,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.remove_model, record.name)
         self.models.pop(record.name, None)
-        resident = self.executor.evict(record.name)
-        if resident is not None and not self.scheduler.is_busy(record.name):
-            resident.model.unload()
-        # else: the running request unloads it when it finishes (_unload_if_retired).
+        self._retire(self.executor.evict(record.name))
         self.events.emit("model.removed", model=record.name, tenant=record.owner)
         return {"removed": record.name}
 
@@ -624,8 +634,7 @@ class Daemon:
         replaced = self.models.get(name)
         self.models[name] = record
         old = self.executor.install(resident)
-        if old is not None and not self.scheduler.is_busy(name):
-            old.model.unload()
+        self._retire(old)
         if replaced is not None and replaced.sha256 != sha:
             await loop.run_in_executor(None, self.store.discard_blob_if_unreferenced, replaced.sha256)
         self.events.emit("model.loaded", model=name, tenant=tenant, load_ms=round(load_ms, 3), replaced=old is not None)
