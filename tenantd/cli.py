@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tenantd import __version__
 from tenantd.config import ConfigError, load_policy
+from tenantd.devices import PROFILES
 from tenantd.server import Daemon, ServeConfig
 
 
@@ -26,12 +27,23 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         daemon = Daemon(
-            ServeConfig(device=args.device, endpoint=args.endpoint, state_dir=args.state_dir, policy=policy)
+            ServeConfig(
+                device=args.device,
+                endpoint=args.endpoint,
+                state_dir=args.state_dir,
+                policy=policy,
+                profile=args.profile,
+            )
         )
         daemon.install_signal_handlers()
 
         def ready(endpoint: str) -> None:
-            print(f"tenantd ready endpoint={endpoint} device={args.device} slots={daemon.slots}", flush=True)
+            emulated = " emulated=true" if daemon.emulated else ""
+            print(
+                f"tenantd ready endpoint={endpoint} device={args.device} profile={daemon.profile.name}{emulated} "
+                f"slots={daemon.slots}",
+                flush=True,
+            )
 
         await daemon.serve(ready)
 
@@ -63,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--state-dir", type=Path, required=True, help="directory for the model store and event log")
     serve.add_argument("--policy", type=Path, help="operator policy TOML file (see policies/cpu.toml)")
+    serve.add_argument(
+        "--profile",
+        help="device profile whose memory model and budget admission enforces (default: the device's own); "
+        f"running one device under another's profile emulates it. Known: {', '.join(PROFILES)}",
+    )
     serve.set_defaults(func=_serve)
     return parser
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -45,6 +45,20 @@ class Policy(BaseModel):
 
     drain_timeout_s: Annotated[float, Field(ge=0)] = 30.0
     """On SIGTERM/SIGINT, how long to keep answering accepted requests before giving up."""
+
+    profile: str | None = None
+    """Device profile whose memory model and budget admission enforces (see tenantd/devices).
+    Default: the profile named like the device. ``tenantd serve --profile`` overrides it."""
+
+    overcommit: Literal["reject"] = "reject"
+    """What to do with a model that does not fit the budget: ``reject`` refuses it with
+    ADMISSION_DENIED. (``swap``, admitting it as swappable, is not implemented yet.)"""
+
+    capacity_bytes: Annotated[int | None, Field(gt=0)] = None
+    """Override the profile's memory capacity (e.g. a Jetson module with more DRAM)."""
+
+    reserve_bytes: Annotated[int | None, Field(ge=0)] = None
+    """Memory kept free for the host and runtimes. Default: the profile's."""
 
     def effective_slots(self) -> int:
         return self.slots or max(1, os.cpu_count() or 1)

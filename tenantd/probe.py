@@ -39,26 +39,26 @@ class ProbeResult:
 
 def _measure(runtime_name: str, path: Path, threads: int) -> dict[str, Any]:
     import numpy as np
-    import psutil
 
-    process = psutil.Process()
-    rss_start = process.memory_info().rss
+    from tenantd.admission import rss_bytes
+
+    rss_start = rss_bytes()
     from tenantd.runtimes import get_runtime_class
 
     cls = get_runtime_class(runtime_name)
     runtime = cls(device="cpu", num_threads=threads)
-    rss_runtime = process.memory_info().rss
+    rss_runtime = rss_bytes()
 
     t0 = time.perf_counter()
     model = runtime.load(path)
     load_ms = (time.perf_counter() - t0) * 1e3
-    rss_loaded = process.memory_info().rss
+    rss_loaded = rss_bytes()
 
     zeros = [np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=spec.dtype) for spec in model.inputs]
     t0 = time.perf_counter()
     outputs = model.infer(zeros)
     first_infer_ms = (time.perf_counter() - t0) * 1e3
-    rss_after = process.memory_info().rss
+    rss_after = rss_bytes()
     if len(outputs) != len(model.outputs):
         raise RuntimeError(f"model declares {len(model.outputs)} outputs but returned {len(outputs)}")
 

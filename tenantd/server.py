@@ -28,10 +28,12 @@ import numpy as np
 import zmq
 
 from tenantd import __version__, protocol
+from tenantd.admission import Admission, rss_bytes
 from tenantd.config import ConfigError, Policy
+from tenantd.devices import MemoryModel, get_profile
 from tenantd.events import EventLog
 from tenantd.executor import Executor, Resident, RunResult
-from tenantd.probe import probe_model
+from tenantd.probe import ProbeResult, probe_model
 from tenantd.protocol import ErrorCode, Op, ProtocolError, Request
 from tenantd.runtimes import (
     RuntimeFailure,
@@ -67,6 +69,7 @@ class ServeConfig:
     endpoint: str
     state_dir: Path
     policy: Policy
+    profile: str | None = None  # overrides the policy's; default: the device's own profile
 
 
 def endpoint_is_local(endpoint: str) -> bool:
@@ -118,6 +121,19 @@ class Daemon:
         self.endpoint = config.endpoint
         self.slots = self.policy.effective_slots()
         self.threads = self.policy.effective_threads()
+        try:
+            self.profile = get_profile(config.profile or self.policy.profile or config.device)
+        except KeyError as exc:
+            raise ConfigError(str(exc.args[0])) from None
+        if self.profile.memory_model is MemoryModel.DEDICATED and not (
+            self.profile.capacity_bytes or self.policy.capacity_bytes
+        ):
+            raise ConfigError(f"profile {self.profile.name!r} has no fixed capacity: set capacity_bytes in the policy")
+        # Running on one device while enforcing another's memory model, to plan for it.
+        self.emulated = self.profile.name != config.device
+        self.admission = Admission(
+            self.profile, capacity_bytes=self.policy.capacity_bytes, reserve_bytes=self.policy.reserve_bytes
+        )
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.state_dir)
         self.events = EventLog(config.state_dir)
@@ -140,6 +156,7 @@ class Daemon:
         }
         self._control_tasks: set[asyncio.Task[None]] = set()
         self._probe_slots = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
+        self._load_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._draining = False
         self._started = time.time()
@@ -156,13 +173,29 @@ class Daemon:
     async def serve(self, ready: Callable[[str], None] | None = None) -> None:
         """Run until :meth:`stop` (or SIGTERM/SIGINT when installed), then drain and close."""
         self.events.emit(
-            "start", device=self.config.device, endpoint=self.endpoint, pid=os.getpid(), version=__version__
+            "start",
+            device=self.config.device,
+            profile=self.profile.name,
+            emulated=self.emulated,
+            endpoint=self.endpoint,
+            pid=os.getpid(),
+            version=__version__,
         )
         removed = self.store.collect_garbage()
         if removed:
             log.info("removed %d orphaned model file(s) left by an interrupted submission", len(removed))
         self._loop = asyncio.get_running_loop()
         await self._restore_models()
+        budget = self.admission.budget()
+        if budget.free_bytes < 0:
+            log.warning(
+                "restored models use %d bytes, over the %s budget of %d: nothing is dropped, new models "
+                "will be refused until some are removed",
+                budget.used_bytes,
+                self.profile.name,
+                budget.budget_bytes,
+            )
+            self.events.emit("admission.over_budget", **self._device_context(), **budget.to_wire())
         self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -178,6 +211,16 @@ class Daemon:
             "tenants are named in each request's header (no tenant keys yet); accepted because %s is a "
             "local-only endpoint",
             self.endpoint,
+        )
+        budget = self.admission.budget()
+        log.info(
+            "device %s, profile %s%s: %s memory, budget %.1f MiB (%.1f MiB in use)",
+            self.config.device,
+            self.profile.name,
+            " (emulated)" if self.emulated else "",
+            budget.memory_model,
+            budget.budget_bytes / 2**20,
+            budget.used_bytes / 2**20,
         )
         log.info(
             "device %s: %d slot(s), %d runtime thread(s) per model, %d model(s) restored",
@@ -236,6 +279,10 @@ class Daemon:
                 continue
             self.executor.install(resident)
             self.models[record.name] = record
+            # Acknowledged models come back even if the budget shrank; over_budget says so.
+            self.admission.charge(
+                record.name, record.footprint_bytes, record.runtime, record.probe.get("runtime_overhead_bytes", 0)
+            )
             self.events.emit(
                 "model.loaded", model=record.name, tenant=record.owner, load_ms=round(load_ms, 3), restored=True
             )
@@ -495,9 +542,21 @@ class Daemon:
             "resident": sorted(self.executor.resident),
             "tenants": sorted({r.owner for r in self.models.values()}),
             "switches": self.executor.switches,
+            "memory": self._memory_status(),
             "requests": dict(self.requests),
             "errors": dict(self.errors),
             "runtimes": available_runtimes(),
+        }
+
+    def _memory_status(self) -> dict[str, Any]:
+        budget = self.admission.budget()
+        return {
+            "profile": self.profile.name,
+            "emulated": self.emulated,
+            "overcommit": self.policy.overcommit,
+            **budget.to_wire(),
+            "runtime_overhead_bytes": dict(self.admission.ledger.runtime_overhead),
+            "models_admitted": len(self.admission.ledger.models),
         }
 
     async def _op_list_models(self, request: Request) -> dict[str, Any]:
@@ -526,6 +585,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.remove_model, record.name)
         self.models.pop(record.name, None)
+        self.admission.release(record.name)
         self._retire(self.executor.evict(record.name))
         self.events.emit("model.removed", model=record.name, tenant=record.owner)
         return {"removed": record.name}
@@ -596,10 +656,53 @@ class Daemon:
             first_infer_ms=round(probe.first_infer_ms, 3),
             **probe.details,
         )
-        # Admission against a memory budget arrives with device profiles; the CPU admits all.
-        self.events.emit("model.admitted", model=name, tenant=tenant, footprint_bytes=probe.footprint_bytes)
+        previous_charge = self.admission.ledger.models.get(name)
+        decision = self.admission.decide(
+            name, probe.footprint_bytes, runtime, int(probe.details.get("runtime_overhead_bytes", 0))
+        )
+        context = {**self._device_context(), **decision.to_wire()}
+        if not decision.admitted:
+            self.events.emit(
+                "model.refused",
+                model=name,
+                tenant=tenant,
+                code=ErrorCode.ADMISSION_DENIED.value,
+                reason=decision.explain(),
+                **context,
+            )
+            raise ClientError(ErrorCode.ADMISSION_DENIED, decision.explain(), context)
+        self.events.emit("model.admitted", model=name, tenant=tenant, **context)
         try:
-            resident, load_ms = await self.executor.load(name, runtime, path)
+            return await self._load_and_store(name, tenant, runtime, filename, sha, path, size, replace, probe)
+        except BaseException:
+            self.admission.uncharge(name, previous_charge)
+            raise
+
+    def _device_context(self) -> dict[str, Any]:
+        return {
+            "device": self.config.device,
+            "profile": self.profile.name,
+            "emulated": self.emulated,
+            "models_resident": len(self.executor.resident),
+        }
+
+    async def _load_and_store(
+        self,
+        name: str,
+        tenant: str,
+        runtime: str,
+        filename: str | None,
+        sha: str,
+        path: Path,
+        size: int,
+        replace: bool,
+        probe: ProbeResult,
+    ) -> dict[str, Any]:
+        try:
+            async with self._load_lock:  # one load at a time, so the growth measured is this one's
+                rss_before = rss_bytes()
+                resident, load_ms = await self.executor.load(name, runtime, path)
+                self.admission.correct(name, rss_bytes() - rss_before)
         except RuntimeFailure as exc:
             self.events.emit(
                 "model.refused", model=name, tenant=tenant, code=ErrorCode.RUNTIME_ERROR.value, reason=str(exc)

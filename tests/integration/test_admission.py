@@ -1,0 +1,133 @@
+"""Integration: admission against device memory budgets with real models and measured footprints.
+
+Footprints are never constants here: each test first probes a real model (the same throwaway
+process the daemon uses) and sizes the emulated device's capacity from what it measured."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from models import tiny
+from tenantclient import TenantClient
+from tenantclient import errors as E
+from tenantd.config import Policy
+from tenantd.probe import ProbeResult, probe_model
+from tests.support.daemon import daemon_in_thread
+
+MiB = 2**20
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], ProbeResult]:
+    """Four different 8 MiB-parameter models and the probe's measurement of one of them."""
+    models = [tiny.sized_mlp(8 * MiB, seed=i) for i in range(4)]
+    path = tmp_path_factory.mktemp("probe") / "m.tflite"
+    path.write_bytes(models[0])
+    probe = asyncio.run(probe_model("litert", path, threads=1, timeout_s=60))
+    assert probe.ok and probe.footprint_bytes > 8 * MiB  # weights, at least
+    return models, probe
+
+
+def test_dedicated_budget_refuses_at_the_memory_bound(
+    tmp_path: Path, endpoint: str, weights: tuple[list[bytes], ProbeResult]
+) -> None:
+    models, probe = weights
+    overhead = int(probe.details["runtime_overhead_bytes"])
+    reserve = 16 * MiB
+    # Room for two of these models and half of a third, on an emulated NCS2 (dedicated memory).
+    capacity = reserve + overhead + int(2.5 * probe.footprint_bytes)
+    policy = Policy(profile="ncs2", capacity_bytes=capacity, reserve_bytes=reserve)
+    with daemon_in_thread(tmp_path / "state", endpoint, policy) as daemon, TenantClient(endpoint, tenant="a") as a:
+        a.submit_model(models[0], "m0")
+        a.submit_model(models[1], "m1")
+        with pytest.raises(E.AdmissionDenied) as refused:
+            a.submit_model(models[2], "m2")
+        details = refused.value.details
+        assert details["budget_bytes"] == capacity - reserve
+        assert details["used_bytes"] >= overhead + 2 * probe.footprint_bytes * 0.9
+        assert details["shortfall_bytes"] > 0
+        assert details["shortfall_bytes"] == details["footprint_bytes"] - details["free_bytes"]
+        assert "short" in refused.value.message and "MiB" in refused.value.message
+        assert [m.name for m in a.list_models()] == ["m0", "m1"]  # the refused model left no trace
+
+        event = daemon.events.tail(event="model.refused")[-1]
+        assert event["code"] == "ADMISSION_DENIED" and event["profile"] == "ncs2" and event["emulated"] is True
+        assert event["models_resident"] == 2 and event["budget_bytes"] == capacity - reserve
+
+        memory = a.status()["memory"]
+        assert memory["profile"] == "ncs2" and memory["memory_model"] == "dedicated"
+        assert memory["models_admitted"] == 2
+        # Charged once, from the daemon's own probe of its first model (a separate measurement).
+        assert memory["runtime_overhead_bytes"]["litert"] == pytest.approx(overhead, rel=0.1)
+
+        # Removing a model frees its charge, and the refused one now fits.
+        a.remove_model("m0")
+        a.submit_model(models[2], "m2")
+        assert a.infer("m2", np.zeros((1, 256), np.float32))["probs"].shape == (1, 16)
+
+
+def test_shared_budget_shrinks_when_a_host_process_grows(
+    tmp_path: Path, endpoint: str, weights: tuple[list[bytes], ProbeResult]
+) -> None:
+    models, probe = weights
+    vm = psutil.virtual_memory()
+    host_used = vm.total - vm.available
+    reserve = 64 * MiB
+    headroom = int(probe.details["runtime_overhead_bytes"]) + 3 * probe.footprint_bytes + 200 * MiB
+    # An emulated Jetson whose DRAM is what this host uses now plus room for a few models.
+    policy = Policy(profile="jetson-nano", capacity_bytes=host_used + reserve + headroom, reserve_bytes=reserve)
+    with daemon_in_thread(tmp_path / "state", endpoint, policy), TenantClient(endpoint, tenant="a") as a:
+        a.submit_model(models[0], "m0")
+        before = a.status()["memory"]
+        assert before["memory_model"] == "shared" and before["free_bytes"] > probe.footprint_bytes
+
+        # A host process takes more than the free memory: the budget shrinks and admission refuses.
+        hog_bytes = before["free_bytes"] + 300 * MiB
+        hog = subprocess.Popen(
+            [sys.executable, "-c", HOG, str(hog_bytes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert hog.stdout is not None and hog.stdout.readline().strip() == "allocated"
+            during = a.status()["memory"]
+            assert during["budget_bytes"] <= max(0, before["budget_bytes"] - hog_bytes + 150 * MiB)
+            with pytest.raises(E.AdmissionDenied, match="shared budget"):
+                a.submit_model(models[1], "m1")
+        finally:
+            hog.kill()
+            hog.wait()
+        # The host process is gone: the budget comes back and the model fits again.
+        after = a.status()["memory"]
+        assert after["budget_bytes"] > before["budget_bytes"] - 150 * MiB
+        a.submit_model(models[1], "m1")
+        assert {m.name for m in a.list_models()} == {"m0", "m1"}
+
+
+# Allocates and touches N bytes (so they are resident), says so, and waits to be killed.
+HOG = """
+import sys
+block = bytearray(int(sys.argv[1]))
+for i in range(0, len(block), 4096):
+    block[i] = 1
+print("allocated", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_restart_recharges_the_ledger(tmp_path: Path, endpoint: str, weights: tuple[list[bytes], ProbeResult]) -> None:
+    models, _ = weights
+    policy = Policy(profile="ncs2")
+    with daemon_in_thread(tmp_path / "state", endpoint, policy), TenantClient(endpoint, tenant="a") as a:
+        a.submit_model(models[0], "m0")
+        used = a.status()["memory"]["used_bytes"]
+    with daemon_in_thread(tmp_path / "state", endpoint, policy), TenantClient(endpoint, tenant="a") as a:
+        memory = a.status()["memory"]
+        assert memory["models_admitted"] == 1
+        # Restored from the stored probe figure; the live load can only have raised it.
+        assert memory["used_bytes"] >= used * 0.9
