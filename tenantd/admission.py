@@ -69,9 +69,18 @@ class Budget:
 class MemoryLedger:
     runtime_overhead: dict[str, int] = field(default_factory=dict)
     models: dict[str, int] = field(default_factory=dict)
+    # Charges decided but not yet in host memory (the load has not happened): a live reading of
+    # the host cannot see them, so the shared budget must subtract them itself.
+    pending_models: set[str] = field(default_factory=set)
+    pending_runtimes: set[str] = field(default_factory=set)
 
     def total(self) -> int:
         return sum(self.runtime_overhead.values()) + sum(self.models.values())
+
+    def pending(self) -> int:
+        return sum(self.models.get(m, 0) for m in self.pending_models) + sum(
+            self.runtime_overhead.get(r, 0) for r in self.pending_runtimes
+        )
 
 
 @dataclass(frozen=True)
@@ -138,8 +147,9 @@ class Admission:
         host_other = 0
         if self.profile.memory_model is not MemoryModel.DEDICATED:
             total, available = self._read_memory()
-            # The daemon's own models are part of the host's use; count them once, in the ledger.
-            host_other = max(0, (total - available) - used)
+            # Loaded models are part of the host's use: count them once, in the ledger. Charges
+            # still pending are not in the host's use yet, so they are not subtracted from it.
+            host_other = max(0, (total - available) - (used - self.ledger.pending()))
         budget = max(0, self.capacity_bytes - self.reserve_bytes - host_other)
         return Budget(
             self.profile.memory_model.value, self.capacity_bytes, self.reserve_bytes, host_other, budget, used
@@ -160,7 +170,10 @@ class Admission:
             budget=budget,
         )
         if decision.admitted:
+            if overhead:
+                self.ledger.pending_runtimes.add(runtime)
             self.charge(model, footprint, runtime, overhead)
+            self.ledger.pending_models.add(model)
         return decision
 
     def charge(self, model: str, footprint: int, runtime: str, runtime_overhead: int = 0) -> None:
@@ -169,14 +182,19 @@ class Admission:
             self.ledger.runtime_overhead[runtime] = max(0, runtime_overhead)
         self.ledger.models[model] = max(0, footprint)
 
-    def correct(self, model: str, measured: int) -> None:
-        """Raise a model's charge to the growth measured when the daemon really loaded it. Never
-        lower it: the probe's figure includes a first inference, which a load alone does not."""
+    def loaded(self, model: str, measured: int, runtime: str | None = None) -> None:
+        """The daemon really loaded ``model`` (with ``runtime``): its charge is now in the host's
+        memory, and is raised to the growth measured on that load. Never lowered: the probe's
+        figure includes a first inference, which a load alone does not."""
+        self.ledger.pending_models.discard(model)
+        if runtime is not None:
+            self.ledger.pending_runtimes.discard(runtime)
         if model in self.ledger.models:
             self.ledger.models[model] = max(self.ledger.models[model], measured)
 
     def release(self, model: str) -> None:
         self.ledger.models.pop(model, None)
+        self.ledger.pending_models.discard(model)
 
     def uncharge(self, model: str, previous: int | None) -> None:
         """Undo ``decide`` for a model whose load or store failed: back to its previous charge."""
@@ -184,3 +202,4 @@ class Admission:
             self.release(model)
         else:
             self.ledger.models[model] = previous
+            self.ledger.pending_models.discard(model)

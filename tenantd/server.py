@@ -702,7 +702,7 @@ class Daemon:
             async with self._load_lock:  # one load at a time, so the growth measured is this one's
                 rss_before = rss_bytes()
                 resident, load_ms = await self.executor.load(name, runtime, path)
-                self.admission.correct(name, rss_bytes() - rss_before)
+                self.admission.loaded(name, rss_bytes() - rss_before, runtime)
         except RuntimeFailure as exc:
             self.events.emit(
                 "model.refused", model=name, tenant=tenant, code=ErrorCode.RUNTIME_ERROR.value, reason=str(exc)
