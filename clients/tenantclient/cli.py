@@ -87,6 +87,18 @@ def _print_status(status: dict[str, Any]) -> None:
     for key in ("queue_depths", "requests", "errors"):
         value = status.get(key) or {}
         print(f"{key.ljust(width)}  {', '.join(f'{k}={v}' for k, v in value.items()) or '-'}")
+    memory = status.get("memory")
+    if memory:
+        emulated = " (emulated on this device)" if memory["emulated"] else ""
+        print(
+            f"\nmemory: profile {memory['profile']}{emulated}, {memory['memory_model']} memory, "
+            f"overcommit {memory['overcommit']}"
+        )
+        for key in ("capacity_bytes", "reserve_bytes", "host_other_bytes", "budget_bytes", "used_bytes", "free_bytes"):
+            print(f"  {key.removesuffix('_bytes').ljust(10)}  {_mib(memory[key]):>12}")
+        overheads = ", ".join(f"{k} {_mib(v)}" for k, v in memory["runtime_overhead_bytes"].items()) or "-"
+        print(f"  {'runtimes'.ljust(10)}  {overheads}")
+        print(f"  {'models'.ljust(10)}  {memory['models_admitted']} admitted")
 
 
 def _print_events(events: list[dict[str, Any]]) -> None:
