@@ -49,15 +49,18 @@ class Job:
     # Set on the event loop when the daemon gave up waiting for this job (drain timeout): its
     # late result must not be answered a second time.
     abandoned: bool = False
+    answered: bool = False  # set on the event loop by settle(), when its one reply goes out
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 # execute(job, slot) runs on the slot's thread. It owns answering the job; if it raises, the
-# scheduler answers INTERNAL. drop(job, code, message) is always called on the event loop thread;
-# it may be called for a job the drain already gave up on (job.abandoned), which it must not
-# answer twice.
+# scheduler answers INTERNAL. drop(job, code, message) is always called on the event loop thread.
+# Whoever answers a job calls settle(job) first and answers only if it returns True, so a job is
+# answered once even when the drain gives up on it while its result is on the way.
+# job_done(job) runs on the slot thread once the job's model is no longer busy.
 Execute = Callable[[Job, int], None]
 Drop = Callable[[Job, ErrorCode, str], None]
+JobDone = Callable[[Job], None]
 
 
 class Scheduler:
@@ -68,10 +71,12 @@ class Scheduler:
         drop: Drop,
         depth_per_tenant: int = 64,
         depth_total: int = 1024,
+        job_done: JobDone | None = None,
     ) -> None:
         self.slots = slots
         self._execute = execute
         self._drop = drop
+        self._job_done = job_done
         self.depth_per_tenant = depth_per_tenant
         self.depth_total = depth_total
         self._cond = threading.Condition()
@@ -121,6 +126,8 @@ class Scheduler:
             self._cancel_timer(job)
             self._drop(job, ErrorCode.UNAVAILABLE, "the daemon shut down before this request could run")
         for job in stuck:
+            if job.answered:
+                continue  # its reply went out just before the drain gave up
             job.abandoned = True
             self._drop(job, ErrorCode.UNAVAILABLE, "the daemon shut down while this request ran")
         return len(left)
@@ -146,9 +153,18 @@ class Scheduler:
             self.queued += 1
             self._cond.notify()
         if job.deadline is not None:
-            # Not cancelled when a slot takes the job (a handle is not thread-safe); _expire then
-            # returns at once, and the timer only keeps the job in memory until its deadline.
+            # Cancelled by settle() when the job is answered; if a slot takes the job first,
+            # _expire returns at once.
             job.timer = loop.call_later(max(0.0, job.deadline - time.monotonic()), self._expire, job)
+
+    def settle(self, job: Job) -> bool:
+        """On the event loop, before answering ``job``: False if it was answered already. Cancels
+        its deadline timer, which would otherwise hold the request's inputs until the deadline."""
+        if job.answered:
+            return False
+        job.answered = True
+        self._cancel_timer(job)
+        return True
 
     def queue_depths(self) -> dict[str, int]:
         with self._cond:
@@ -229,3 +245,5 @@ class Scheduler:
                     del self._running[slot]
                     # A job passed over because its model was busy may be runnable now.
                     self._cond.notify_all()
+                if self._job_done is not None:
+                    self._job_done(job)

@@ -142,6 +142,7 @@ class Daemon:
             self.slots,
             execute=self._execute,
             drop=self._drop_job,
+            job_done=self._job_done,
             depth_per_tenant=self.policy.queue_depth_per_tenant,
             depth_total=self.policy.queue_depth_total,
         )
@@ -157,6 +158,7 @@ class Daemon:
         self._control_tasks: set[asyncio.Task[None]] = set()
         self._probe_slots = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
         self._load_lock = asyncio.Lock()
+        self._submitting: dict[str, asyncio.Lock] = {}
         self._stop = asyncio.Event()
         self._draining = False
         self._started = time.time()
@@ -469,7 +471,7 @@ class Daemon:
     def _answer_infer(self, job: Job, slot: int, result: RunResult) -> None:
         payload: InferPayload = job.payload
         self._unload_retired()
-        if job.abandoned:
+        if not self.scheduler.settle(job):
             return
         switch, warm_median = self.executor.account(payload.resident, result)
         timings: dict[str, Any] = {
@@ -497,6 +499,14 @@ class Daemon:
             ),
         )
 
+    def _job_done(self, job: Job) -> None:
+        """On a slot thread, once the job's model is idle: a retired model may be unloadable now."""
+        if self._retired and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._unload_retired)
+            except RuntimeError:  # the loop is closed: the process is exiting anyway
+                pass
+
     def _retire(self, resident: Resident | None) -> None:
         """A model was removed or replaced: unload it once no slot is running it."""
         if resident is not None:
@@ -513,8 +523,8 @@ class Daemon:
 
     def _drop_job(self, job: Job, code: ErrorCode, message: str) -> None:
         self._unload_retired()
-        if job.abandoned and code is not ErrorCode.UNAVAILABLE:
-            return  # already answered when the drain gave up on it
+        if not self.scheduler.settle(job):
+            return  # already answered (the drain gave up on it)
         payload: InferPayload = job.payload
         self._reply_error(payload.envelope, payload.request_id, code, message, {"tenant": job.tenant})
 
@@ -624,11 +634,12 @@ class Daemon:
             "model.submitted", model=name, tenant=tenant, sha256=sha, size_bytes=data.nbytes, runtime=runtime
         )
         try:
-            return await self._admit(name, tenant, runtime, filename, sha, path, data.nbytes, replace)
-        except BaseException:
-            if name not in self.models or self.models[name].sha256 != sha:
-                await loop.run_in_executor(None, self.store.discard_blob_if_unreferenced, sha)
-            raise
+            # One submission per name at a time, so the store and the served model agree.
+            async with self._submitting.setdefault(name, asyncio.Lock()):
+                self._check_name_free(name, tenant, replace)
+                return await self._admit(name, tenant, runtime, filename, sha, path, data.nbytes, replace)
+        finally:
+            self.store.release_blob(sha)  # deleted here if the submission failed
 
     def _check_name_free(self, name: str, tenant: str, replace: bool) -> None:
         existing = self.models.get(name)

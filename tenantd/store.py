@@ -109,6 +109,7 @@ class Store:
         self.blob_dir = state_dir / "blobs" / "sha256"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._held: dict[str, int] = {}  # sha -> submissions in progress using that file
         self._db = sqlite3.connect(state_dir / self.DB_NAME, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -141,11 +142,25 @@ class Store:
         return self.blob_dir / sha[:2] / sha
 
     def put_blob(self, data: bytes | memoryview) -> tuple[str, Path]:
-        """Store ``data`` durably under its sha256 and return (hash, path). Idempotent."""
+        """Store ``data`` durably under its sha256 and return (hash, path). Idempotent.
+
+        The file is *held* until :meth:`release_blob`: while a submission probes and loads it,
+        removing another model with the same content must not delete it."""
         sha = sha256_hex(data)
         path = self.blob_path(sha)
+        with self._lock:
+            self._held[sha] = self._held.get(sha, 0) + 1
+        try:
+            self._write_blob(data, path)
+        except BaseException:
+            self.release_blob(sha)
+            raise
+        return sha, path
+
+    def _write_blob(self, data: bytes | memoryview, path: Path) -> None:
         if path.exists():
-            return sha, path
+            return
+        new_shard = not path.parent.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
         try:
@@ -158,14 +173,25 @@ class Store:
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)
-        return sha, path
+        if new_shard:  # the shard directory's own entry must reach the disk too
+            _fsync_dir(self.blob_dir)
+
+    def release_blob(self, sha: str) -> None:
+        """End a hold taken by :meth:`put_blob`; the file goes if nothing holds or references it."""
+        with self._lock:
+            count = self._held.get(sha, 0) - 1
+            if count > 0:
+                self._held[sha] = count
+            else:
+                self._held.pop(sha, None)
+        self.discard_blob_if_unreferenced(sha)
 
     def discard_blob_if_unreferenced(self, sha: str) -> bool:
         # Check and delete under the lock that add_model holds while it checks the blob exists
         # and commits, so a model can never be committed pointing at a deleted file.
         with self._lock:
             referenced = self._db.execute("SELECT 1 FROM models WHERE sha256=? LIMIT 1", (sha,)).fetchone()
-            if referenced:
+            if referenced or sha in self._held:
                 return False
             self.blob_path(sha).unlink(missing_ok=True)
             return True
@@ -176,7 +202,7 @@ class Store:
             live = {r[0] for r in self._db.execute("SELECT sha256 FROM models")}
             removed = []
             for path in self.blob_dir.glob("*/*"):
-                if path.name not in live:
+                if path.name not in live and path.name not in self._held:
                     path.unlink(missing_ok=True)
                     removed.append(path.name)
             return removed

@@ -181,6 +181,7 @@ def test_remove_keeps_blob_still_referenced_by_another_model(store: Store) -> No
     sha, path = store.put_blob(b"shared weights")
     store.add_model(make_record("a", "alice", sha))
     store.add_model(make_record("b", "bob", sha))
+    store.release_blob(sha)  # the submission is over; the models reference the file now
 
     store.remove_model("a")
     assert path.exists(), "blob deleted while model 'b' still uses it"
@@ -196,6 +197,8 @@ def test_remove_deletes_unshared_blob_only(store: Store) -> None:
     sha_b, path_b = store.put_blob(b"b")
     store.add_model(make_record("a", "alice", sha_a))
     store.add_model(make_record("b", "alice", sha_b))
+    store.release_blob(sha_a)
+    store.release_blob(sha_b)
     store.remove_model("a")
     assert not path_a.exists()
     assert path_b.exists()
@@ -204,17 +207,24 @@ def test_remove_deletes_unshared_blob_only(store: Store) -> None:
 def test_discard_blob_if_unreferenced(store: Store) -> None:
     sha, path = store.put_blob(b"used")
     store.add_model(make_record("m", "alice", sha))
+    store.release_blob(sha)
     assert store.discard_blob_if_unreferenced(sha) is False
     assert path.exists()
     orphan, orphan_path = store.put_blob(b"orphan")
-    assert store.discard_blob_if_unreferenced(orphan) is True
+    assert store.discard_blob_if_unreferenced(orphan) is False  # held: its submission is running
+    assert orphan_path.exists()
+    store.release_blob(orphan)  # the submission failed: nothing references the file
     assert not orphan_path.exists()
+    assert store.discard_blob_if_unreferenced(orphan) is True
 
 
-def test_collect_garbage_removes_orphans_and_temp_files(store: Store) -> None:
-    kept, kept_path = store.put_blob(b"referenced")
-    store.add_model(make_record("m", "alice", kept))
-    orphan, orphan_path = store.put_blob(b"orphaned by a crash mid-submit")
+def test_collect_garbage_removes_orphans_and_temp_files(tmp_path: Path) -> None:
+    crashed = Store(tmp_path)
+    kept, kept_path = crashed.put_blob(b"referenced")
+    crashed.add_model(make_record("m", "alice", kept))
+    orphan, orphan_path = crashed.put_blob(b"orphaned by a crash mid-submit")
+    crashed.close()  # the daemon died mid-submit: its holds died with it
+    store = Store(tmp_path)
     temp = kept_path.parent / ".incoming-abc123"
     temp.write_bytes(b"half a file")
     other_temp = orphan_path.parent / ".incoming-zzz"
@@ -232,6 +242,20 @@ def test_collect_garbage_removes_orphans_and_temp_files(store: Store) -> None:
     assert store.get_model("m") is not None
     # Nothing left to collect the second time.
     assert store.collect_garbage() == []
+    store.close()
+
+
+def test_a_held_file_survives_removal_of_another_model_with_the_same_content(store: Store) -> None:
+    """Alice removes her model while bob submits the same bytes: bob's file must not vanish."""
+    sha, path = store.put_blob(b"popular public model")
+    store.add_model(make_record("alice_m", "alice", sha))
+    store.release_blob(sha)
+    bob_sha, _ = store.put_blob(b"popular public model")  # bob's submission starts (held)
+    store.remove_model("alice_m")
+    assert path.exists(), "removed while bob's submission was probing it"
+    store.add_model(make_record("bob_m", "bob", bob_sha))
+    store.release_blob(bob_sha)
+    assert path.exists() and store.get_model("bob_m") is not None
 
 
 # --------------------------------------------------------------------------- durability
@@ -331,6 +355,7 @@ def test_remove_racing_a_submit_of_the_same_file_never_commits_a_dangling_model(
         data = b"popular model"
         sha, path = store.put_blob(data)
         store.add_model(make_record("old", "alice", sha))
+        store.release_blob(sha)
         real_blob_path = store.blob_path
         locked_at_call: list[bool] = []
 
