@@ -46,6 +46,9 @@ class Policy(BaseModel):
     drain_timeout_s: Annotated[float, Field(ge=0)] = 30.0
     """On SIGTERM/SIGINT, how long to keep answering accepted requests before giving up."""
 
+    event_log_max_bytes: Annotated[int, Field(ge=4096)] = 64 * 1024 * 1024
+    """Size at which events.jsonl is rotated to events.jsonl.1 (one generation is kept)."""
+
     profile: str | None = None
     """Device profile whose memory model and budget admission enforces (see tenantd/devices).
     Default: the profile named like the device. ``tenantd serve --profile`` overrides it."""
@@ -61,12 +64,17 @@ class Policy(BaseModel):
     """Memory kept free for the host and runtimes. Default: the profile's."""
 
     def effective_slots(self) -> int:
-        return self.slots or max(1, os.cpu_count() or 1)
+        return self.slots or usable_cores()
 
     def effective_threads(self) -> int:
         if self.threads_per_model:
             return self.threads_per_model
-        return max(1, (os.cpu_count() or 1) // self.effective_slots())
+        return max(1, usable_cores() // self.effective_slots())
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's core count)."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 def load_policy(path: Path | None) -> Policy:

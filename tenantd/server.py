@@ -12,17 +12,19 @@ answers what it accepted (within the policy's drain timeout), and only then clos
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import logging
 import os
 import re
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TextIO, cast
 
 import numpy as np
 import zmq
@@ -135,8 +137,9 @@ class Daemon:
             self.profile, capacity_bytes=self.policy.capacity_bytes, reserve_bytes=self.policy.reserve_bytes
         )
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_lock = lock_state_dir(config.state_dir)
         self.store = Store(config.state_dir)
-        self.events = EventLog(config.state_dir)
+        self.events = EventLog(config.state_dir, self.policy.event_log_max_bytes)
         self.executor = Executor(config.device, self.slots, self.threads)
         self.scheduler = Scheduler(
             self.slots,
@@ -174,6 +177,11 @@ class Daemon:
 
     async def serve(self, ready: Callable[[str], None] | None = None) -> None:
         """Run until :meth:`stop` (or SIGTERM/SIGINT when installed), then drain and close."""
+        try:
+            sock = self._bind()  # first: a bad endpoint fails before any model is loaded
+        except ConfigError:
+            self._close_state()
+            raise
         self.events.emit(
             "start",
             device=self.config.device,
@@ -198,15 +206,6 @@ class Daemon:
                 budget.budget_bytes,
             )
             self.events.emit("admission.over_budget", **self._device_context(), **budget.to_wire())
-        self._ctx = zmq.Context()
-        sock = self._ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        # The policy cap is checked per message, after receipt, so that the sender gets TOO_LARGE.
-        # This transport limit (per frame, the cap plus some slack) bounds memory against a sender
-        # that ignores it: ZeroMQ drops such a connection without reading the rest or replying.
-        sock.setsockopt(zmq.MAXMSGSIZE, self.policy.max_message_bytes + TRANSPORT_SLACK_BYTES)
-        sock.bind(self.endpoint)
-        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
         self.scheduler.start()
         log.info(
@@ -239,6 +238,32 @@ class Daemon:
         await self._stop.wait()
         await self._shutdown(sock)
 
+    def _bind(self) -> zmq.Socket[bytes]:
+        if self.endpoint.startswith("ipc://") and ipc_endpoint_in_use(self.endpoint[len("ipc://") :]):
+            raise ConfigError(f"{self.endpoint} is already served by another process; stop it or pick another path")
+        self._ctx = zmq.Context()
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # Replies to a peer that has gone (or stopped reading) raise instead of vanishing silently.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # The policy cap is checked per message, after receipt, so that the sender gets TOO_LARGE.
+        # This transport limit applies per frame (the cap plus some slack): ZeroMQ drops a
+        # connection that sends a larger frame, without reading the rest or replying.
+        sock.setsockopt(zmq.MAXMSGSIZE, self.policy.max_message_bytes + TRANSPORT_SLACK_BYTES)
+        try:
+            sock.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            self._ctx.term()
+            raise ConfigError(f"cannot bind {self.endpoint}: {exc}") from None
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return sock
+
+    def _close_state(self) -> None:
+        self.events.close()
+        self.store.close()
+        self._state_lock.close()
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -257,14 +282,17 @@ class Daemon:
         dropped = await self.scheduler.drain(self.policy.drain_timeout_s)
         if self._control_tasks:
             await asyncio.wait(self._control_tasks, timeout=max(0.0, deadline - time.monotonic()))
+        for task in list(self._control_tasks):  # a probe still running past the drain: give up on it
+            task.cancel()
+        await asyncio.gather(*self._control_tasks, return_exceptions=True)
         asyncio.get_running_loop().remove_reader(sock.fileno())
+        self._sock = None  # a read already scheduled must find no socket
         sock.close(linger=CLOSE_LINGER_MS)
         assert self._ctx is not None
         self._ctx.term()
         self.executor.close()
         self.events.emit("stop", dropped_requests=dropped, requests=sum(self.requests.values()))
-        self.events.close()
-        self.store.close()
+        self._close_state()
         log.info("stopped")
 
     async def _restore_models(self) -> None:
@@ -378,9 +406,9 @@ class Daemon:
         assert sock is not None
         try:
             sock.send_multipart([*envelope, *frames], zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            # ROUTER only refuses when the peer's queue is full: it stopped reading; drop it.
-            log.warning("dropping a reply to a client that is not reading its replies")
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: the client disconnected; EAGAIN: it stopped reading its replies.
+            log.warning("dropping a reply the client cannot take: %s", exc)
         if _has_input(sock):
             self._schedule_read()
 
@@ -753,6 +781,36 @@ class Daemon:
             await loop.run_in_executor(None, self.store.discard_blob_if_unreferenced, replaced.sha256)
         self.events.emit("model.loaded", model=name, tenant=tenant, load_ms=round(load_ms, 3), replaced=old is not None)
         return {"model": self._model_info(record)}
+
+
+def lock_state_dir(state_dir: Path) -> TextIO:
+    """Hold an exclusive lock on the state directory for the daemon's lifetime: two daemons
+    writing one store and one event log would corrupt each other's view."""
+    handle = (state_dir / "lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigError(f"state directory {state_dir} is in use by another tenantd (pid {owner})") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def ipc_endpoint_in_use(path: str) -> bool:
+    """True if a process accepts connections on the Unix socket ``path`` (binding would steal it)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False  # absent, or a stale file left by a dead daemon: safe to bind over
+    finally:
+        probe.close()
+    return True
 
 
 def _has_input(sock: zmq.Socket[bytes]) -> bool:

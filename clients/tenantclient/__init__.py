@@ -1,6 +1,6 @@
 """tenantclient: the tenant-side library for tenantd.
 
-``AsyncTenantClient`` (asyncio) and its thin synchronous wrapper ``TenantClient`` submit models and
+``AsyncTenantClient`` (asyncio) and the synchronous ``TenantClient`` (same requests and errors, blocking I/O) submit models and
 run inference on a tenantd daemon over ZeroMQ; errors come back as typed exceptions from
 :mod:`tenantclient.errors`.
 """

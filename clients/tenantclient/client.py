@@ -1,4 +1,4 @@
-"""Tenant clients for tenantd: an asyncio core and a thin synchronous wrapper.
+"""Tenant clients for tenantd: an asyncio client and a synchronous one sharing its request code.
 
 One DEALER socket per client; every request carries a fresh id and its reply is matched back to
 the waiting call by that id, so many requests may be in flight on one client at once. A reply that

@@ -100,10 +100,6 @@ class ClientClosed(TenantError):
     """The client was used after :meth:`close`."""
 
 
-class ProtocolMismatch(TenantError):
-    """The daemon's reply could not be understood."""
-
-
 _BY_CODE: dict[str, type[TenantError]] = {cls.code: cls for cls in TenantError.__subclasses__() if cls.code is not None}
 # Every wire code has its class; a daemon newer than this client may add codes (-> TenantError).
 assert set(_BY_CODE) == {c.value for c in ErrorCode}, "tenantclient.errors is missing a class for a wire code"

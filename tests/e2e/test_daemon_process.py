@@ -101,6 +101,7 @@ def test_sigterm_answers_in_flight_requests_before_exiting(tmp_path: Path) -> No
     policy.write_text("slots = 1\nqueue_depth_per_tenant = 16\n")
     daemon = start_daemon_process(tmp_path / "state", f"ipc://{tmp_path}/d.sock", policy=policy)
     x = np.ones((1, 4), np.float32)
+    signalled: list[bool] = []
 
     async def run() -> list[object]:
         async with AsyncTenantClient(daemon.endpoint, tenant="alice", timeout=60) as alice:
@@ -110,12 +111,15 @@ def test_sigterm_answers_in_flight_requests_before_exiting(tmp_path: Path) -> No
             while (await alice.status())["queued"] + (await alice.status())["running"] < 5:
                 await asyncio.sleep(0)
             daemon.proc.send_signal(signal.SIGTERM)
+            signalled.append(True)
             return await asyncio.gather(*calls, return_exceptions=True)
 
     try:
         results = asyncio.run(run())
     finally:
-        code = daemon.stop()
+        # Only one SIGTERM: a second one racing the exit could meet the default handler after
+        # the event loop has closed and removed its own.
+        code = daemon.proc.wait(60) if daemon.proc.poll() is not None or signalled else daemon.stop()
     assert code == 0
     assert all(isinstance(r, dict) for r in results), results
     for i, r in enumerate(results):
@@ -140,8 +144,11 @@ def test_tcp_loopback_with_any_port(tmp_path: Path, model_files: ModelFiles) -> 
         (["--endpoint", "tcp://0.0.0.0:5599"], "reachable from other hosts"),
         (["--endpoint", "ipc:///tmp/x.sock", "--device", "edgetpu"], "not supported yet"),
         (["--endpoint", "ipc:///tmp/x.sock", "--policy", "/nonexistent.toml"], "does not exist"),
+        (["--endpoint", "ipc:///nonexistent/dir/d.sock"], "cannot bind ipc:///nonexistent/dir/d.sock"),
+        (["--endpoint", "tcp://127.0.0.1:notaport"], "cannot bind"),
+        (["--endpoint", "ipc:///tmp/x.sock", "--profile", "quantum"], "unknown device profile"),
     ],
-    ids=["non-loopback", "unknown-device", "missing-policy"],
+    ids=["non-loopback", "unknown-device", "missing-policy", "bad-ipc-dir", "bad-port", "unknown-profile"],
 )
 def test_bad_configuration_exits_with_a_clear_message(tmp_path: Path, args: list[str], message: str) -> None:
     proc = subprocess.run(
@@ -152,6 +159,31 @@ def test_bad_configuration_exits_with_a_clear_message(tmp_path: Path, args: list
         env=daemon_env(),
     )
     assert proc.returncode == 2 and message in proc.stderr and "tenantd ready" not in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_second_daemon_cannot_take_a_running_daemons_state_or_socket(tmp_path: Path) -> None:
+    first = start_daemon_process(tmp_path / "state", f"ipc://{tmp_path}/d.sock")
+    try:
+        for state, endpoint, message in (
+            (tmp_path / "state", f"ipc://{tmp_path}/other.sock", "is in use by another tenantd"),
+            (tmp_path / "other-state", f"ipc://{tmp_path}/d.sock", "is already served by another process"),
+        ):
+            second = subprocess.run(
+                [sys.executable, "-m", "tenantd", "serve", "--endpoint", endpoint, "--state-dir", str(state)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=daemon_env(),
+            )
+            assert second.returncode == 2 and message in second.stderr, second.stderr
+        with TenantClient(first.endpoint) as client:  # the first one is untouched
+            assert client.ping()["pong"] is True
+    finally:
+        assert first.stop() == 0
+    # Once it stopped, its state directory and socket path are free again.
+    again = start_daemon_process(tmp_path / "state", f"ipc://{tmp_path}/d.sock")
+    assert again.stop() == 0
 
 
 def test_invalid_policy_names_the_key(tmp_path: Path) -> None:

@@ -174,7 +174,7 @@ def test_policy_is_frozen() -> None:
 
 @pytest.mark.parametrize("cpus", [1, 2, 3, 4, 8, 16, 64])
 def test_default_slots_and_threads_fit_the_cpu_count(monkeypatch: pytest.MonkeyPatch, cpus: int) -> None:
-    monkeypatch.setattr(config.os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: set(range(cpus)))
     policy = Policy()
     assert policy.effective_slots() == cpus
     assert policy.effective_threads() >= 1
@@ -185,7 +185,7 @@ def test_default_slots_and_threads_fit_the_cpu_count(monkeypatch: pytest.MonkeyP
 def test_default_threads_divide_cores_among_slots(
     monkeypatch: pytest.MonkeyPatch, cpus: int, slots: int, threads: int
 ) -> None:
-    monkeypatch.setattr(config.os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: set(range(cpus)))
     policy = Policy(slots=slots)
     assert policy.effective_slots() == slots
     assert policy.effective_threads() == threads
@@ -193,24 +193,24 @@ def test_default_threads_divide_cores_among_slots(
 
 
 def test_more_slots_than_cores_still_gets_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: set(range(2)))
     assert Policy(slots=5).effective_threads() == 1
 
 
 def test_explicit_threads_override_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: set(range(8)))
     assert Policy(slots=2, threads_per_model=3).effective_threads() == 3
 
 
-def test_unknown_cpu_count_means_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config.os, "cpu_count", lambda: None)
+def test_an_empty_cpu_set_still_means_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: set())
     policy = Policy()
     assert policy.effective_slots() == 1
     assert policy.effective_threads() == 1
 
 
-def test_real_cpu_count_defaults() -> None:
-    cpus = os.cpu_count() or 1
+def test_defaults_follow_the_cpu_set_this_process_may_use() -> None:
+    cpus = len(os.sched_getaffinity(0))
     policy = Policy()
     assert policy.effective_slots() == cpus
     assert policy.effective_slots() * policy.effective_threads() <= cpus

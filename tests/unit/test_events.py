@@ -128,3 +128,28 @@ def test_event_after_restart_on_torn_log_is_not_lost(tmp_path: Path) -> None:
         assert [e["event"] for e in restarted.tail()] == ["model.loaded", "daemon.start"]
     finally:
         restarted.close()
+
+
+def test_the_log_is_rotated_past_its_size_cap_and_tail_spans_both_files(tmp_path: Path) -> None:
+    events = EventLog(tmp_path, max_bytes=4096)
+    for i in range(200):  # ~70 bytes a line: several rotations
+        events.emit("request.error", n=i, code="QUEUE_FULL")
+    assert events.path.stat().st_size <= 4096
+    assert events.rotated.exists() and events.rotated.stat().st_size <= 4096
+    assert not (tmp_path / "events.jsonl.2").exists()  # one generation kept: the disk use is bounded
+    kept = [e["n"] for e in events.tail(limit=1000)]
+    in_current = sum(1 for _ in events.path.open())
+    assert len(kept) > in_current  # the tail spans the rotated file too
+    assert kept == list(range(200 - len(kept), 200))  # the newest events, in order, none missing
+    assert [e["n"] for e in events.tail(limit=5)] == [195, 196, 197, 198, 199]
+    events.close()
+
+
+def test_tail_reads_lines_longer_than_a_chunk(tmp_path: Path) -> None:
+    events = EventLog(tmp_path)
+    events.emit("first")
+    events.emit("big", blob="x" * 200_000)
+    events.emit("last")
+    assert [e["event"] for e in events.tail(limit=3)] == ["first", "big", "last"]
+    assert events.tail(limit=1, event="big")[0]["blob"] == "x" * 200_000
+    events.close()
