@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _CHUNK = 64 * 1024
 

@@ -1,8 +1,8 @@
 """tenantclient: the tenant-side library for tenantd.
 
-``AsyncTenantClient`` (asyncio) and the synchronous ``TenantClient`` (same requests and errors, blocking I/O) submit models and
-run inference on a tenantd daemon over ZeroMQ; errors come back as typed exceptions from
-:mod:`tenantclient.errors`.
+``AsyncTenantClient`` (asyncio) and the synchronous ``TenantClient`` (same requests and errors,
+blocking I/O) submit models and run inference on a tenantd daemon over ZeroMQ; errors come back as
+typed exceptions from :mod:`tenantclient.errors`.
 """
 
 from tenantclient.client import AsyncTenantClient, InferResult, ModelInfo, TenantClient
