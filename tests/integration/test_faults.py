@@ -177,3 +177,36 @@ def test_queued_request_never_runs_a_model_that_changed_hands(strict_daemon: Dae
 
     outcome = asyncio.run(run())
     assert isinstance(outcome, E.UnknownModel) and "removed or replaced" in outcome.message
+
+
+def test_answered_requests_leave_no_deadline_timer_behind(strict_daemon: Daemon, endpoint: str) -> None:
+    """A deadline timer holds its request's inputs; answering the request must cancel it."""
+    with TenantClient(endpoint, tenant="alice") as alice:
+        alice.submit_model(faulty_model(), "m", runtime="faulty")
+        for _ in range(50):
+            alice.infer("m", X, deadline_ms=3_600_000)
+    loop = strict_daemon._loop
+    assert loop is not None
+    pending = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+    assert pending == []
+
+
+def test_new_work_during_the_drain_is_refused_as_unavailable(tmp_path: Path, endpoint: str) -> None:
+    with daemon_in_thread(tmp_path / "state", endpoint, Policy(slots=1)) as daemon:
+
+        async def run() -> tuple[object, object]:
+            async with AsyncTenantClient(endpoint, tenant="alice") as alice:
+                await alice.submit_model(faulty_model(infer="slow", sleep_ms=500), "slow", runtime="faulty")
+                running = asyncio.ensure_future(alice.infer("slow", X))
+                while daemon.scheduler.running < 1:  # the slow request holds the slot
+                    await asyncio.sleep(0)
+                assert daemon._loop is not None
+                daemon._loop.call_soon_threadsafe(daemon.stop)
+                while not daemon._draining:
+                    await asyncio.sleep(0)
+                late = await asyncio.gather(alice.infer("slow", X), return_exceptions=True)
+                return await running, late[0]
+
+        accepted, late = asyncio.run(run())
+        assert isinstance(accepted, dict) and np.array_equal(accepted["y"], 2 * X)  # answered before exit
+        assert isinstance(late, E.Unavailable)
