@@ -21,6 +21,8 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from tenantd.runtimes.litert import tflite_param_bytes
+
 __all__ = [
     "cnn",
     "cnn_weights",
@@ -582,25 +584,6 @@ def unsupported_op_model() -> bytes:
 
 
 def param_bytes(model: bytes) -> int:
-    """Total bytes of constant data referenced by the tensors of a .tflite model.
-
-    Works on any TFLite flatbuffer: every distinct buffer referenced by a
-    tensor in any subgraph counts once, whether its data is inline or stored
-    after the flatbuffer (``offset``/``size``, used for models over 2 GiB).
-    Metadata buffers not referenced by tensors are ignored.
-    """
-    data = bytes(model)
-    if not schema.Model.ModelBufferHasIdentifier(data, 0):
-        raise ValueError("not a TFLite model: missing 'TFL3' file identifier")
-    root = schema.Model.GetRootAs(data, 0)
-    used = {
-        sg.Tensors(t).Buffer()
-        for sg in (root.Subgraphs(s) for s in range(root.SubgraphsLength()))
-        for t in range(sg.TensorsLength())
-    }
-    total = 0
-    for index in used:
-        if 0 < index < root.BuffersLength():
-            buf = root.Buffers(index)
-            total += buf.Size() if buf.Offset() > 1 else buf.DataLength()
-    return total
+    """Total bytes of constant data referenced by the tensors of a .tflite model (see
+    :func:`tenantd.runtimes.litert.tflite_param_bytes`, which the daemon uses too)."""
+    return tflite_param_bytes(model)

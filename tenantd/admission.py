@@ -18,9 +18,10 @@ two submissions in flight can never both take the last free bytes.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psutil
 
@@ -121,6 +122,19 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _locked(method: Callable[Concatenate[Admission, P], R]) -> Callable[Concatenate[Admission, P], R]:
+    def wrapper(self: Admission, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
 class Admission:
     """The ledger and budget of one device under one profile."""
 
@@ -141,7 +155,10 @@ class Admission:
         self.capacity_bytes = capacity
         self.reserve_bytes = profile.default_reserve_bytes if reserve_bytes is None else reserve_bytes
         self.ledger = MemoryLedger()
+        # Slot threads (swapping) and the event loop both read and change the ledger.
+        self._lock = threading.RLock()
 
+    @_locked
     def budget(self) -> Budget:
         used = self.ledger.total()
         host_other = 0
@@ -155,13 +172,22 @@ class Admission:
             self.profile.memory_model.value, self.capacity_bytes, self.reserve_bytes, host_other, budget, used
         )
 
-    def decide(self, model: str, footprint: int, runtime: str, runtime_overhead: int) -> Decision:
+    @_locked
+    def decide(
+        self, model: str, footprint: int, runtime: str, runtime_overhead: int, swappable: bool = False
+    ) -> Decision:
         """Decide, and on admission charge the ledger at once (``release`` undoes it). A model
-        that replaces one of the same name is decided without the old one's charge."""
+        that replaces one of the same name is decided without the old one's charge.
+
+        ``swappable`` (overcommit = "swap"): the model is charged only while loaded, so it is
+        admitted if it could be loaded with nothing else but the runtime libraries."""
         overhead = 0 if runtime in self.ledger.runtime_overhead else max(0, runtime_overhead)
         replaced = self.ledger.models.get(model, 0)
         budget = self.budget()
         budget = Budget(**{**budget.__dict__, "used_bytes": budget.used_bytes - replaced})
+        if swappable:
+            runtimes = sum(self.ledger.runtime_overhead.values())
+            budget = Budget(**{**budget.__dict__, "used_bytes": runtimes})
         decision = Decision(
             admitted=footprint + overhead <= budget.free_bytes,
             model=model,
@@ -169,19 +195,25 @@ class Admission:
             runtime_overhead_bytes=overhead,
             budget=budget,
         )
-        if decision.admitted:
+        if decision.admitted and swappable:
+            if overhead:
+                self.ledger.runtime_overhead[runtime] = overhead
+                self.ledger.pending_runtimes.add(runtime)
+        elif decision.admitted:
             if overhead:
                 self.ledger.pending_runtimes.add(runtime)
             self.charge(model, footprint, runtime, overhead)
             self.ledger.pending_models.add(model)
         return decision
 
+    @_locked
     def charge(self, model: str, footprint: int, runtime: str, runtime_overhead: int = 0) -> None:
         """Charge without deciding: models restored at start-up were admitted before."""
         if runtime not in self.ledger.runtime_overhead:
             self.ledger.runtime_overhead[runtime] = max(0, runtime_overhead)
         self.ledger.models[model] = max(0, footprint)
 
+    @_locked
     def loaded(self, model: str, measured: int, runtime: str | None = None) -> None:
         """The daemon really loaded ``model`` (with ``runtime``): its charge is now in the host's
         memory, and is raised to the growth measured on that load. Never lowered: the probe's
@@ -192,10 +224,18 @@ class Admission:
         if model in self.ledger.models:
             self.ledger.models[model] = max(self.ledger.models[model], measured)
 
+    @_locked
     def release(self, model: str) -> None:
         self.ledger.models.pop(model, None)
         self.ledger.pending_models.discard(model)
 
+    @_locked
+    def unloaded(self, model: str) -> None:
+        """A swapped model left host memory but stays charged (cache memory model)."""
+        if model in self.ledger.models:
+            self.ledger.pending_models.add(model)
+
+    @_locked
     def uncharge(self, model: str, previous: int | None) -> None:
         """Undo ``decide`` for a model whose load or store failed: back to its previous charge."""
         if previous is None:

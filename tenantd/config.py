@@ -53,9 +53,10 @@ class Policy(BaseModel):
     """Device profile whose memory model and budget admission enforces (see tenantd/devices).
     Default: the profile named like the device. ``tenantd serve --profile`` overrides it."""
 
-    overcommit: Literal["reject"] = "reject"
+    overcommit: Literal["reject", "swap"] = "reject"
     """What to do with a model that does not fit the budget: ``reject`` refuses it with
-    ADMISSION_DENIED. (``swap``, admitting it as swappable, is not implemented yet.)"""
+    ADMISSION_DENIED; ``swap`` admits it as swappable: models are loaded on demand and the least
+    recently used idle ones unloaded to stay within the budget (needs slots = 1)."""
 
     capacity_bytes: Annotated[int | None, Field(gt=0)] = None
     """Override the profile's memory capacity (e.g. a Jetson module with more DRAM)."""
@@ -64,6 +65,8 @@ class Policy(BaseModel):
     """Memory kept free for the host and runtimes. Default: the profile's."""
 
     def effective_slots(self) -> int:
+        if self.slots is None and self.overcommit == "swap":
+            return 1  # a swapping device runs one model at a time
         return self.slots or usable_cores()
 
     def effective_threads(self) -> int:

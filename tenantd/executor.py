@@ -1,9 +1,15 @@
-"""The executor owns the device: the runtimes and the loaded (resident) models. It loads models
-off the event loop, runs one inference on a slot's thread and times it, and keeps a short window
-of warm compute times per model so that a switch's extra cost can be stated.
+"""The executor owns the device: the runtimes and the served models. It loads models, runs one
+inference on a slot's thread and times it, and keeps a short window of warm compute times per
+model so that a switch's extra cost can be stated.
+
+Residency: without swapping, every served model stays loaded. With :class:`Swapping` (overcommit
+"swap", or a cache memory model such as the EdgeTPU's), a served model may be unloaded; a request
+for it reloads it from the store on the slot's thread, first unloading the least recently used
+idle models until it fits (``room``). Each reload is measured. Swapping runs with one execution
+slot, as the devices it models run one model at a time.
 
 Inference is a blocking call into native code that releases the GIL; it runs on the scheduler's
-slot threads. Loading runs on the event loop's default thread pool.
+slot threads. Loads at submission run on the event loop's default thread pool.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +31,14 @@ WARM_WINDOW = 64
 
 @dataclass
 class Resident:
-    """A model loaded on the device, with its recent warm compute times."""
+    """A served model: loaded (``model``) or, when swapping, unloaded until a request needs it."""
 
     name: str
     runtime: str
-    model: LoadedModel
+    model: LoadedModel | None
+    path: Path | None = None  # where to reload it from
+    size: int = 0  # what it occupies when loaded, in the swapping's unit (footprint or parameters)
+    last_used: float = 0.0
     warm_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WARM_WINDOW))
 
     def warm_median_ms(self) -> float | None:
@@ -36,10 +46,29 @@ class Resident:
 
 
 @dataclass(frozen=True)
+class Swapping:
+    """How residency is bounded when models are swapped: ``room()`` is what is free now for
+    loading; ``loaded``/``evicted`` tell the memory ledger; ``busy`` says a model is running."""
+
+    unit: str  # "footprint" or "parameters"
+    room: Callable[[], int]
+    loaded: Callable[[Resident], None]
+    evicted: Callable[[Resident], None]
+    busy: Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class Reload:
+    load_ms: float
+    evicted: list[str]
+
+
+@dataclass(frozen=True)
 class RunResult:
     outputs: list[np.ndarray]
     compute_ms: float
     previous: str | None  # model that ran last on this slot
+    reload: Reload | None = None  # the model had to be loaded first (swapping)
 
     def switched(self, model: str) -> bool:
         return self.previous is not None and self.previous != model
@@ -54,6 +83,11 @@ class Executor:
         # Each entry is read and written only by its own slot's thread.
         self._last_on_slot: list[str | None] = [None] * slots
         self.switches = 0
+        self.swapping: Swapping | None = None
+        self.reloads = 0
+        self.evictions = 0
+        self.switch_overhead_ms = 0.0  # summed over switches whose overhead could be stated
+        self.switches_measured = 0
 
     def runtime(self, name: str) -> Runtime:
         if name not in self._runtimes:
@@ -80,27 +114,75 @@ class Executor:
         return self.resident.pop(name, None)
 
     def run(self, resident: Resident, inputs: list[np.ndarray], slot: int) -> RunResult:
-        """Run one inference on the calling slot thread. Raises RuntimeFailure."""
+        """Run one inference on the calling slot thread, reloading the model first if it was
+        swapped out. Raises RuntimeFailure."""
         previous = self._last_on_slot[slot]
+        reload = self._ensure_loaded(resident) if resident.model is None else None
+        model = resident.model
+        assert model is not None
         t0 = time.perf_counter()
-        outputs = resident.model.infer(inputs)
+        outputs = model.infer(inputs)
         compute_ms = (time.perf_counter() - t0) * 1e3
+        resident.last_used = time.monotonic()
         self._last_on_slot[slot] = resident.name
-        return RunResult(outputs, compute_ms, previous)
+        return RunResult(outputs, compute_ms, previous, reload)
 
-    def account(self, resident: Resident, result: RunResult) -> tuple[bool, float | None]:
+    def _ensure_loaded(self, resident: Resident) -> Reload:
+        """On the slot thread: unload least recently used idle models until ``resident`` fits,
+        then load it from the store. A model that could never fit was refused at admission."""
+        swapping = self.swapping
+        assert swapping is not None and resident.path is not None
+        evicted: list[str] = []
+        while swapping.room() < resident.size:
+            idle = [
+                r
+                for r in list(self.resident.values())
+                if r.model is not None and r is not resident and not swapping.busy(r.name)
+            ]
+            if not idle:
+                break
+            victim = min(idle, key=lambda r: r.last_used)
+            self.unload(victim)
+            swapping.evicted(victim)
+            self.evictions += 1
+            evicted.append(victim.name)
+        t0 = time.perf_counter()
+        resident.model = self.runtime(resident.runtime).load(resident.path)
+        load_ms = (time.perf_counter() - t0) * 1e3
+        swapping.loaded(resident)
+        self.reloads += 1
+        return Reload(load_ms, evicted)
+
+    @staticmethod
+    def unload(resident: Resident) -> None:
+        model, resident.model = resident.model, None
+        if model is not None:
+            model.unload()
+
+    def loaded_size(self) -> int:
+        return sum(r.size for r in list(self.resident.values()) if r.model is not None)
+
+    def account(self, resident: Resident, result: RunResult) -> tuple[bool, float | None, float | None]:
         """On the event loop: record a finished run; returns (switch, the model's warm median
-        before this run, on a switch)."""
-        if result.switched(resident.name):
-            self.switches += 1
-            return True, resident.warm_median_ms()
-        resident.warm_ms.append(result.compute_ms)
-        return False, None
+        before this run, the switch's overhead in ms where it can be stated). A run that had to
+        reload its model is a switch even on a slot that last ran the same model."""
+        switch = result.switched(resident.name) or result.reload is not None
+        if not switch:
+            resident.warm_ms.append(result.compute_ms)
+            return False, None, None
+        self.switches += 1
+        warm = resident.warm_median_ms()
+        load_ms = result.reload.load_ms if result.reload else 0.0
+        overhead = None if warm is None else load_ms + result.compute_ms - warm
+        if overhead is not None:
+            self.switch_overhead_ms += overhead
+            self.switches_measured += 1
+        return True, warm, overhead
 
     def close(self) -> None:
         for name in list(self.resident):
             resident = self.evict(name)
             if resident is not None:
-                resident.model.unload()
+                self.unload(resident)
         for runtime in self._runtimes.values():
             runtime.release()

@@ -75,6 +75,7 @@ def _measure(runtime_name: str, path: Path, threads: int) -> dict[str, Any]:
             "load_bytes": max(0, rss_loaded - rss_runtime),
             "first_infer_bytes": max(0, rss_after - rss_loaded),
             "threads": threads,
+            "param_bytes": cls.param_bytes(path),
         },
     }
 

@@ -34,7 +34,7 @@ from tenantd.admission import Admission, rss_bytes
 from tenantd.config import ConfigError, Policy
 from tenantd.devices import MemoryModel, get_profile
 from tenantd.events import EventLog
-from tenantd.executor import Executor, Resident, RunResult
+from tenantd.executor import Executor, Resident, RunResult, Swapping
 from tenantd.probe import ProbeResult, probe_model
 from tenantd.protocol import ErrorCode, Op, ProtocolError, Request
 from tenantd.runtimes import (
@@ -136,6 +136,14 @@ class Daemon:
         self.admission = Admission(
             self.profile, capacity_bytes=self.policy.capacity_bytes, reserve_bytes=self.policy.reserve_bytes
         )
+        self.swap = self.policy.overcommit == "swap" or self.profile.memory_model is MemoryModel.CACHE
+        if self.swap and self.policy.slots is None:
+            self.slots = 1
+        if self.swap and self.slots != 1:
+            raise ConfigError(
+                f"swapping models (overcommit = 'swap', or the {self.profile.name} profile's cache) runs one "
+                f"model at a time, as the device does: set slots = 1 (the policy has {self.slots})"
+            )
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self._state_lock = lock_state_dir(config.state_dir)
         self.store = Store(config.state_dir)
@@ -149,6 +157,8 @@ class Daemon:
             depth_per_tenant=self.policy.queue_depth_per_tenant,
             depth_total=self.policy.queue_depth_total,
         )
+        if self.swap:
+            self.executor.swapping = self._swapping()
         self.models: dict[str, ModelRecord] = {}  # the store's rows, cached for the request path
         self._ops: dict[str, Handler] = {
             Op.PING.value: self._op_ping,
@@ -295,8 +305,25 @@ class Daemon:
         self._close_state()
         log.info("stopped")
 
+    def _swappable(self, name: str, runtime: str, path: Path, footprint: int, details: dict[str, Any]) -> Resident:
+        """A served model that is not loaded yet; its size is counted in the swapping's unit."""
+        assert self.executor.swapping is not None
+        size = footprint
+        if self.executor.swapping.unit == "parameters":
+            size = int(details.get("param_bytes") or footprint)
+        return Resident(name=name, runtime=runtime, model=None, path=path, size=size)
+
     async def _restore_models(self) -> None:
         for record in self.store.list_models():
+            if self.executor.swapping is not None:
+                path = self.store.blob_path(record.sha256)
+                self.executor.install(
+                    self._swappable(record.name, record.runtime, path, record.footprint_bytes, record.probe)
+                )
+                self.models[record.name] = record
+                if self.profile.memory_model is MemoryModel.CACHE:  # admitted against host memory
+                    self.admission.charge(record.name, record.footprint_bytes, record.runtime)
+                continue
             try:
                 resident, load_ms = await self.executor.load(
                     record.name, record.runtime, self.store.blob_path(record.sha256)
@@ -501,7 +528,7 @@ class Daemon:
         self._unload_retired()
         if not self.scheduler.settle(job):
             return
-        switch, warm_median = self.executor.account(payload.resident, result)
+        switch, warm_median, overhead = self.executor.account(payload.resident, result)
         timings: dict[str, Any] = {
             "queue_ms": round((job.started - job.enqueued) * 1e3, 4),
             "compute_ms": round(result.compute_ms, 4),
@@ -511,13 +538,20 @@ class Daemon:
         }
         if switch:
             timings["switched_from"] = result.previous
+            reload = result.reload
+            if reload is not None:
+                timings["load_ms"] = round(reload.load_ms, 4)
             self.events.emit(
                 "switch",
                 slot=slot,
                 **{"from": result.previous, "to": job.model},
+                reload=reload is not None,
+                load_ms=None if reload is None else round(reload.load_ms, 4),
+                evicted=[] if reload is None else reload.evicted,
                 compute_ms=round(result.compute_ms, 4),
                 warm_median_ms=None if warm_median is None else round(warm_median, 4),
-                extra_ms=None if warm_median is None else round(result.compute_ms - warm_median, 4),
+                # load (if any) + this first inference - the model's warm median
+                overhead_ms=None if overhead is None else round(overhead, 4),
             )
         names = [spec.name for spec in payload.record.outputs]
         self._send(
@@ -546,7 +580,7 @@ class Daemon:
             busy = [r for r in self._retired if self.scheduler.is_busy(r.name)]
             for resident in self._retired:
                 if resident not in busy:
-                    resident.model.unload()
+                    Executor.unload(resident)
             self._retired = busy
 
     def _drop_job(self, job: Job, code: ErrorCode, message: str) -> None:
@@ -577,13 +611,33 @@ class Daemon:
             "running": self.scheduler.running,
             "queue_depths": self.scheduler.queue_depths(),
             "models": len(self.models),
-            "resident": sorted(self.executor.resident),
+            "resident": self._loaded_models(),
             "tenants": sorted({r.owner for r in self.models.values()}),
             "switches": self.executor.switches,
             "memory": self._memory_status(),
+            "residency": self._residency_status(),
             "requests": dict(self.requests),
             "errors": dict(self.errors),
             "runtimes": available_runtimes(),
+        }
+
+    def _loaded_models(self) -> list[str]:
+        return sorted(r.name for r in list(self.executor.resident.values()) if r.model is not None)
+
+    def _residency_status(self) -> dict[str, Any]:
+        ex = self.executor
+        swapping = ex.swapping
+        return {
+            "swapping": swapping.unit if swapping else None,
+            "room_bytes": swapping.room() if swapping else None,
+            "loaded": self._loaded_models(),
+            "loaded_bytes": ex.loaded_size() if swapping else None,
+            "reloads": ex.reloads,
+            "evictions": ex.evictions,
+            "switches": ex.switches,
+            "mean_switch_overhead_ms": (
+                round(ex.switch_overhead_ms / ex.switches_measured, 4) if ex.switches_measured else None
+            ),
         }
 
     def _memory_status(self) -> dict[str, Any]:
@@ -604,7 +658,8 @@ class Daemon:
 
     def _model_info(self, record: ModelRecord) -> dict[str, Any]:
         info = record.to_wire()
-        info["resident"] = record.name in self.executor.resident
+        served = self.executor.resident.get(record.name)
+        info["resident"] = served is not None and served.model is not None  # loaded right now
         return info
 
     async def _op_events(self, request: Request) -> dict[str, Any]:
@@ -697,7 +752,12 @@ class Daemon:
         )
         previous_charge = self.admission.ledger.models.get(name)
         decision = self.admission.decide(
-            name, probe.footprint_bytes, runtime, int(probe.details.get("runtime_overhead_bytes", 0))
+            name,
+            probe.footprint_bytes,
+            runtime,
+            int(probe.details.get("runtime_overhead_bytes", 0)),
+            # Swapped models are charged while loaded; admission asks only that each could be.
+            swappable=self.policy.overcommit == "swap" and self.profile.memory_model is not MemoryModel.CACHE,
         )
         context = {**self._device_context(), **decision.to_wire()}
         if not decision.admitted:
@@ -717,12 +777,38 @@ class Daemon:
             self.admission.uncharge(name, previous_charge)
             raise
 
+    def _swapping(self) -> Swapping:
+        if self.profile.memory_model is MemoryModel.CACHE:
+            # Residency in the on-chip cache, counted in parameter bytes; host memory (the
+            # admission ledger) holds every admitted model either way.
+            cache = self.profile.cache_bytes or 0
+            return Swapping(
+                unit="parameters",
+                room=lambda: cache - self.executor.loaded_size(),
+                loaded=lambda r: self.admission.loaded(r.name, 0, r.runtime),
+                evicted=lambda r: self.admission.unloaded(r.name),
+                busy=self.scheduler.is_busy,
+            )
+
+        # overcommit = "swap": the ledger holds the loaded models only.
+        def loaded(resident: Resident) -> None:
+            self.admission.charge(resident.name, resident.size, resident.runtime)
+            self.admission.loaded(resident.name, 0, resident.runtime)
+
+        return Swapping(
+            unit="footprint",
+            room=lambda: self.admission.budget().free_bytes,
+            loaded=loaded,
+            evicted=lambda r: self.admission.release(r.name),
+            busy=self.scheduler.is_busy,
+        )
+
     def _device_context(self) -> dict[str, Any]:
         return {
             "device": self.config.device,
             "profile": self.profile.name,
             "emulated": self.emulated,
-            "models_resident": len(self.executor.resident),
+            "models_resident": len(self._loaded_models()),
         }
 
     async def _load_and_store(
@@ -738,10 +824,14 @@ class Daemon:
         probe: ProbeResult,
     ) -> dict[str, Any]:
         try:
-            async with self._load_lock:  # one load at a time, so the growth measured is this one's
-                rss_before = rss_bytes()
-                resident, load_ms = await self.executor.load(name, runtime, path)
-                self.admission.loaded(name, rss_bytes() - rss_before, runtime)
+            if self.executor.swapping is not None:
+                # Loaded by the first request that needs it (a measured reload), not here.
+                resident, load_ms = self._swappable(name, runtime, path, probe.footprint_bytes, probe.details), 0.0
+            else:
+                async with self._load_lock:  # one load at a time, so the growth measured is this one's
+                    rss_before = rss_bytes()
+                    resident, load_ms = await self.executor.load(name, runtime, path)
+                    self.admission.loaded(name, rss_bytes() - rss_before, runtime)
         except RuntimeFailure as exc:
             self.events.emit(
                 "model.refused", model=name, tenant=tenant, code=ErrorCode.RUNTIME_ERROR.value, reason=str(exc)
@@ -768,10 +858,10 @@ class Daemon:
             # Durable before acknowledged: the reply goes out only after this commit.
             await loop.run_in_executor(None, self.store.add_model, record, replace)
         except PermissionError:
-            resident.model.unload()
+            Executor.unload(resident)
             raise ClientError(ErrorCode.FORBIDDEN, f"model name {name!r} belongs to another tenant") from None
         except KeyError:
-            resident.model.unload()
+            Executor.unload(resident)
             raise ClientError(ErrorCode.ALREADY_EXISTS, f"you already have a model named {name!r}") from None
         replaced = self.models.get(name)
         self.models[name] = record

@@ -94,6 +94,12 @@ class Runtime(abc.ABC):
         """Free whatever the runtime holds for the process (delegates, device handles)."""
 
     @classmethod
+    def param_bytes(cls, path: Path) -> int | None:
+        """Bytes of the model's constant parameters (what an on-chip parameter cache would hold),
+        where the format tells; None where it does not."""
+        return None
+
+    @classmethod
     def version(cls) -> str:
         """The version of the engine's package, for probe records and status."""
         return "unknown"

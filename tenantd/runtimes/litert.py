@@ -87,5 +87,37 @@ class LiteRTRuntime(Runtime):
         return LiteRTModel(interpreter)
 
     @classmethod
+    def param_bytes(cls, path: Path) -> int | None:
+        try:
+            return tflite_param_bytes(path.read_bytes())
+        except (ImportError, ValueError):
+            return None
+
+    @classmethod
     def version(cls) -> str:
         return f"{_PACKAGE} {importlib.metadata.version(_PACKAGE)}"
+
+
+def tflite_param_bytes(data: bytes) -> int:
+    """Total bytes of constant data referenced by the tensors of a .tflite flatbuffer.
+
+    Every distinct buffer referenced by a tensor in any subgraph counts once, whether its data is
+    inline or stored after the flatbuffer (``offset``/``size``, used for models over 2 GiB).
+    Metadata buffers not referenced by tensors are ignored. Needs ai-edge-litert's schema module."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = bytes(data)
+    if not schema.Model.ModelBufferHasIdentifier(data, 0):
+        raise ValueError("not a TFLite model: missing 'TFL3' file identifier")
+    root = schema.Model.GetRootAs(data, 0)
+    used = {
+        sg.Tensors(t).Buffer()
+        for sg in (root.Subgraphs(s) for s in range(root.SubgraphsLength()))
+        for t in range(sg.TensorsLength())
+    }
+    total = 0
+    for index in used:
+        if 0 < index < root.BuffersLength():
+            buf = root.Buffers(index)
+            total += buf.Size() if buf.Offset() > 1 else buf.DataLength()
+    return int(total)

@@ -455,9 +455,11 @@ def test_policy_memory_defaults() -> None:
     assert p.reserve_bytes is None
 
 
-def test_policy_refuses_overcommit_swap_until_implemented() -> None:
+def test_policy_overcommit_is_reject_or_swap() -> None:
+    assert Policy(overcommit="swap").effective_slots() == 1  # a swapping device runs one model at a time
+    assert Policy(overcommit="swap", slots=1).overcommit == "swap"
     with pytest.raises(ValidationError, match="overcommit"):
-        Policy(overcommit="swap")  # type: ignore[arg-type]
+        Policy(overcommit="evict-everyone")  # type: ignore[arg-type]
 
 
 def test_policy_accepts_an_unknown_profile_name() -> None:
