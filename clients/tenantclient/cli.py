@@ -99,6 +99,15 @@ def _print_status(status: dict[str, Any]) -> None:
         overheads = ", ".join(f"{k} {_mib(v)}" for k, v in memory["runtime_overhead_bytes"].items()) or "-"
         print(f"  {'runtimes'.ljust(10)}  {overheads}")
         print(f"  {'models'.ljust(10)}  {memory['models_admitted']} admitted")
+    residency = status.get("residency")
+    if residency:
+        mode = f"swapping by {residency['swapping']}" if residency["swapping"] else "every model stays loaded"
+        mean = residency["mean_switch_overhead_ms"]
+        print(f"\nresidency: {mode}; loaded: {', '.join(residency['loaded']) or '-'}")
+        print(
+            f"  switches {residency['switches']}, reloads {residency['reloads']}, evictions {residency['evictions']}, "
+            f"mean switch overhead {'-' if mean is None else f'{mean:.2f} ms'}"
+        )
 
 
 def _print_events(events: list[dict[str, Any]]) -> None:
