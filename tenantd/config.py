@@ -19,6 +19,27 @@ class ConfigError(Exception):
     """The daemon's configuration is invalid; the message says how to fix it."""
 
 
+class TenantPolicy(BaseModel):
+    """Per-tenant rules: ``[tenants.NAME]`` tables in the policy file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    weight: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Share of the device under the weighted-fair discipline (turns per round)."""
+
+    max_models: Annotated[int | None, Field(ge=0)] = None
+    """Models the tenant may have on this daemon."""
+
+    memory_quota_bytes: Annotated[int | None, Field(ge=0)] = None
+    """Total measured footprint the tenant's models may be charged."""
+
+    max_in_flight: Annotated[int | None, Field(ge=1)] = None
+    """Requests the tenant may have queued or running at once (else queue_depth_per_tenant)."""
+
+
+DEFAULT_TENANT = TenantPolicy()
+
+
 class Policy(BaseModel):
     """Operator rules for one device. Every field has a default that suits a small CPU box."""
 
@@ -63,6 +84,23 @@ class Policy(BaseModel):
 
     reserve_bytes: Annotated[int | None, Field(ge=0)] = None
     """Memory kept free for the host and runtimes. Default: the profile's."""
+
+    discipline: Literal["round-robin", "weighted-fair", "swap-aware"] = "round-robin"
+    """Which waiting request runs next: ``round-robin`` over tenants; ``weighted-fair``, each
+    tenant ``weight`` turns per round; ``swap-aware``, requests for already-loaded models first
+    (fewer switches), but none passed over more than ``max_pass_over`` times."""
+
+    max_pass_over: Annotated[int, Field(ge=0)] = 8
+    """swap-aware: how many times a waiting request may be passed over before it must run."""
+
+    default_deadline_ms: Annotated[float | None, Field(gt=0)] = None
+    """Deadline for requests that carry none (how long they may wait to start)."""
+
+    tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
+    """Per-tenant weight and quotas, by tenant name."""
+
+    def tenant(self, name: str) -> TenantPolicy:
+        return self.tenants.get(name, DEFAULT_TENANT)
 
     def effective_slots(self) -> int:
         if self.slots is None and self.overcommit == "swap":

@@ -6,8 +6,12 @@ under the scheduler's lock, and starts running it at once: the reply to the fini
 back to the event loop in parallel (through the ``execute`` callback) instead of sitting between
 two inferences. Requests are queued, expired and drained from the event loop.
 
-Fairness is round-robin over tenants that have work waiting: a tenant's burst fills only its own
-queue, and each tenant gets a turn before any gets a second one. A model runs one request at a
+Which waiting request runs next is the discipline's choice. ``round-robin``: over tenants that
+have work waiting, so a tenant's burst fills only its own queue and each tenant gets a turn before
+any gets a second one. ``weighted-fair``: the same, but a tenant of weight w gets w turns in a row.
+``swap-aware``: a tenant whose next request is for a model already loaded goes first, so a swapping
+device switches less; a request passed over ``max_pass_over`` times goes first of all, so no tenant
+starves. Each tenant's own requests always run in the order they came. A model runs one request at a
 time (runtime interpreters are not re-entrant), so a tenant whose next request is for a busy model
 is passed over for that turn rather than holding a slot. Queues are bounded per tenant and per
 device; a request with a deadline that cannot start in time is dropped by a timer, never run late.
@@ -46,6 +50,7 @@ class Job:
     deadline: float | None = None  # by when the job must start
     enqueued: float = 0.0
     started: float = 0.0
+    passed_over: int = 0  # swap-aware: times another tenant's request went first
     # Set on the event loop when the daemon gave up waiting for this job (drain timeout): its
     # late result must not be answered a second time.
     abandoned: bool = False
@@ -72,11 +77,22 @@ class Scheduler:
         depth_per_tenant: int = 64,
         depth_total: int = 1024,
         job_done: JobDone | None = None,
+        discipline: str = "round-robin",
+        weight: Callable[[str], int] = lambda tenant: 1,
+        in_flight_limit: Callable[[str], int | None] = lambda tenant: None,
+        loaded: Callable[[str], bool] = lambda model: True,
+        max_pass_over: int = 8,
     ) -> None:
         self.slots = slots
         self._execute = execute
         self._drop = drop
         self._job_done = job_done
+        self.discipline = discipline
+        self._weight = weight if discipline == "weighted-fair" else (lambda tenant: 1)
+        self._in_flight_limit = in_flight_limit
+        self._loaded = loaded
+        self.max_pass_over = max_pass_over
+        self._turns_left: dict[str, int] = {}  # weighted-fair: turns the head tenant has left
         self.depth_per_tenant = depth_per_tenant
         self.depth_total = depth_total
         self._cond = threading.Condition()
@@ -119,6 +135,7 @@ class Scheduler:
             left = [job for queue in self._queues.values() for job in queue]
             self._queues.clear()
             self._ring.clear()
+            self._turns_left.clear()
             self.queued = 0
             stuck = list(self._running.values())
             self._cond.notify_all()  # slots waiting on a busy model may exit now
@@ -142,6 +159,11 @@ class Scheduler:
             queue = self._queues.get(job.tenant)
             if queue is not None and len(queue) >= self.depth_per_tenant:
                 raise QueueFull(f"tenant {job.tenant!r}", self.depth_per_tenant)
+            limit = self._in_flight_limit(job.tenant)
+            if limit is not None:
+                running = sum(1 for j in self._running.values() if j.tenant == job.tenant)
+                if (len(queue) if queue else 0) + running >= limit:
+                    raise QueueFull(f"tenant {job.tenant!r} in-flight", limit)
             if self.queued >= self.depth_total:
                 raise QueueFull("device", self.depth_total)
             job.enqueued = time.monotonic()
@@ -185,6 +207,7 @@ class Scheduler:
             self.queued -= 1
             if not queue:
                 self._ring.remove(job.tenant)
+                self._turns_left.pop(job.tenant, None)
         job.timer = None
         self._drop(job, ErrorCode.DEADLINE_EXCEEDED, "the request could not start before its deadline")
 
@@ -197,20 +220,53 @@ class Scheduler:
     # ---------------------------------------------------------------- slots (slot threads)
 
     def _take(self) -> Job | None:
-        """The next job in round-robin order whose model is idle, or None. Caller holds _cond."""
+        """The next job by the discipline whose model is idle, or None. Caller holds _cond."""
+        if self.discipline == "swap-aware":
+            job = self._take_swap_aware()
+            if job is not None:
+                return job
+        return self._take_in_turn()
+
+    def _take_in_turn(self) -> Job | None:
+        """Round-robin over tenants (weighted-fair: ``weight`` turns in a row each)."""
         for _ in range(len(self._ring)):
             tenant = self._ring[0]
             queue = self._queues[tenant]
             if queue[0].model in self._busy:
+                self._turns_left.pop(tenant, None)
                 self._ring.rotate(-1)
                 continue
             job = queue.popleft()
-            self._ring.popleft()
-            if queue:
-                self._ring.append(tenant)
             self.queued -= 1
+            turns = self._turns_left.pop(tenant, self._weight(tenant)) - 1
+            if queue and turns > 0:
+                self._turns_left[tenant] = turns  # stays at the head for its next turn
+            else:
+                self._ring.popleft()
+                if queue:
+                    self._ring.append(tenant)
             return job
         return None
+
+    def _take_swap_aware(self) -> Job | None:
+        """A head job passed over too often, else the first head job whose model is loaded."""
+        heads = [(i, self._queues[t][0]) for i, t in enumerate(self._ring)]
+        runnable = [(i, job) for i, job in heads if job.model not in self._busy]
+        starving = [(i, job) for i, job in runnable if job.passed_over >= self.max_pass_over]
+        chosen = starving[0] if starving else next(((i, j) for i, j in runnable if self._loaded(j.model)), None)
+        if chosen is None:
+            return None
+        index, job = chosen
+        for _, ahead in heads[:index]:
+            ahead.passed_over += 1
+        tenant = self._ring[index]
+        del self._ring[index]
+        queue = self._queues[tenant]
+        queue.popleft()
+        self.queued -= 1
+        if queue:
+            self._ring.append(tenant)
+        return job
 
     def _to_loop(self, job: Job, code: ErrorCode, message: str) -> None:
         assert self._loop is not None

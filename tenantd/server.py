@@ -156,6 +156,11 @@ class Daemon:
             job_done=self._job_done,
             depth_per_tenant=self.policy.queue_depth_per_tenant,
             depth_total=self.policy.queue_depth_total,
+            discipline=self.policy.discipline,
+            weight=lambda tenant: self.policy.tenant(tenant).weight,
+            in_flight_limit=lambda tenant: self.policy.tenant(tenant).max_in_flight,
+            loaded=self._is_loaded,
+            max_pass_over=self.policy.max_pass_over,
         )
         if self.swap:
             self.executor.swapping = self._swapping()
@@ -489,7 +494,8 @@ class Daemon:
         resident = self.executor.resident.get(record.name)
         if resident is None:
             raise ClientError(ErrorCode.RUNTIME_ERROR, f"model {record.name!r} could not be loaded (see events)")
-        deadline = None if request.deadline_ms is None else time.monotonic() + request.deadline_ms / 1e3
+        deadline_ms = request.deadline_ms if request.deadline_ms is not None else self.policy.default_deadline_ms
+        deadline = None if deadline_ms is None else time.monotonic() + deadline_ms / 1e3
         job = Job(
             tenant=record.owner,
             model=record.name,
@@ -621,6 +627,10 @@ class Daemon:
             "runtimes": available_runtimes(),
         }
 
+    def _is_loaded(self, model: str) -> bool:
+        served = self.executor.resident.get(model)
+        return served is not None and served.model is not None
+
     def _loaded_models(self) -> list[str]:
         return sorted(r.name for r in list(self.executor.resident.values()) if r.model is not None)
 
@@ -703,6 +713,7 @@ class Daemon:
         if data.nbytes == 0:
             raise ClientError(ErrorCode.INVALID_MODEL, "the model file is empty")
         self._check_name_free(name, tenant, replace)
+        self._check_model_quota(name, tenant)
         runtime = args.get("runtime") or runtime_for_file(filename)
         if not isinstance(runtime, str):
             raise ClientError(ErrorCode.BAD_REQUEST, "args.runtime must be a string")
@@ -723,6 +734,40 @@ class Daemon:
                 return await self._admit(name, tenant, runtime, filename, sha, path, data.nbytes, replace)
         finally:
             self.store.release_blob(sha)  # deleted here if the submission failed
+
+    def _tenant_models(self, tenant: str, besides: str) -> list[ModelRecord]:
+        return [r for r in self.models.values() if r.owner == tenant and r.name != besides]
+
+    def _check_model_quota(self, name: str, tenant: str) -> None:
+        limit = self.policy.tenant(tenant).max_models
+        have = len(self._tenant_models(tenant, besides=name))
+        if limit is not None and have >= limit:
+            details = {"quota": "max_models", "limit": limit, "models": have}
+            self.events.emit("model.refused", model=name, tenant=tenant, code="ADMISSION_DENIED", **details)
+            raise ClientError(
+                ErrorCode.ADMISSION_DENIED, f"tenant {tenant!r} may have {limit} model(s) and has {have}", details
+            )
+
+    def _check_memory_quota(self, name: str, tenant: str, footprint: int) -> None:
+        quota = self.policy.tenant(tenant).memory_quota_bytes
+        if quota is None:
+            return
+        used = sum(r.footprint_bytes for r in self._tenant_models(tenant, besides=name))
+        if used + footprint > quota:
+            details = {
+                "quota": "memory_quota_bytes",
+                "limit": quota,
+                "used_bytes": used,
+                "footprint_bytes": footprint,
+                "shortfall_bytes": used + footprint - quota,
+            }
+            self.events.emit("model.refused", model=name, tenant=tenant, code="ADMISSION_DENIED", **details)
+            raise ClientError(
+                ErrorCode.ADMISSION_DENIED,
+                f"tenant {tenant!r} has a memory quota of {quota / 2**20:.1f} MiB with {used / 2**20:.1f} MiB "
+                f"in use; this model needs {footprint / 2**20:.1f} MiB",
+                details,
+            )
 
     def _check_name_free(self, name: str, tenant: str, replace: bool) -> None:
         existing = self.models.get(name)
@@ -750,6 +795,7 @@ class Daemon:
             first_infer_ms=round(probe.first_infer_ms, 3),
             **probe.details,
         )
+        self._check_memory_quota(name, tenant, probe.footprint_bytes)
         previous_charge = self.admission.ledger.models.get(name)
         decision = self.admission.decide(
             name,

@@ -730,3 +730,87 @@ def test_queue_depths_reflect_waiting_jobs() -> None:
         assert fake.started == ["A0", "B0", "A1", "A2"]
 
     run(main)
+
+
+# --------------------------------------------------------------------------- disciplines and limits
+
+
+def test_weighted_fair_gives_each_tenant_its_weight_in_turns() -> None:
+    async def main() -> None:
+        fake = Fake()
+        weights = {"A": 2, "B": 1}
+        sched = Scheduler(1, fake.execute, fake.drop, discipline="weighted-fair", weight=weights.__getitem__)
+        for i in range(6):
+            sched.submit(job("A", f"a{i}", f"A{i}"))
+        for i in range(3):
+            sched.submit(job("B", f"b{i}", f"B{i}"))
+        sched.start()
+        assert await until(sched.drain(GUARD_S)) == 0
+        assert fake.started == ["A0", "A1", "B0", "A2", "A3", "B1", "A4", "A5", "B2"]
+
+    run(main)
+
+
+def test_weights_are_ignored_under_round_robin() -> None:
+    async def main() -> None:
+        fake = Fake()
+        sched = Scheduler(1, fake.execute, fake.drop, discipline="round-robin", weight=lambda t: 5)
+        for i in range(2):
+            sched.submit(job("A", f"a{i}", f"A{i}"))
+            sched.submit(job("B", f"b{i}", f"B{i}"))
+        sched.start()
+        assert await until(sched.drain(GUARD_S)) == 0
+        assert fake.started == ["A0", "B0", "A1", "B1"]
+
+    run(main)
+
+
+def test_swap_aware_serves_loaded_models_first_within_the_pass_over_bound() -> None:
+    async def main() -> None:
+        fake = Fake()
+        # Model "hot" is loaded; "cold" is not. B's request waits at most two pass-overs.
+        sched = Scheduler(
+            1, fake.execute, fake.drop, discipline="swap-aware", loaded=lambda m: m == "hot", max_pass_over=2
+        )
+        sched.submit(job("B", "cold", "B0"))
+        for i in range(4):
+            sched.submit(job("A", "hot", f"A{i}"))
+        sched.start()
+        assert await until(sched.drain(GUARD_S)) == 0
+        # A's loaded model goes first twice; then B's request has been passed over twice and runs.
+        assert fake.started == ["A0", "A1", "B0", "A2", "A3"]
+
+    run(main)
+
+
+def test_swap_aware_falls_back_to_round_robin_when_nothing_is_loaded() -> None:
+    async def main() -> None:
+        fake = Fake()
+        sched = Scheduler(1, fake.execute, fake.drop, discipline="swap-aware", loaded=lambda m: False)
+        for i in range(2):
+            sched.submit(job("A", f"a{i}", f"A{i}"))
+            sched.submit(job("B", f"b{i}", f"B{i}"))
+        sched.start()
+        assert await until(sched.drain(GUARD_S)) == 0
+        assert fake.started == ["A0", "B0", "A1", "B1"]
+
+    run(main)
+
+
+def test_in_flight_limit_counts_queued_and_running() -> None:
+    async def main() -> None:
+        fake = Fake(gated={"A0"})
+        sched = Scheduler(1, fake.execute, fake.drop, in_flight_limit=lambda t: 2 if t == "A" else None)
+        sched.start()
+        sched.submit(job("A", "m", "A0"))
+        await until(fake.started_future("A0"))
+        sched.submit(job("A", "m", "A1"))  # one running + one queued = 2
+        with pytest.raises(QueueFull) as full:
+            sched.submit(job("A", "m", "A2"))
+        assert "in-flight" in full.value.scope and full.value.limit == 2
+        sched.submit(job("B", "m2", "B0"))  # other tenants are not limited by A's quota
+        fake.release("A0")
+        assert await until(sched.drain(GUARD_S)) == 0
+        assert sorted(fake.started) == ["A0", "A1", "B0"]
+
+    run(main)

@@ -1,0 +1,109 @@
+"""Integration: per-tenant quotas, the default deadline, and swap-aware vs round-robin switching
+on the same request sequence, through a real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import tiny
+from tenantclient import AsyncTenantClient, TenantClient
+from tenantclient import errors as E
+from tenantd.config import Policy, TenantPolicy
+from tests.conftest import ModelFiles
+from tests.support.daemon import daemon_in_thread
+from tests.support.faulty_runtime import faulty_model
+
+MiB = 2**20
+X4 = np.ones((1, 4), np.float32)
+
+
+def test_model_count_and_memory_quotas(tmp_path: Path, endpoint: str, model_files: ModelFiles) -> None:
+    policy = Policy(
+        tenants={
+            "alice": TenantPolicy(max_models=1),
+            "bob": TenantPolicy(memory_quota_bytes=12 * MiB),
+        }
+    )
+    with daemon_in_thread(tmp_path / "state", endpoint, policy) as daemon:
+        with TenantClient(endpoint, tenant="alice") as alice:
+            alice.submit_model(model_files.mlp, "a1")
+            with pytest.raises(E.AdmissionDenied, match="may have 1 model") as refused:
+                alice.submit_model(model_files.mlp_b, "a2")
+            assert refused.value.details == {"quota": "max_models", "limit": 1, "models": 1}
+            alice.submit_model(model_files.mlp_b, "a1", replace=True)  # a replacement is not a new model
+        with TenantClient(endpoint, tenant="bob") as bob:
+            bob.submit_model(tiny.sized_mlp(2 * MiB, seed=1), "small")  # a few MiB measured
+            with pytest.raises(E.AdmissionDenied, match="memory quota") as refused:
+                bob.submit_model(tiny.sized_mlp(8 * MiB, seed=2), "big")
+            details = refused.value.details
+            assert details["quota"] == "memory_quota_bytes" and details["limit"] == 12 * MiB
+            assert details["shortfall_bytes"] == details["used_bytes"] + details["footprint_bytes"] - 12 * MiB > 0
+        with TenantClient(endpoint, tenant="carol") as carol:  # no quota of her own
+            carol.submit_model(tiny.sized_mlp(8 * MiB, seed=2), "big")
+        assert [e["quota"] for e in daemon.events.tail(event="model.refused")] == ["max_models", "memory_quota_bytes"]
+
+
+def test_in_flight_quota(tmp_path: Path, endpoint: str) -> None:
+    policy = Policy(slots=1, tenants={"alice": TenantPolicy(max_in_flight=2)})
+    with daemon_in_thread(tmp_path / "state", endpoint, policy):
+
+        async def run() -> list[object]:
+            async with AsyncTenantClient(endpoint, tenant="alice") as alice:
+                await alice.submit_model(faulty_model(infer="slow", sleep_ms=150), "slow", runtime="faulty")
+                return await asyncio.gather(*(alice.infer("slow", X4) for _ in range(5)), return_exceptions=True)
+
+        results = asyncio.run(run())
+    refused = [r for r in results if isinstance(r, E.QueueFull)]
+    assert len(refused) >= 3 and all("in-flight" in r.message for r in refused)
+    assert sum(isinstance(r, dict) for r in results) == 5 - len(refused)
+
+
+def test_default_deadline_applies_to_requests_without_one(tmp_path: Path, endpoint: str) -> None:
+    with daemon_in_thread(tmp_path / "state", endpoint, Policy(slots=1, default_deadline_ms=50)):
+
+        async def run() -> list[object]:
+            async with AsyncTenantClient(endpoint, tenant="alice") as alice:
+                await alice.submit_model(faulty_model(infer="slow", sleep_ms=300), "slow", runtime="faulty")
+                return await asyncio.gather(alice.infer("slow", X4), alice.infer("slow", X4), return_exceptions=True)
+
+        first, second = asyncio.run(run())
+    assert isinstance(first, dict)
+    assert isinstance(second, E.DeadlineExceeded)  # waited behind the first for longer than 50 ms
+
+
+def switches_for(discipline: str, tmp_path: Path, endpoint: str, models: list[bytes]) -> int:
+    """Four tenants, one model each, on an emulated EdgeTPU whose cache holds two of them; each
+    tenant queues five requests behind a blocker, all at once; count the reloads."""
+    policy = Policy(profile="edgetpu", discipline=discipline, max_pass_over=4)
+    with daemon_in_thread(tmp_path / discipline, endpoint, policy) as daemon:
+
+        async def run() -> None:
+            clients = [AsyncTenantClient(endpoint, tenant=f"t{i}") for i in range(4)]
+            for i, (client, model) in enumerate(zip(clients, models, strict=True)):
+                await client.submit_model(model, f"m{i}")
+            await clients[0].submit_model(faulty_model(infer="slow", sleep_ms=200), "blocker", runtime="faulty")
+            x = np.zeros((1, 256), np.float32)
+            blocker = asyncio.ensure_future(clients[0].infer("blocker", X4))
+            while daemon.scheduler.running < 1:
+                await asyncio.sleep(0)
+            calls = [client.infer(f"m{i}", x) for _ in range(5) for i, client in enumerate(clients)]
+            await asyncio.gather(blocker, *calls)
+            for client in clients:
+                await client.close()
+
+        before = daemon.executor.reloads
+        asyncio.run(run())
+        return daemon.executor.reloads - before
+
+
+def test_swap_aware_switches_less_than_round_robin_on_the_same_requests(tmp_path: Path, endpoint: str) -> None:
+    models = [tiny.sized_mlp(3 * MiB, seed=40 + i) for i in range(4)]
+    round_robin = switches_for("round-robin", tmp_path, endpoint, models)
+    swap_aware = switches_for("swap-aware", tmp_path, endpoint, models)
+    # Round-robin cycles four models through a two-model cache: nearly every request reloads.
+    assert round_robin >= 15
+    assert swap_aware < round_robin / 2, (swap_aware, round_robin)
