@@ -148,15 +148,12 @@ class Admission:
     ) -> None:
         self.profile = profile
         self._read_memory = memory_reader
-        host_total, _ = memory_reader()
-        capacity = capacity_bytes or profile.capacity_bytes
-        if profile.memory_model is MemoryModel.CACHE or capacity is None:
-            capacity = capacity_bytes or host_total  # the cache fronts host memory
-        self.capacity_bytes = capacity
-        self.reserve_bytes = profile.default_reserve_bytes if reserve_bytes is None else reserve_bytes
         self.ledger = MemoryLedger()
         # Slot threads (swapping) and the event loop both read and change the ledger.
         self._lock = threading.RLock()
+        self.capacity_bytes = 0
+        self.reserve_bytes = 0
+        self.reconfigure(capacity_bytes, reserve_bytes)
 
     @_locked
     def budget(self) -> Budget:
@@ -228,6 +225,16 @@ class Admission:
     def release(self, model: str) -> None:
         self.ledger.models.pop(model, None)
         self.ledger.pending_models.discard(model)
+
+    @_locked
+    def reconfigure(self, capacity_bytes: int | None, reserve_bytes: int | None) -> None:
+        """A new policy's capacity or reserve (None: the profile's)."""
+        host_total, _ = self._read_memory()
+        capacity = capacity_bytes or self.profile.capacity_bytes
+        if self.profile.memory_model is MemoryModel.CACHE or capacity is None:
+            capacity = capacity_bytes or host_total  # the cache fronts host memory
+        self.capacity_bytes = capacity
+        self.reserve_bytes = self.profile.default_reserve_bytes if reserve_bytes is None else reserve_bytes
 
     @_locked
     def unloaded(self, model: str) -> None:

@@ -118,20 +118,31 @@ def usable_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+# Fields a running daemon cannot change: they shape its threads, its device and its residency.
+RESTART_ONLY = ("slots", "threads_per_model", "profile", "overcommit")
+
+
 def load_policy(path: Path | None) -> Policy:
     """Read and validate a policy TOML file; no file means every default."""
     if path is None:
         return Policy()
     try:
-        data: dict[str, Any] = tomllib.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"policy file {path} does not exist") from None
+    return parse_policy(text, str(path))
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    """Validate policy TOML text; errors name the field and what it should be."""
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
     try:
         return Policy(**data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in exc.errors()
         )
-        raise ConfigError(f"policy file {path} is invalid: {problems}") from exc
+        raise ConfigError(f"{source} is invalid: {problems}") from exc

@@ -95,6 +95,8 @@ class Op(StrEnum):
     REMOVE_MODEL = "remove_model"
     INFER = "infer"
     EVENTS = "events"
+    POLICY_SHOW = "policy_show"
+    POLICY_SET = "policy_set"
 
 
 # Wire dtypes are numpy dtype names; multi-byte types are little-endian on the wire.

@@ -179,6 +179,19 @@ class Scheduler:
             # _expire returns at once.
             job.timer = loop.call_later(max(0.0, job.deadline - time.monotonic()), self._expire, job)
 
+    def reconfigure(
+        self, discipline: str, depth_per_tenant: int, depth_total: int, max_pass_over: int, weight: Callable[[str], int]
+    ) -> None:
+        """Apply a new policy's scheduling settings; waiting requests stay queued."""
+        with self._cond:
+            self.discipline = discipline
+            self._weight = weight if discipline == "weighted-fair" else (lambda tenant: 1)
+            self.depth_per_tenant = depth_per_tenant
+            self.depth_total = depth_total
+            self.max_pass_over = max_pass_over
+            self._turns_left.clear()
+            self._cond.notify_all()
+
     def settle(self, job: Job) -> bool:
         """On the event loop, before answering ``job``: False if it was answered already. Cancels
         its deadline timer, which would otherwise hold the request's inputs until the deadline."""

@@ -31,7 +31,7 @@ import zmq
 
 from tenantd import __version__, protocol
 from tenantd.admission import Admission, rss_bytes
-from tenantd.config import ConfigError, Policy
+from tenantd.config import RESTART_ONLY, ConfigError, Policy, parse_policy
 from tenantd.devices import MemoryModel, get_profile
 from tenantd.events import EventLog
 from tenantd.executor import Executor, Resident, RunResult, Swapping
@@ -172,6 +172,8 @@ class Daemon:
             Op.LIST_MODELS.value: self._op_list_models,
             Op.REMOVE_MODEL.value: self._op_remove_model,
             Op.EVENTS.value: self._op_events,
+            Op.POLICY_SHOW.value: self._op_policy_show,
+            Op.POLICY_SET.value: self._op_policy_set,
         }
         self._control_tasks: set[asyncio.Task[None]] = set()
         self._probe_slots = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
@@ -660,6 +662,74 @@ class Daemon:
             "runtime_overhead_bytes": dict(self.admission.ledger.runtime_overhead),
             "models_admitted": len(self.admission.ledger.models),
         }
+
+    def _check_operator(self, request: Request) -> None:
+        # Header-named identities: the operator is whoever names no tenant (tenantctl's default).
+        if request.tenant is not None:
+            raise ClientError(ErrorCode.FORBIDDEN, f"only the operator may use {request.op!r}; tenants may not")
+
+    async def _op_policy_show(self, request: Request) -> dict[str, Any]:
+        return {"policy": self.policy.model_dump(), "restart_only": list(RESTART_ONLY)}
+
+    async def _op_policy_set(self, request: Request) -> dict[str, Any]:
+        """Apply a new policy without a restart. Models that no longer fit are kept and said so."""
+        self._check_operator(request)
+        text = request.args.get("toml")
+        if not isinstance(text, str):
+            raise ClientError(ErrorCode.BAD_REQUEST, "args.toml must hold the policy file's text")
+        try:
+            new = parse_policy(text, "the new policy")
+        except ConfigError as exc:
+            raise ClientError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        old = self.policy
+        fixed = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
+        if fixed:
+            raise ClientError(
+                ErrorCode.BAD_REQUEST,
+                f"{', '.join(fixed)} cannot change while the daemon runs; restart it with the new policy",
+                {"restart_only": fixed},
+            )
+        changed = sorted(k for k, v in new.model_dump().items() if v != old.model_dump()[k])
+        self.policy = new
+        self.scheduler.reconfigure(
+            new.discipline,
+            new.queue_depth_per_tenant,
+            new.queue_depth_total,
+            new.max_pass_over,
+            lambda tenant: self.policy.tenant(tenant).weight,
+        )
+        self.admission.reconfigure(capacity_bytes=new.capacity_bytes, reserve_bytes=new.reserve_bytes)
+        self.events.max_bytes = new.event_log_max_bytes
+        self.events.emit("policy.changed", changed=changed)
+        return {"changed": changed, "consequences": self._policy_consequences()}
+
+    def _policy_consequences(self) -> list[str]:
+        """What the current policy means for models already admitted: nothing is dropped."""
+        notes = []
+        budget = self.admission.budget()
+        if budget.free_bytes < 0:
+            note = (
+                f"the {self.profile.name} budget is now {budget.budget_bytes} bytes with {budget.used_bytes} in use: "
+                "admitted models stay; new models are refused until some are removed"
+            )
+            if self.executor.swapping is not None:
+                note += " (swapping unloads idle models as others are needed)"
+            notes.append(note)
+            self.events.emit("admission.over_budget", **self._device_context(), **budget.to_wire())
+        for tenant in sorted({r.owner for r in self.models.values()}):
+            rules = self.policy.tenant(tenant)
+            owned = self._tenant_models(tenant, besides="")
+            used = sum(r.footprint_bytes for r in owned)
+            over = []
+            if rules.max_models is not None and len(owned) > rules.max_models:
+                over.append(f"has {len(owned)} models, over its new limit of {rules.max_models}")
+            if rules.memory_quota_bytes is not None and used > rules.memory_quota_bytes:
+                over.append(f"uses {used} bytes, over its new quota of {rules.memory_quota_bytes}")
+            for what in over:
+                note = f"tenant {tenant!r} {what}: its models stay; new ones are refused"
+                notes.append(note)
+                self.events.emit("quota.exceeded", tenant=tenant, note=note)
+        return notes
 
     async def _op_list_models(self, request: Request) -> dict[str, Any]:
         tenant = request.tenant

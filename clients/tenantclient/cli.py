@@ -5,6 +5,7 @@
     tenantctl events [--limit N] [--event KIND]
     tenantctl submit FILE --name N --tenant T [--runtime R] [--replace]
     tenantctl remove N --tenant T
+    tenantctl policy show | policy set FILE     (set: operator only)
 
 ``--json`` prints the daemon's raw answer instead of a table. Exit status: 0 on success, 1 when
 the daemon refused the request (its error code is printed), 3 when no reply came in time.
@@ -141,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--tenant", required=True, help="tenant that will own the model")
     submit.add_argument("--runtime", help="runtime to use (default: chosen from the file suffix)")
     submit.add_argument("--replace", action="store_true", help="replace the tenant's model of the same name")
+    policy = commands.add_parser("policy", help="show the policy in force, or apply a new one (operator)")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    policy_commands.add_parser("show", help="print the policy in force")
+    policy_set = policy_commands.add_parser("set", help="apply a policy file without restarting the daemon")
+    policy_set.add_argument("file", type=Path, help="policy TOML file (see policies/)")
     remove = commands.add_parser("remove", help="remove a tenant's model")
     remove.add_argument("name", help="model name")
     remove.add_argument("--tenant", required=True, help="tenant that owns the model")
@@ -170,6 +176,24 @@ def run(args: argparse.Namespace) -> Any:
                 f"footprint {_mib(info.footprint_bytes)}, load {info.load_ms:.1f} ms"
             )
             _print_models([info])
+            return None
+        if args.command == "policy" and args.policy_command == "show":
+            shown = client.policy_show()
+            if args.json:
+                return shown
+            for key, value in shown["policy"].items():
+                print(f"{key} = {value!r}")
+            print(f"# restart-only: {', '.join(shown['restart_only'])}")
+            return None
+        if args.command == "policy":
+            if not args.file.is_file():
+                raise SystemExit(f"tenantctl: {args.file} is not a file")
+            applied = client.policy_set(args.file.read_text())
+            if args.json:
+                return applied
+            print(f"policy applied; changed: {', '.join(applied['changed']) or 'nothing'}")
+            for note in applied["consequences"]:
+                print(f"  note: {note}")
             return None
         if args.command == "remove":
             client.remove_model(args.name)

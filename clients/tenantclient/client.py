@@ -271,6 +271,15 @@ class AsyncTenantClient:
     async def remove_model(self, name: str) -> None:
         await self.call(Op.REMOVE_MODEL.value, {"model": name})
 
+    async def policy_show(self) -> dict[str, Any]:
+        """The daemon's policy in force, and which fields only a restart can change."""
+        return (await self.call(Op.POLICY_SHOW.value)).result
+
+    async def policy_set(self, toml_text: str) -> dict[str, Any]:
+        """Operator only: apply a new policy (TOML text) without a restart; returns the changed
+        fields and what they mean for models already admitted."""
+        return (await self.call(Op.POLICY_SET.value, {"toml": toml_text})).result
+
     async def events(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
         return list((await self.call(Op.EVENTS.value, _events_args(limit, event))).result["events"])
 
@@ -377,6 +386,13 @@ class TenantClient:
 
     def remove_model(self, name: str) -> None:
         self.call(Op.REMOVE_MODEL.value, {"model": name})
+
+    def policy_show(self) -> dict[str, Any]:
+        return self.call(Op.POLICY_SHOW.value).result
+
+    def policy_set(self, toml_text: str) -> dict[str, Any]:
+        """Operator only: see :meth:`AsyncTenantClient.policy_set`."""
+        return self.call(Op.POLICY_SET.value, {"toml": toml_text}).result
 
     def events(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
         return list(self.call(Op.EVENTS.value, _events_args(limit, event)).result["events"])

@@ -54,6 +54,13 @@ def test_tenantctl_drives_the_daemon(tmp_path: Path, model_files: ModelFiles) ->
         for kind in ("start", "model.submitted", "model.probed", "model.admitted", "model.loaded", "request.error"):
             assert kind in events.stdout, kind
 
+        new_policy = tmp_path / "new.toml"
+        new_policy.write_text('discipline = "weighted-fair"\n[tenants.alice]\nweight = 3\n')
+        applied = tenantctl(daemon.endpoint, "policy", "set", str(new_policy))
+        assert applied.returncode == 0 and "changed: discipline, tenants" in applied.stdout, applied.stderr
+        shown = tenantctl(daemon.endpoint, "policy", "show")
+        assert "discipline = 'weighted-fair'" in shown.stdout
+
         removed = tenantctl(daemon.endpoint, "remove", "kws", "--tenant", "alice")
         assert removed.returncode == 0 and "removed kws" in removed.stdout
         assert "no models" in tenantctl(daemon.endpoint, "models").stdout

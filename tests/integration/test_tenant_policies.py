@@ -107,3 +107,33 @@ def test_swap_aware_switches_less_than_round_robin_on_the_same_requests(tmp_path
     # Round-robin cycles four models through a two-model cache: nearly every request reloads.
     assert round_robin >= 15
     assert swap_aware < round_robin / 2, (swap_aware, round_robin)
+
+
+def test_policy_hot_reload(tmp_path: Path, endpoint: str, model_files: ModelFiles) -> None:
+    with daemon_in_thread(tmp_path / "state", endpoint, Policy(profile="ncs2")) as daemon:
+        with TenantClient(endpoint, tenant="alice") as alice:
+            alice.submit_model(model_files.mlp, "m")
+            with pytest.raises(E.Forbidden, match="only the operator"):
+                alice.policy_set("queue_depth_per_tenant = 1\n")
+        with TenantClient(endpoint) as operator:
+            assert operator.policy_show()["policy"]["queue_depth_per_tenant"] == 64
+            with pytest.raises(E.BadRequest, match="slots cannot change while the daemon runs"):
+                operator.policy_set('profile = "ncs2"\nslots = 3\n')
+            with pytest.raises(E.BadRequest, match="queue_depth_per_tenant"):
+                operator.policy_set('profile = "ncs2"\nqueue_depth_per_tenant = "many"\n')
+            applied = operator.policy_set(
+                'profile = "ncs2"\nqueue_depth_per_tenant = 7\ncapacity_bytes = 1048576\nreserve_bytes = 0\n'
+                "[tenants.alice]\nmax_models = 0\n"
+            )
+            assert applied["changed"] == ["capacity_bytes", "queue_depth_per_tenant", "reserve_bytes", "tenants"]
+            notes = " ".join(applied["consequences"])
+            assert "admitted models stay" in notes and "tenant 'alice' has 1 models" in notes
+            assert operator.policy_show()["policy"]["queue_depth_per_tenant"] == 7
+        assert daemon.scheduler.depth_per_tenant == 7
+        with TenantClient(endpoint, tenant="alice") as alice:
+            # Nothing was dropped: the model still serves; new models are refused by the new rules.
+            assert alice.infer("m", np.zeros((1, 32), np.float32))["probs"].shape == (1, 10)
+            with pytest.raises(E.AdmissionDenied):
+                alice.submit_model(model_files.mlp_b, "m2")
+        kinds = [e["event"] for e in daemon.events.tail(limit=50)]
+        assert "policy.changed" in kinds and "admission.over_budget" in kinds and "quota.exceeded" in kinds
