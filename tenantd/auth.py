@@ -277,6 +277,7 @@ class KeyRing:
         self.state_dir = Path(state_dir)
         self.keys_dir = self.state_dir / KEYS_DIR
         self._keys: dict[bytes, Identity] = {}
+        self._identities: frozenset[Identity] = frozenset()
 
     @classmethod
     def load(cls, state_dir: Path | str) -> KeyRing:
@@ -288,7 +289,7 @@ class KeyRing:
     def reload(self) -> None:
         """Re-read the keys folder; on error, raise and keep the keys loaded before."""
         keys = _read_keys(_keys_dir(self.state_dir))
-        self._keys = keys
+        self._keys, self._identities = keys, frozenset(keys.values())
         log.info("loaded %d key(s) from %s", len(keys), self.keys_dir)
 
     def server_keys(self) -> tuple[bytes, bytes]:
@@ -310,7 +311,7 @@ class KeyRing:
     def __contains__(self, identity: object) -> bool:
         """Whether ``identity`` is still registered (a removed key's open connections are not cut
         by libzmq: check this per message to enforce a removal at once)."""
-        return identity in self._keys.values()
+        return identity in self._identities
 
     def __len__(self) -> int:
         return len(self._keys)
