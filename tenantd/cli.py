@@ -33,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
                 state_dir=args.state_dir,
                 policy=policy,
                 profile=args.profile,
+                auth=args.auth,
             )
         )
         daemon.install_signal_handlers()
@@ -75,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--state-dir", type=Path, required=True, help="directory for the model store and event log")
     serve.add_argument("--policy", type=Path, help="operator policy TOML file (see policies/cpu.toml)")
+    serve.add_argument(
+        "--auth",
+        choices=["keys", "header"],
+        help="who a request is from: 'keys' (CurveZMQ keys registered in STATE_DIR/keys) or 'header' "
+        "(the request names its tenant; ipc:// and loopback only). Default: header on ipc://, keys on tcp://",
+    )
     serve.add_argument(
         "--profile",
         help="device profile whose memory model and budget admission enforces (default: the device's own); "

@@ -97,6 +97,7 @@ class Op(StrEnum):
     EVENTS = "events"
     POLICY_SHOW = "policy_show"
     POLICY_SET = "policy_set"
+    RELOAD_KEYS = "reload_keys"
 
 
 # Wire dtypes are numpy dtype names; multi-byte types are little-endian on the wire.
@@ -146,6 +147,9 @@ class Request:
     tensors: list[tuple[str | None, np.ndarray]] = field(default_factory=list)
     deadline_ms: float | None = None
     frames: list[BytesLike] = field(default_factory=list)
+    # Set by the daemon from who sent the request (never read from the wire): the operator may
+    # change the policy and act on any tenant's models.
+    operator: bool = False
 
 
 @dataclass

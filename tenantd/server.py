@@ -29,7 +29,7 @@ from typing import Any, TextIO, cast
 import numpy as np
 import zmq
 
-from tenantd import __version__, protocol
+from tenantd import __version__, auth, protocol
 from tenantd.admission import Admission, rss_bytes
 from tenantd.config import RESTART_ONLY, ConfigError, Policy, parse_policy
 from tenantd.devices import MemoryModel, get_profile
@@ -72,6 +72,9 @@ class ServeConfig:
     state_dir: Path
     policy: Policy
     profile: str | None = None  # overrides the policy's; default: the device's own profile
+    # "keys": CurveZMQ keys say who a request is from; "header": the request says (local endpoints
+    # only). Default: "header" on ipc://, "keys" on tcp://.
+    auth: str | None = None
 
 
 def endpoint_is_local(endpoint: str) -> bool:
@@ -113,11 +116,17 @@ class Daemon:
     def __init__(self, config: ServeConfig) -> None:
         if config.device != "cpu":
             raise ConfigError(f"device {config.device!r} is not supported yet; use --device cpu")
-        if not endpoint_is_local(config.endpoint):
+        self.auth_mode = config.auth or ("header" if config.endpoint.startswith("ipc://") else "keys")
+        if self.auth_mode not in ("header", "keys"):
+            raise ConfigError(f"auth {self.auth_mode!r} is not 'keys' or 'header'")
+        if self.auth_mode == "header" and not endpoint_is_local(config.endpoint):
             raise ConfigError(
-                f"endpoint {config.endpoint} is reachable from other hosts, but tenants are named in "
-                "request headers until tenant keys exist; bind ipc:// or a loopback tcp:// address"
+                f"endpoint {config.endpoint} is reachable from other hosts, so tenants cannot name "
+                "themselves in request headers there: use --auth keys (CurveZMQ), or bind ipc:// or a "
+                "loopback tcp:// address"
             )
+        self.keyring: auth.KeyRing | None = None
+        self.authenticator: auth.Authenticator | None = None
         self.config = config
         self.policy = config.policy
         self.endpoint = config.endpoint
@@ -174,6 +183,7 @@ class Daemon:
             Op.EVENTS.value: self._op_events,
             Op.POLICY_SHOW.value: self._op_policy_show,
             Op.POLICY_SET.value: self._op_policy_set,
+            Op.RELOAD_KEYS.value: self._op_reload_keys,
         }
         self._control_tasks: set[asyncio.Task[None]] = set()
         self._probe_slots = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
@@ -225,11 +235,19 @@ class Daemon:
             self.events.emit("admission.over_budget", **self._device_context(), **budget.to_wire())
         self._sock = sock
         self.scheduler.start()
-        log.info(
-            "tenants are named in each request's header (no tenant keys yet); accepted because %s is a "
-            "local-only endpoint",
-            self.endpoint,
-        )
+        if self.keyring is not None:
+            log.info(
+                "tenants are identified by CurveZMQ keys (%d registered in %s/keys); clients need the server key %s",
+                len(self.keyring),
+                self.config.state_dir,
+                self.keyring.server_public_key_file,
+            )
+        else:
+            log.info(
+                "tenants are named in each request's header, not authenticated; accepted because %s is a "
+                "local-only endpoint (use --auth keys for CurveZMQ)",
+                self.endpoint,
+            )
         budget = self.admission.budget()
         log.info(
             "device %s, profile %s%s: %s memory, budget %.1f MiB (%.1f MiB in use)",
@@ -259,8 +277,14 @@ class Daemon:
         if self.endpoint.startswith("ipc://") and ipc_endpoint_in_use(self.endpoint[len("ipc://") :]):
             raise ConfigError(f"{self.endpoint} is already served by another process; stop it or pick another path")
         self._ctx = zmq.Context()
+        if self.auth_mode == "keys":
+            self.keyring = auth.KeyRing.load(self.config.state_dir)
+            self.authenticator = auth.Authenticator(self._ctx, self.keyring)
+            self.authenticator.start()  # before binding: ZAP must answer the first handshake
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.keyring is not None:
+            auth.configure_server(sock, self.keyring.server_keys())
         # Replies to a peer that has gone (or stopped reading) raise instead of vanishing silently.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # The policy cap is checked per message, after receipt, so that the sender gets TOO_LARGE.
@@ -271,10 +295,16 @@ class Daemon:
             sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
+            self._stop_authenticator()
             self._ctx.term()
             raise ConfigError(f"cannot bind {self.endpoint}: {exc}") from None
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return sock
+
+    def _stop_authenticator(self) -> None:
+        if self.authenticator is not None:
+            self.authenticator.stop()  # its ZAP socket would keep the context from terminating
+            self.authenticator = None
 
     def _close_state(self) -> None:
         self.events.close()
@@ -288,6 +318,20 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        """SIGHUP re-reads the keys folder: how the first operator key added after start-up counts."""
+        if self.authenticator is None or self.keyring is None:
+            log.info("SIGHUP: nothing to reload (--auth header)")
+            return
+        try:
+            self.authenticator.reload()
+        except auth.AuthConfigError as exc:
+            log.error("SIGHUP: keys not reloaded, the old ones stay: %s", exc)
+            return
+        log.info("SIGHUP: keys reloaded, %d registered", len(self.keyring))
+        self.events.emit("keys.reloaded", identities=[str(i) for i in self.keyring.identities()])
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("%s received: draining (up to %.0f s), then stopping", sig.name, self.policy.drain_timeout_s)
@@ -305,6 +349,7 @@ class Daemon:
         asyncio.get_running_loop().remove_reader(sock.fileno())
         self._sock = None  # a read already scheduled must find no socket
         sock.close(linger=CLOSE_LINGER_MS)
+        self._stop_authenticator()
         assert self._ctx is not None
         self._ctx.term()
         self.executor.close()
@@ -398,6 +443,11 @@ class Daemon:
         except ProtocolError as exc:
             self._reply_error(envelope, exc.request_id, exc.code, exc.message, exc.details)
             return
+        try:
+            self._identify(request, frames[0])
+        except ClientError as exc:
+            self._reply_error(envelope, request.id, exc.code, exc.message, exc.details, request)
+            return
         if request.op == Op.INFER.value:
             self.requests[request.op] += 1
             try:
@@ -467,6 +517,23 @@ class Daemon:
         self._send(envelope, protocol.encode_error(request_id, code, message, details))
 
     # ------------------------------------------------------------------ inference
+
+    def _identify(self, request: Request, frame: zmq.Frame) -> None:
+        """Who sent ``request``: its key under --auth keys, its header otherwise."""
+        if self.keyring is None:
+            request.operator = request.tenant is None  # header mode: tenantctl without --tenant
+            return
+        identity = auth.identity_of(frame)
+        if identity is None or identity not in self.keyring:
+            raise ClientError(ErrorCode.FORBIDDEN, "this connection's key is not registered (or no longer)")
+        if identity.is_operator:
+            request.operator = True  # may name a tenant in the header to act for it
+        elif request.tenant not in (None, identity.name):
+            raise ClientError(
+                ErrorCode.FORBIDDEN, f"this key belongs to tenant {identity.name!r}, not {request.tenant!r}"
+            )
+        else:
+            request.tenant = identity.name
 
     def _check_tenant(self, request: Request) -> str:
         tenant = request.tenant
@@ -612,7 +679,7 @@ class Daemon:
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self._started, 3),
             "state": "draining" if self._draining else "serving",
-            "tenant_identity": "request header (local endpoint; no keys yet)",
+            "auth": self.auth_mode,
             "slots": self.slots,
             "threads_per_model": self.threads,
             "queued": self.scheduler.queued,
@@ -664,8 +731,7 @@ class Daemon:
         }
 
     def _check_operator(self, request: Request) -> None:
-        # Header-named identities: the operator is whoever names no tenant (tenantctl's default).
-        if request.tenant is not None:
+        if not request.operator:
             raise ClientError(ErrorCode.FORBIDDEN, f"only the operator may use {request.op!r}; tenants may not")
 
     async def _op_policy_show(self, request: Request) -> dict[str, Any]:
@@ -742,7 +808,22 @@ class Daemon:
         info["resident"] = served is not None and served.model is not None  # loaded right now
         return info
 
+    async def _op_reload_keys(self, request: Request) -> dict[str, Any]:
+        """Operator: re-read the keys folder; new and removed keys apply to new requests."""
+        self._check_operator(request)
+        if self.authenticator is None or self.keyring is None:
+            raise ClientError(ErrorCode.BAD_REQUEST, "this daemon runs with --auth header: it has no keys")
+        try:
+            self.authenticator.reload()
+        except auth.AuthConfigError as exc:
+            raise ClientError(ErrorCode.BAD_REQUEST, f"keys not reloaded, the old ones stay: {exc}") from None
+        identities = [str(i) for i in self.keyring.identities()]
+        self.events.emit("keys.reloaded", identities=identities)
+        return {"identities": identities}
+
     async def _op_events(self, request: Request) -> dict[str, Any]:
+        if self.keyring is not None:
+            self._check_operator(request)  # the log names every tenant
         limit = request.args.get("limit", 100)
         kind = request.args.get("event")
         if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= MAX_EVENTS_PER_REPLY:
@@ -754,7 +835,14 @@ class Daemon:
         return {"events": events}
 
     async def _op_remove_model(self, request: Request) -> dict[str, Any]:
-        record = self._owned_model(request)
+        if request.operator and request.tenant is None:  # the operator may remove any model
+            name = request.args.get("model")
+            record_or_none = self.models.get(name) if isinstance(name, str) else None
+            if record_or_none is None:
+                raise ClientError(ErrorCode.UNKNOWN_MODEL, f"no model named {name!r}")
+            record = record_or_none
+        else:
+            record = self._owned_model(request)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.remove_model, record.name)
         self.models.pop(record.name, None)

@@ -24,6 +24,7 @@ from typing import Any
 
 from tenantclient.client import ModelInfo, TenantClient
 from tenantclient.errors import RequestTimeout, TenantError
+from tenantd import auth
 
 DEFAULT_ENDPOINT = os.environ.get("TENANTD_ENDPOINT", "ipc:///tmp/tenantd.sock")
 
@@ -72,7 +73,7 @@ def _print_status(status: dict[str, Any]) -> None:
         "pid",
         "uptime_s",
         "state",
-        "tenant_identity",
+        "auth",
         "slots",
         "threads_per_model",
         "queued",
@@ -128,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"daemon endpoint (env TENANTD_ENDPOINT; default {DEFAULT_ENDPOINT})",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("TENANTD_KEY"),
+        help="your secret key file (NAME.key_secret) for a daemon run with --auth keys (env TENANTD_KEY)",
+    )
+    parser.add_argument(
+        "--server-key",
+        default=os.environ.get("TENANTD_SERVER_KEY"),
+        help="the daemon's public key file (STATE_DIR/keys/server.key) (env TENANTD_SERVER_KEY)",
+    )
     parser.add_argument("--json", action="store_true", help="print the daemon's raw answer as JSON")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("status", help="the daemon's device, slots, queues, models and counters")
@@ -147,15 +158,52 @@ def build_parser() -> argparse.ArgumentParser:
     policy_commands.add_parser("show", help="print the policy in force")
     policy_set = policy_commands.add_parser("set", help="apply a policy file without restarting the daemon")
     policy_set.add_argument("file", type=Path, help="policy TOML file (see policies/)")
+    keys = commands.add_parser("keys", help="issue, list and withdraw CurveZMQ keys (operator, on the daemon's host)")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    for verb, text in (("add", "issue a key; prints where the secret key file is"), ("remove", "withdraw a key")):
+        sub = keys_commands.add_parser(verb, help=text)
+        sub.add_argument("name", help="tenant (or operator) name")
+        sub.add_argument("--operator", action="store_true", help="an operator key, not a tenant's")
+        sub.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
+    keys_list = keys_commands.add_parser("list", help="list registered keys")
+    keys_list.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
+    keys_commands.add_parser("reload", help="make the running daemon apply the keys folder (operator key)")
     remove = commands.add_parser("remove", help="remove a tenant's model")
     remove.add_argument("name", help="model name")
     remove.add_argument("--tenant", required=True, help="tenant that owns the model")
     return parser
 
 
+def run_keys(args: argparse.Namespace) -> Any:
+    """Key management works on the state directory's files; the daemon applies them on reload."""
+    role = "operator" if getattr(args, "operator", False) else "tenant"
+    if args.keys_command == "add":
+        secret = auth.add_tenant(args.state_dir, args.name, role)
+        result = {"name": args.name, "role": role, "secret_key_file": str(secret)}
+        if not args.json:
+            print(f"issued a {role} key for {args.name}: give them {secret} (keep it secret), and the server key")
+            print(f"{auth.KeyRing.load(args.state_dir).server_public_key_file}; then run 'tenantctl keys reload'")
+        return result
+    if args.keys_command == "remove":
+        auth.remove(args.state_dir, args.name, role)
+        if not args.json:
+            print(f"withdrew the {role} key of {args.name}; run 'tenantctl keys reload' to apply it")
+        return {"removed": args.name, "role": role}
+    identities = [str(i) for i in auth.KeyRing.load(args.state_dir).identities()]
+    if not args.json:
+        print("\n".join(identities) or "no keys registered")
+    return identities
+
+
 def run(args: argparse.Namespace) -> Any:
+    if args.command == "keys" and args.keys_command != "reload":
+        return run_keys(args)
     tenant = getattr(args, "tenant", None)
-    with TenantClient(args.endpoint, tenant=tenant, timeout=args.timeout) as client:
+    curve = {"key_file": args.key, "server_key": args.server_key} if args.key or args.server_key else {}
+    with TenantClient(args.endpoint, tenant=tenant, timeout=args.timeout, **curve) as client:
+        if args.command == "keys":
+            identities = client.reload_keys()
+            return identities if args.json else print("keys reloaded: " + (", ".join(identities) or "none"))
         if args.command == "status":
             status = client.status()
             return status if args.json else _print_status(status)
@@ -211,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     except TenantError as exc:
         print(f"tenantctl: {exc}", file=sys.stderr)
         return 1
+    except (auth.AuthConfigError, ValueError) as exc:
+        print(f"tenantctl: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, indent=2, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o)))
     return 0

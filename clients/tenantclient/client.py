@@ -25,7 +25,7 @@ import zmq
 import zmq.asyncio
 
 from tenantclient.errors import ClientClosed, RequestTimeout, error_for
-from tenantd import protocol
+from tenantd import auth, protocol
 from tenantd.protocol import Op, ProtocolError, Reply
 from tenantd.runtimes.base import TensorSpec
 
@@ -115,6 +115,19 @@ def _infer_result(reply: Reply) -> InferResult:
     return InferResult(outputs=outputs, timings=reply.timings)
 
 
+def _curve_settings(
+    key_file: str | os.PathLike[str] | None, server_key: bytes | str | os.PathLike[str] | None
+) -> tuple[Path, bytes] | None:
+    """(client certificate, server public key) for a CurveZMQ connection, or None for none."""
+    if key_file is None and server_key is None:
+        return None
+    if key_file is None or server_key is None:
+        raise ValueError("a CurveZMQ connection needs both key_file and server_key")
+    if isinstance(server_key, bytes):
+        return Path(key_file), server_key
+    return Path(key_file), auth.load_public_key(Path(server_key))
+
+
 class _Requests:
     """What both clients share: request ids, encoding, and turning an error reply into its
     typed exception. Ids are unique per client; the pid prefix keeps forked clients apart."""
@@ -152,7 +165,11 @@ class _Requests:
 
 
 class AsyncTenantClient:
-    """asyncio client for one tenant on one daemon. Use ``async with`` or call :meth:`close`."""
+    """asyncio client for one tenant on one daemon. Use ``async with`` or call :meth:`close`.
+
+    Against a daemon with ``--auth keys``, pass ``key_file`` (the secret certificate the operator
+    issued, NAME.key_secret) and ``server_key`` (the daemon's public key file keys/server.key, or
+    the z85 key): the key says who you are, and ``tenant`` may be left out."""
 
     def __init__(
         self,
@@ -161,10 +178,13 @@ class AsyncTenantClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         context: zmq.asyncio.Context | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        server_key: bytes | str | os.PathLike[str] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.tenant = tenant
         self.timeout = timeout
+        self._curve = _curve_settings(key_file, server_key)
         self._context = context or zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = None
         self._receiver: asyncio.Task[None] | None = None
@@ -182,6 +202,8 @@ class AsyncTenantClient:
         if self._socket is None:
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if self._curve is not None:
+                auth.configure_client(sock, *self._curve)
             sock.connect(self.endpoint)
             self._socket = sock
             self._receiver = asyncio.get_running_loop().create_task(self._receive_loop(sock))
@@ -280,6 +302,10 @@ class AsyncTenantClient:
         fields and what they mean for models already admitted."""
         return (await self.call(Op.POLICY_SET.value, {"toml": toml_text})).result
 
+    async def reload_keys(self) -> list[str]:
+        """Operator only: make the daemon re-read its keys folder; returns who is registered."""
+        return list((await self.call(Op.RELOAD_KEYS.value)).result["identities"])
+
     async def events(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
         return list((await self.call(Op.EVENTS.value, _events_args(limit, event))).result["events"])
 
@@ -309,13 +335,24 @@ class TenantClient:
     One instance belongs to one thread; use one client per thread (or the async client with
     ``asyncio.gather``) for concurrent requests."""
 
-    def __init__(self, endpoint: str, tenant: str | None = None, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        tenant: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        key_file: str | os.PathLike[str] | None = None,
+        server_key: bytes | str | os.PathLike[str] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.tenant = tenant
         self.timeout = timeout
         self._requests = _Requests(tenant)
+        curve = _curve_settings(key_file, server_key)
         self._socket: zmq.Socket[bytes] | None = zmq.Context.instance().socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            auth.configure_client(self._socket, *curve)
         self._socket.connect(endpoint)
 
     def __enter__(self) -> TenantClient:
@@ -393,6 +430,10 @@ class TenantClient:
     def policy_set(self, toml_text: str) -> dict[str, Any]:
         """Operator only: see :meth:`AsyncTenantClient.policy_set`."""
         return self.call(Op.POLICY_SET.value, {"toml": toml_text}).result
+
+    def reload_keys(self) -> list[str]:
+        """Operator only: make the daemon re-read its keys folder; returns who is registered."""
+        return list(self.call(Op.RELOAD_KEYS.value).result["identities"])
 
     def events(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
         return list(self.call(Op.EVENTS.value, _events_args(limit, event)).result["events"])

@@ -135,10 +135,41 @@ def test_sigterm_answers_in_flight_requests_before_exiting(tmp_path: Path) -> No
     assert last["event"] == "stop" and last["dropped_requests"] == 0
 
 
-def test_tcp_loopback_with_any_port(tmp_path: Path, model_files: ModelFiles) -> None:
-    daemon = start_daemon_process(tmp_path / "state", "tcp://127.0.0.1:*")
+def test_tcp_uses_keys_by_default_and_tenantctl_manages_them(tmp_path: Path, model_files: ModelFiles) -> None:
+    state = tmp_path / "state"
+    for name, extra in (("ops", ["--operator"]), ("alice", [])):
+        issued = tenantctl("unused", "keys", "add", name, *extra, "--state-dir", str(state))
+        assert issued.returncode == 0 and "issued a" in issued.stdout, issued.stderr
+    daemon = start_daemon_process(state, "tcp://127.0.0.1:*")
+    server_key = str(state / "keys" / "server.key")
+    secrets = state / "keys" / "issued"
+    ops = ["--key", str(next(secrets.glob("operators/ops.key_secret"))), "--server-key", server_key]
+    alice = ["--key", str(next(secrets.glob("tenants/alice.key_secret"))), "--server-key", server_key]
     try:
         assert daemon.endpoint.startswith("tcp://127.0.0.1:") and not daemon.endpoint.endswith("*")
+        status = tenantctl(daemon.endpoint, *ops, "--json", "status")
+        assert status.returncode == 0 and json.loads(status.stdout)["auth"] == "keys"
+        submitted = tenantctl(
+            daemon.endpoint, *alice, "submit", str(model_files.mlp), "--name", "m", "--tenant", "alice"
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        # No key: the handshake is refused and no reply comes.
+        anonymous = tenantctl(daemon.endpoint, "--timeout", "1", "status")
+        assert anonymous.returncode == 3
+        # A key issued while the daemon runs counts once the operator reloads the keys.
+        assert tenantctl("unused", "keys", "add", "bob", "--state-dir", str(state)).returncode == 0
+        reloaded = tenantctl(daemon.endpoint, *ops, "keys", "reload")
+        assert reloaded.returncode == 0 and "tenant:bob" in reloaded.stdout
+        bob = ["--key", str(secrets / "tenants" / "bob.key_secret"), "--server-key", server_key]
+        listed = tenantctl(daemon.endpoint, *bob, "--json", "models")
+        assert listed.returncode == 0 and json.loads(listed.stdout) == []  # bob sees none of alice's
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_header_identities_on_loopback_tcp_only_when_asked(tmp_path: Path) -> None:
+    daemon = start_daemon_process(tmp_path / "state", "tcp://127.0.0.1:*", extra=["--auth", "header"])
+    try:
         with TenantClient(daemon.endpoint, tenant="alice") as alice:
             assert alice.ping()["pong"] is True
     finally:
@@ -148,7 +179,7 @@ def test_tcp_loopback_with_any_port(tmp_path: Path, model_files: ModelFiles) -> 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--endpoint", "tcp://0.0.0.0:5599"], "reachable from other hosts"),
+        (["--endpoint", "tcp://0.0.0.0:5599", "--auth", "header"], "reachable from other hosts"),
         (["--endpoint", "ipc:///tmp/x.sock", "--device", "edgetpu"], "not supported yet"),
         (["--endpoint", "ipc:///tmp/x.sock", "--policy", "/nonexistent.toml"], "does not exist"),
         (["--endpoint", "ipc:///nonexistent/dir/d.sock"], "cannot bind ipc:///nonexistent/dir/d.sock"),
