@@ -98,6 +98,7 @@ class Op(StrEnum):
     POLICY_SHOW = "policy_show"
     POLICY_SET = "policy_set"
     RELOAD_KEYS = "reload_keys"
+    METRICS = "metrics"
 
 
 # Wire dtypes are numpy dtype names; multi-byte types are little-endian on the wire.

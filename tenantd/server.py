@@ -29,7 +29,7 @@ from typing import Any, TextIO, cast
 import numpy as np
 import zmq
 
-from tenantd import __version__, auth, protocol
+from tenantd import __version__, auth, metrics, protocol
 from tenantd.admission import Admission, rss_bytes
 from tenantd.config import RESTART_ONLY, ConfigError, Policy, parse_policy
 from tenantd.devices import MemoryModel, get_profile
@@ -184,6 +184,7 @@ class Daemon:
             Op.POLICY_SHOW.value: self._op_policy_show,
             Op.POLICY_SET.value: self._op_policy_set,
             Op.RELOAD_KEYS.value: self._op_reload_keys,
+            Op.METRICS.value: self._op_metrics,
         }
         self._control_tasks: set[asyncio.Task[None]] = set()
         self._probe_slots = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
@@ -807,6 +808,12 @@ class Daemon:
         served = self.executor.resident.get(record.name)
         info["resident"] = served is not None and served.model is not None  # loaded right now
         return info
+
+    async def _op_metrics(self, request: Request) -> dict[str, Any]:
+        """The status as Prometheus text (operator only under keys: it names every tenant)."""
+        if self.keyring is not None:
+            self._check_operator(request)
+        return {"text": metrics.render(await self._op_status(request))}
 
     async def _op_reload_keys(self, request: Request) -> dict[str, Any]:
         """Operator: re-read the keys folder; new and removed keys apply to new requests."""

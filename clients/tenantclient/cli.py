@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the daemon's raw answer as JSON")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("status", help="the daemon's device, slots, queues, models and counters")
+    commands.add_parser("metrics", help="the same figures in the Prometheus text format")
     models = commands.add_parser("models", help="list models (all, or one tenant's)")
     models.add_argument("--tenant", help="only this tenant's models")
     events = commands.add_parser("events", help="print the daemon's event log, oldest first")
@@ -207,6 +208,9 @@ def run(args: argparse.Namespace) -> Any:
         if args.command == "status":
             status = client.status()
             return status if args.json else _print_status(status)
+        if args.command == "metrics":
+            text = client.metrics()
+            return {"text": text} if args.json else print(text, end="")
         if args.command == "models":
             found = client.list_models()
             return [m.__dict__ for m in found] if args.json else _print_models(found)

@@ -302,6 +302,10 @@ class AsyncTenantClient:
         fields and what they mean for models already admitted."""
         return (await self.call(Op.POLICY_SET.value, {"toml": toml_text})).result
 
+    async def metrics(self) -> str:
+        """The daemon's status in the Prometheus text format."""
+        return str((await self.call(Op.METRICS.value)).result["text"])
+
     async def reload_keys(self) -> list[str]:
         """Operator only: make the daemon re-read its keys folder; returns who is registered."""
         return list((await self.call(Op.RELOAD_KEYS.value)).result["identities"])
@@ -430,6 +434,10 @@ class TenantClient:
     def policy_set(self, toml_text: str) -> dict[str, Any]:
         """Operator only: see :meth:`AsyncTenantClient.policy_set`."""
         return self.call(Op.POLICY_SET.value, {"toml": toml_text}).result
+
+    def metrics(self) -> str:
+        """The daemon's status in the Prometheus text format."""
+        return str(self.call(Op.METRICS.value).result["text"])
 
     def reload_keys(self) -> list[str]:
         """Operator only: make the daemon re-read its keys folder; returns who is registered."""

@@ -131,3 +131,27 @@ def test_restart_recharges_the_ledger(tmp_path: Path, endpoint: str, weights: tu
         assert memory["models_admitted"] == 1
         # Restored from the stored probe figure; the live load can only have raised it.
         assert memory["used_bytes"] >= used * 0.9
+
+
+def test_metrics_expose_the_emulated_profile_and_the_budget(
+    tmp_path: Path, endpoint: str, weights: tuple[list[bytes], ProbeResult]
+) -> None:
+    models, _ = weights
+    with (
+        daemon_in_thread(tmp_path / "state", endpoint, Policy(profile="ncs2")),
+        TenantClient(endpoint, tenant="a") as a,
+    ):
+        a.submit_model(models[0], "m0")
+        a.infer("m0", np.zeros((1, 256), np.float32))
+        text = a.metrics()
+        memory = a.status()["memory"]
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    info = next(k for k in samples if k.startswith("tenantd_info{"))
+    assert 'profile="ncs2"' in info and 'emulated="true"' in info and 'device="cpu"' in info
+    assert float(samples['tenantd_requests_total{op="infer"}']) == 1
+    assert float(samples["tenantd_memory_budget_bytes"]) == memory["budget_bytes"]
+    assert float(samples["tenantd_models"]) == 1
+    for line in text.splitlines():  # every sample has HELP and TYPE lines before it
+        if line and not line.startswith("#"):
+            name = line.split("{")[0].split(" ")[0]
+            assert f"# TYPE {name} " in text
