@@ -475,7 +475,7 @@ class Authenticator:
 
     def _refuse(self, request_id: bytes, reason: bytes, key: bytes | None, address: bytes) -> list[bytes]:
         self.refused += 1
-        # A refused client reconnects (every 100 ms by default) and is refused again: say so once.
+        # The same stranger may knock many times (new sockets, new clients): say so once per key.
         tag = key or reason
         if tag not in self._refusals_logged:
             if len(self._refusals_logged) >= _REFUSALS_REMEMBERED:
@@ -521,8 +521,9 @@ def configure_client(socket: zmq.Socket[Any], client_cert_path: Path, server_pub
     by :func:`add_tenant`) and trusting the server key ``server_public_key`` (z85, e.g. from
     :func:`load_public_key` on the daemon's ``keys/server.key``). Call before ``connect``.
 
-    A refused key is not an error on the client's side: the handshake fails, libzmq retries, and
-    requests go unanswered; a socket monitor sees ``EVENT_HANDSHAKE_FAILED_AUTH`` (value 400)."""
+    A refused key is not an error on the client's side: the handshake fails and requests go
+    unanswered, and the socket does not recover: after the key is registered, connect a new one.
+    A socket monitor sees ``EVENT_HANDSHAKE_FAILED_AUTH`` (value 400)."""
     path = Path(client_cert_path)
     public, secret = _read_certificate(path)
     if secret is None:

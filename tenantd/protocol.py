@@ -64,8 +64,9 @@ ERROR_TABLE: dict[ErrorCode, str] = {
     ErrorCode.TOO_LARGE: "The message is larger than the daemon's configured cap "
     "(`details.limit_bytes`), or its header frame is over 64 KiB.",
     ErrorCode.UNKNOWN_MODEL: "No model of that name exists (or it was removed).",
-    ErrorCode.FORBIDDEN: "The model exists but belongs to another tenant, or the operation needs "
-    "a tenant and none was named.",
+    ErrorCode.FORBIDDEN: "The model belongs to another tenant; or the operation needs a tenant and "
+    "none was named; or it is for the operator only; or (keys) the header names another tenant than "
+    "the key's, or the key was withdrawn.",
     ErrorCode.ALREADY_EXISTS: "The tenant already has a model of that name; pass `replace: true` to replace it.",
     ErrorCode.INVALID_MODEL: "The submitted file is not a model the runtime can load and run; the "
     "probe's reason is in the message. Nothing was stored.",
@@ -73,9 +74,11 @@ ERROR_TABLE: dict[ErrorCode, str] = {
     "installed on the daemon's host; the message names the package.",
     ErrorCode.INPUT_MISMATCH: "Input tensors do not match the model's inputs in count, name, "
     "dtype or shape; `details` names the expected spec.",
-    ErrorCode.ADMISSION_DENIED: "The device cannot take the model under the operator's policy; "
-    "`details` states the budget, the current use, the footprint and the shortfall.",
-    ErrorCode.QUEUE_FULL: "The tenant's queue (or the device's) is full. Retry later, with backoff.",
+    ErrorCode.ADMISSION_DENIED: "The device cannot take the model under the operator's policy: its "
+    "memory budget (`details` states the budget, the current use, the footprint and the shortfall) "
+    "or the tenant's quota (`details.quota`: max_models or memory_quota_bytes, with the limit).",
+    ErrorCode.QUEUE_FULL: "The tenant's queue, its in-flight quota, or the device's queue is full "
+    "(`details.scope`, `details.limit`). Retry later, with backoff.",
     ErrorCode.DEADLINE_EXCEEDED: "The request could not start before its deadline and was dropped without running.",
     ErrorCode.UNAVAILABLE: "The daemon is shutting down and takes no new work. Retry elsewhere or later.",
     ErrorCode.RUNTIME_ERROR: "The runtime failed while running this request; the model and the "

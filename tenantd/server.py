@@ -672,6 +672,15 @@ class Daemon:
         return {"pong": True, "version": __version__, "protocol": protocol.PROTOCOL_VERSION}
 
     async def _op_status(self, request: Request) -> dict[str, Any]:
+        status = self._status()
+        if self.keyring is not None and not request.operator:
+            # A tenant sees the device, not the other tenants.
+            status["tenants"] = [request.tenant]
+            status["queue_depths"] = {t: n for t, n in status["queue_depths"].items() if t == request.tenant}
+            status["resident"] = [m for m in status["resident"] if self.models[m].owner == request.tenant]
+        return status
+
+    def _status(self) -> dict[str, Any]:
         return {
             "version": __version__,
             "protocol": protocol.PROTOCOL_VERSION,
@@ -736,6 +745,8 @@ class Daemon:
             raise ClientError(ErrorCode.FORBIDDEN, f"only the operator may use {request.op!r}; tenants may not")
 
     async def _op_policy_show(self, request: Request) -> dict[str, Any]:
+        if self.keyring is not None:
+            self._check_operator(request)  # it holds every tenant's quotas
         return {"policy": self.policy.model_dump(), "restart_only": list(RESTART_ONLY)}
 
     async def _op_policy_set(self, request: Request) -> dict[str, Any]:
@@ -755,6 +766,12 @@ class Daemon:
                 ErrorCode.BAD_REQUEST,
                 f"{', '.join(fixed)} cannot change while the daemon runs; restart it with the new policy",
                 {"restart_only": fixed},
+            )
+        if self.profile.memory_model is MemoryModel.DEDICATED and not (
+            self.profile.capacity_bytes or new.capacity_bytes
+        ):
+            raise ClientError(
+                ErrorCode.BAD_REQUEST, f"profile {self.profile.name!r} has no fixed capacity: keep capacity_bytes set"
             )
         changed = sorted(k for k, v in new.model_dump().items() if v != old.model_dump()[k])
         self.policy = new
@@ -813,7 +830,7 @@ class Daemon:
         """The status as Prometheus text (operator only under keys: it names every tenant)."""
         if self.keyring is not None:
             self._check_operator(request)
-        return {"text": metrics.render(await self._op_status(request))}
+        return {"text": metrics.render(self._status())}
 
     async def _op_reload_keys(self, request: Request) -> dict[str, Any]:
         """Operator: re-read the keys folder; new and removed keys apply to new requests."""
@@ -844,7 +861,9 @@ class Daemon:
     async def _op_remove_model(self, request: Request) -> dict[str, Any]:
         if request.operator and request.tenant is None:  # the operator may remove any model
             name = request.args.get("model")
-            record_or_none = self.models.get(name) if isinstance(name, str) else None
+            if not isinstance(name, str) or not name:
+                raise ClientError(ErrorCode.BAD_REQUEST, "args.model must name a model")
+            record_or_none = self.models.get(name)
             if record_or_none is None:
                 raise ClientError(ErrorCode.UNKNOWN_MODEL, f"no model named {name!r}")
             record = record_or_none

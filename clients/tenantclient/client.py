@@ -250,9 +250,15 @@ class AsyncTenantClient:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         limit = self.timeout if timeout is None else timeout
-        try:
+
+        async def exchange() -> Reply:
+            # The send is inside the timeout too: a DEALER with no live peer (e.g. its key was
+            # refused at the handshake) waits to send forever.
             await sock.send_multipart(frames, copy=False)
-            reply = await asyncio.wait_for(future, limit)
+            return await future
+
+        try:
+            reply = await asyncio.wait_for(exchange(), limit)
         except TimeoutError:
             raise RequestTimeout(
                 f"no reply to {op} from {self.endpoint} within {limit:g} s (is the daemon running?)",
@@ -387,7 +393,14 @@ class TenantClient:
         request_id, frames = self._requests.encode(op, args, tensors, blobs, deadline_ms)
         limit = self.timeout if timeout is None else timeout
         give_up = time.monotonic() + limit
-        sock.send_multipart(frames, copy=False)
+        # A DEALER with no live peer (e.g. its key was refused at the handshake) cannot send:
+        # wait for that within the timeout too, rather than blocking in send forever.
+        if not sock.poll(max(1, int(limit * 1e3)), zmq.POLLOUT):
+            raise RequestTimeout(
+                f"cannot send {op} to {self.endpoint} within {limit:g} s (daemon down, or key refused?)",
+                request_id=request_id,
+            )
+        sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         while True:
             remaining_ms = (give_up - time.monotonic()) * 1e3
             if remaining_ms <= 0 or not sock.poll(max(1, int(remaining_ms))):

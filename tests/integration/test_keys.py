@@ -98,3 +98,31 @@ def test_keys_added_and_withdrawn_while_running(
         # Her open connection stays up, but its requests are refused from now on.
         with pytest.raises(E.Forbidden, match="not registered"):
             c.ping()
+
+
+def test_a_tenant_sees_the_device_but_not_the_other_tenants(
+    keyed: tuple[Daemon, Path, dict[str, Path]], endpoint: str, model_files: ModelFiles
+) -> None:
+    _, server_key, keys = keyed
+    with client(endpoint, server_key, keys["alice"]) as alice:
+        alice.submit_model(model_files.mlp, "a")
+    with client(endpoint, server_key, keys["bob"]) as bob:
+        bob.submit_model(model_files.mlp_b, "b")
+        status = bob.status()
+        assert status["tenants"] == ["bob"] and status["resident"] == ["b"]
+        assert status["memory"]["models_admitted"] == 2  # the device's figures stay whole
+        with pytest.raises(E.Forbidden):
+            bob.policy_show()  # every tenant's quotas are in it
+    with client(endpoint, server_key, keys["ops"]) as ops:
+        assert ops.status()["tenants"] == ["alice", "bob"]
+
+
+def test_a_refused_key_times_out_on_every_call_instead_of_hanging(
+    keyed: tuple[Daemon, Path, dict[str, Path]], endpoint: str, tmp_path: Path
+) -> None:
+    _, server_key, _ = keyed
+    stranger = auth.add_tenant(tmp_path / "elsewhere", "mallory")
+    with client(endpoint, server_key, stranger, timeout=0.5) as mallory:
+        for _ in range(3):  # after the handshake failed the socket has no peer to send to
+            with pytest.raises(E.RequestTimeout):
+                mallory.ping()
