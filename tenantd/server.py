@@ -544,14 +544,19 @@ class Daemon:
             raise ClientError(ErrorCode.BAD_REQUEST, f"tenant name {tenant!r} is not valid ({NAME_RE.pattern})")
         return tenant
 
-    def _owned_model(self, request: Request) -> ModelRecord:
-        tenant = self._check_tenant(request)
+    def _named_model(self, request: Request) -> ModelRecord:
         name = request.args.get("model")
         if not isinstance(name, str) or not name:
             raise ClientError(ErrorCode.BAD_REQUEST, "args.model must name a model")
         record = self.models.get(name)
         if record is None:
             raise ClientError(ErrorCode.UNKNOWN_MODEL, f"no model named {name!r}")
+        return record
+
+    def _owned_model(self, request: Request) -> ModelRecord:
+        tenant = self._check_tenant(request)
+        record = self._named_model(request)
+        name = record.name
         if record.owner != tenant:
             raise ClientError(ErrorCode.FORBIDDEN, f"model {name!r} belongs to another tenant")
         return record
@@ -859,16 +864,9 @@ class Daemon:
         return {"events": events}
 
     async def _op_remove_model(self, request: Request) -> dict[str, Any]:
-        if request.operator and request.tenant is None:  # the operator may remove any model
-            name = request.args.get("model")
-            if not isinstance(name, str) or not name:
-                raise ClientError(ErrorCode.BAD_REQUEST, "args.model must name a model")
-            record_or_none = self.models.get(name)
-            if record_or_none is None:
-                raise ClientError(ErrorCode.UNKNOWN_MODEL, f"no model named {name!r}")
-            record = record_or_none
-        else:
-            record = self._owned_model(request)
+        # The operator may remove any model; a tenant only its own.
+        operator = request.operator and request.tenant is None
+        record = self._named_model(request) if operator else self._owned_model(request)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.remove_model, record.name)
         self.models.pop(record.name, None)
