@@ -198,7 +198,8 @@ class Daemon:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._read_scheduled = False
-        self._retired: list[Resident] = []  # removed or replaced, unloaded once idle
+        self._retired: list[Resident] = []
+        self._last_refusal: dict[str, Any] | None = None  # removed or replaced, unloaded once idle
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -743,6 +744,7 @@ class Daemon:
             **budget.to_wire(),
             "runtime_overhead_bytes": dict(self.admission.ledger.runtime_overhead),
             "models_admitted": len(self.admission.ledger.models),
+            "last_refusal": self._last_refusal,  # the memory bound met most recently, explained
         }
 
     def _check_operator(self, request: Request) -> None:
@@ -997,6 +999,12 @@ class Daemon:
                 reason=decision.explain(),
                 **context,
             )
+            self._last_refusal = {
+                "ts": round(time.time(), 3),
+                "model": name,
+                "tenant": tenant,
+                "reason": decision.explain(),
+            }
             raise ClientError(ErrorCode.ADMISSION_DENIED, decision.explain(), context)
         self.events.emit("model.admitted", model=name, tenant=tenant, **context)
         try:

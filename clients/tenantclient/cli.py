@@ -101,6 +101,9 @@ def _print_status(status: dict[str, Any]) -> None:
         overheads = ", ".join(f"{k} {_mib(v)}" for k, v in memory["runtime_overhead_bytes"].items()) or "-"
         print(f"  {'runtimes'.ljust(10)}  {overheads}")
         print(f"  {'models'.ljust(10)}  {memory['models_admitted']} admitted")
+        refusal = memory.get("last_refusal")
+        if refusal:
+            print(f"  last refused: {refusal['reason']} (tenant {refusal['tenant']})")
     residency = status.get("residency")
     if residency:
         mode = f"swapping by {residency['swapping']}" if residency["swapping"] else "every model stays loaded"

@@ -63,6 +63,7 @@ def test_dedicated_budget_refuses_at_the_memory_bound(
 
         memory = a.status()["memory"]
         assert memory["profile"] == "ncs2" and memory["memory_model"] == "dedicated"
+        assert memory["last_refusal"]["model"] == "m2" and "short" in memory["last_refusal"]["reason"]
         assert memory["models_admitted"] == 2
         # Charged once, from the daemon's own probe of its first model (a separate measurement).
         assert memory["runtime_overhead_bytes"]["litert"] == pytest.approx(overhead, rel=0.1)
