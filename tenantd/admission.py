@@ -192,13 +192,12 @@ class Admission:
             runtime_overhead_bytes=overhead,
             budget=budget,
         )
+        # The runtime library is never pending: the daemon imports it to check the runtime exists
+        # before anything is decided, so a live reading of the host already holds it.
         if decision.admitted and swappable:
             if overhead:
                 self.ledger.runtime_overhead[runtime] = overhead
-                self.ledger.pending_runtimes.add(runtime)
         elif decision.admitted:
-            if overhead:
-                self.ledger.pending_runtimes.add(runtime)
             self.charge(model, footprint, runtime, overhead)
             self.ledger.pending_models.add(model)
         return decision

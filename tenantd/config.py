@@ -119,7 +119,7 @@ def usable_cores() -> int:
 
 
 # Fields a running daemon cannot change: they shape its threads, its device and its residency.
-RESTART_ONLY = ("slots", "threads_per_model", "profile", "overcommit")
+RESTART_ONLY = ("slots", "threads_per_model", "profile", "overcommit", "max_message_bytes")
 
 
 def load_policy(path: Path | None) -> Policy:

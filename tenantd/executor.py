@@ -38,6 +38,7 @@ class Resident:
     model: LoadedModel | None
     path: Path | None = None  # where to reload it from
     size: int = 0  # what it occupies when loaded, in the swapping's unit (footprint or parameters)
+    runtime_overhead: int = 0  # the runtime library's cost, charged with the first model loaded
     last_used: float = 0.0
     warm_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WARM_WINDOW))
 
@@ -86,7 +87,9 @@ class Executor:
         self.swapping: Swapping | None = None
         self.reloads = 0
         self.evictions = 0
-        self.switch_overhead_ms = 0.0  # summed over switches whose overhead could be stated
+        # Summed over the switches whose overhead could be stated: reloads when swapping (they are
+        # what a switch costs there), every switch otherwise.
+        self.switch_overhead_ms = 0.0
         self.switches_measured = 0
 
     def runtime(self, name: str) -> Runtime:
@@ -174,7 +177,7 @@ class Executor:
         warm = resident.warm_median_ms()
         load_ms = result.reload.load_ms if result.reload else 0.0
         overhead = None if warm is None else load_ms + result.compute_ms - warm
-        if overhead is not None:
+        if overhead is not None and (self.swapping is None or result.reload is not None):
             self.switch_overhead_ms += overhead
             self.switches_measured += 1
         return True, warm, overhead

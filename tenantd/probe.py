@@ -59,6 +59,9 @@ def _measure(runtime_name: str, path: Path, threads: int) -> dict[str, Any]:
     outputs = model.infer(zeros)
     first_infer_ms = (time.perf_counter() - t0) * 1e3
     rss_after = rss_bytes()
+    t0 = time.perf_counter()
+    model.infer(zeros)  # a second, warm run: the reference a switch's overhead is measured against
+    warm_infer_ms = (time.perf_counter() - t0) * 1e3
     if len(outputs) != len(model.outputs):
         raise RuntimeError(f"model declares {len(model.outputs)} outputs but returned {len(outputs)}")
 
@@ -76,6 +79,7 @@ def _measure(runtime_name: str, path: Path, threads: int) -> dict[str, Any]:
             "first_infer_bytes": max(0, rss_after - rss_loaded),
             "threads": threads,
             "param_bytes": cls.param_bytes(path),
+            "warm_infer_ms": warm_infer_ms,
         },
     }
 

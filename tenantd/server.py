@@ -31,7 +31,7 @@ import zmq
 
 from tenantd import __version__, auth, metrics, protocol
 from tenantd.admission import Admission, rss_bytes
-from tenantd.config import RESTART_ONLY, ConfigError, Policy, parse_policy
+from tenantd.config import RESTART_ONLY, ConfigError, Policy, parse_policy, usable_cores
 from tenantd.devices import MemoryModel, get_profile
 from tenantd.events import EventLog
 from tenantd.executor import Executor, Resident, RunResult, Swapping
@@ -148,6 +148,8 @@ class Daemon:
         self.swap = self.policy.overcommit == "swap" or self.profile.memory_model is MemoryModel.CACHE
         if self.swap and self.policy.slots is None:
             self.slots = 1
+            if self.policy.threads_per_model is None:  # the cores go to the one slot
+                self.threads = usable_cores()
         if self.swap and self.slots != 1:
             raise ConfigError(
                 f"swapping models (overcommit = 'swap', or the {self.profile.name} profile's cache) runs one "
@@ -190,6 +192,7 @@ class Daemon:
         self._probe_slots = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
         self._load_lock = asyncio.Lock()
         self._submitting: dict[str, asyncio.Lock] = {}
+        self._tenant_submitting: dict[str, asyncio.Lock] = {}
         self._stop = asyncio.Event()
         self._draining = False
         self._started = time.time()
@@ -198,8 +201,8 @@ class Daemon:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._read_scheduled = False
-        self._retired: list[Resident] = []
-        self._last_refusal: dict[str, Any] | None = None  # removed or replaced, unloaded once idle
+        self._retired: list[Resident] = []  # removed or replaced, unloaded once idle
+        self._last_refusal: dict[str, Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -365,7 +368,16 @@ class Daemon:
         size = footprint
         if self.executor.swapping.unit == "parameters":
             size = int(details.get("param_bytes") or footprint)
-        return Resident(name=name, runtime=runtime, model=None, path=path, size=size)
+        resident = Resident(
+            name=name,
+            runtime=runtime,
+            model=None,
+            path=path,
+            size=size,
+            runtime_overhead=int(details.get("runtime_overhead_bytes", 0)),
+        )
+        _seed_warm(resident, details)
+        return resident
 
     async def _restore_models(self) -> None:
         for record in self.store.list_models():
@@ -376,7 +388,9 @@ class Daemon:
                 )
                 self.models[record.name] = record
                 if self.profile.memory_model is MemoryModel.CACHE:  # admitted against host memory
-                    self.admission.charge(record.name, record.footprint_bytes, record.runtime)
+                    overhead = int(record.probe.get("runtime_overhead_bytes", 0))
+                    self.admission.charge(record.name, record.footprint_bytes, record.runtime, overhead)
+                    self.admission.unloaded(record.name)  # charged, but not in host memory until loaded
                 continue
             try:
                 resident, load_ms = await self.executor.load(
@@ -388,6 +402,7 @@ class Daemon:
                 self.events.emit("model.load_failed", model=record.name, tenant=record.owner, reason=str(exc))
                 self.models[record.name] = record
                 continue
+            _seed_warm(resident, record.probe)
             self.executor.install(resident)
             self.models[record.name] = record
             # Acknowledged models come back even if the budget shrank; over_budget says so.
@@ -653,9 +668,15 @@ class Daemon:
 
     def _retire(self, resident: Resident | None) -> None:
         """A model was removed or replaced: unload it once no slot is running it."""
-        if resident is not None:
-            self._retired.append(resident)
-            self._unload_retired()
+        if resident is None:
+            return
+        swapping = self.executor.swapping
+        if swapping is not None and resident.model is not None:
+            # Its memory is no longer the served model's: the ledger stops charging it now (a
+            # replacement is charged when it is loaded).
+            swapping.evicted(resident)
+        self._retired.append(resident)
+        self._unload_retired()
 
     def _unload_retired(self) -> None:
         if self._retired:
@@ -683,7 +704,13 @@ class Daemon:
             # A tenant sees the device, not the other tenants.
             status["tenants"] = [request.tenant]
             status["queue_depths"] = {t: n for t, n in status["queue_depths"].items() if t == request.tenant}
-            status["resident"] = [m for m in status["resident"] if self.models[m].owner == request.tenant]
+            own = {name for name, r in self.models.items() if r.owner == request.tenant}
+            status["resident"] = [m for m in status["resident"] if m in own]
+            status["residency"]["loaded"] = [m for m in status["residency"]["loaded"] if m in own]
+            status["models"] = len(own)
+            refusal = status["memory"]["last_refusal"]
+            if refusal is not None and refusal["tenant"] != request.tenant:
+                status["memory"]["last_refusal"] = None
         return status
 
     def _status(self) -> dict[str, Any]:
@@ -869,6 +896,12 @@ class Daemon:
         # The operator may remove any model; a tenant only its own.
         operator = request.operator and request.tenant is None
         record = self._named_model(request) if operator else self._owned_model(request)
+        # Not while a submission of the same name (a replace) is between admission and install.
+        async with self._submitting.setdefault(record.name, asyncio.Lock()):
+            record = self._named_model(request) if operator else self._owned_model(request)
+            return await self._remove(record)
+
+    async def _remove(self, record: ModelRecord) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.remove_model, record.name)
         self.models.pop(record.name, None)
@@ -912,10 +945,13 @@ class Daemon:
             "model.submitted", model=name, tenant=tenant, sha256=sha, size_bytes=data.nbytes, runtime=runtime
         )
         try:
-            # One submission per name at a time, so the store and the served model agree.
-            async with self._submitting.setdefault(name, asyncio.Lock()):
-                self._check_name_free(name, tenant, replace)
-                return await self._admit(name, tenant, runtime, filename, sha, path, data.nbytes, replace)
+            # One submission per name at a time, so the store and the served model agree; one per
+            # tenant at a time, so its quotas count every model it has (none in flight).
+            async with self._tenant_submitting.setdefault(tenant, asyncio.Lock()):
+                async with self._submitting.setdefault(name, asyncio.Lock()):
+                    self._check_name_free(name, tenant, replace)
+                    self._check_model_quota(name, tenant)
+                    return await self._admit(name, tenant, runtime, filename, sha, path, data.nbytes, replace)
         finally:
             self.store.release_blob(sha)  # deleted here if the submission failed
 
@@ -1028,7 +1064,9 @@ class Daemon:
 
         # overcommit = "swap": the ledger holds the loaded models only.
         def loaded(resident: Resident) -> None:
-            self.admission.charge(resident.name, resident.size, resident.runtime)
+            if self.executor.resident.get(resident.name) is not resident:
+                return  # removed or replaced while it loaded: not charged; unloaded once idle
+            self.admission.charge(resident.name, resident.size, resident.runtime, resident.runtime_overhead)
             self.admission.loaded(resident.name, 0, resident.runtime)
 
         return Swapping(
@@ -1068,6 +1106,7 @@ class Daemon:
                     rss_before = rss_bytes()
                     resident, load_ms = await self.executor.load(name, runtime, path)
                     self.admission.loaded(name, rss_bytes() - rss_before, runtime)
+                    _seed_warm(resident, probe.details)
         except RuntimeFailure as exc:
             self.events.emit(
                 "model.refused", model=name, tenant=tenant, code=ErrorCode.RUNTIME_ERROR.value, reason=str(exc)
@@ -1137,6 +1176,14 @@ def ipc_endpoint_in_use(path: str) -> bool:
     finally:
         probe.close()
     return True
+
+
+def _seed_warm(resident: Resident, probe: dict[str, Any]) -> None:
+    """Start a model's warm window with the probe's second (warm) inference, so that even its
+    first switch has an overhead to state."""
+    warm = probe.get("warm_infer_ms")
+    if isinstance(warm, (int, float)) and warm > 0 and not resident.warm_ms:
+        resident.warm_ms.append(float(warm))
 
 
 def _has_input(sock: zmq.Socket[bytes]) -> bool:

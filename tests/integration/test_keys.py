@@ -110,6 +110,7 @@ def test_a_tenant_sees_the_device_but_not_the_other_tenants(
         bob.submit_model(model_files.mlp_b, "b")
         status = bob.status()
         assert status["tenants"] == ["bob"] and status["resident"] == ["b"]
+        assert status["residency"]["loaded"] == ["b"] and status["models"] == 1
         assert status["memory"]["models_admitted"] == 2  # the device's figures stay whole
         with pytest.raises(E.Forbidden):
             bob.policy_show()  # every tenant's quotas are in it

@@ -137,3 +137,42 @@ def test_policy_hot_reload(tmp_path: Path, endpoint: str, model_files: ModelFile
                 alice.submit_model(model_files.mlp_b, "m2")
         kinds = [e["event"] for e in daemon.events.tail(limit=50)]
         assert "policy.changed" in kinds and "admission.over_budget" in kinds and "quota.exceeded" in kinds
+
+
+def test_quotas_hold_under_concurrent_submissions(tmp_path: Path, endpoint: str, model_files: ModelFiles) -> None:
+    policy = Policy(tenants={"alice": TenantPolicy(max_models=1)})
+    with daemon_in_thread(tmp_path / "state", endpoint, policy) as daemon:
+
+        async def run() -> list[object]:
+            async with AsyncTenantClient(endpoint, tenant="alice") as alice:
+                return await asyncio.gather(
+                    *(alice.submit_model(model_files.mlp, f"m{i}") for i in range(4)), return_exceptions=True
+                )
+
+        results = asyncio.run(run())
+        assert sum(not isinstance(r, Exception) for r in results) == 1
+        assert all(isinstance(r, E.AdmissionDenied) for r in results if isinstance(r, Exception))
+        assert len(daemon.models) == 1
+
+
+def test_remove_racing_a_replace_leaves_store_memory_and_ledger_agreeing(
+    tmp_path: Path, endpoint: str, model_files: ModelFiles
+) -> None:
+    with daemon_in_thread(tmp_path / "state", endpoint, Policy(profile="ncs2")) as daemon:
+
+        async def run() -> None:
+            async with AsyncTenantClient(endpoint, tenant="alice") as alice:
+                await alice.submit_model(model_files.mlp, "m")
+                await asyncio.gather(
+                    alice.submit_model(model_files.mlp_b, "m", replace=True),
+                    alice.remove_model("m"),
+                    return_exceptions=True,
+                )
+
+        for _ in range(3):
+            asyncio.run(run())
+            stored = {r.name for r in daemon.store.list_models()}
+            assert stored == set(daemon.models) == set(daemon.admission.ledger.models) == set(daemon.executor.resident)
+            with TenantClient(endpoint, tenant="alice") as alice:
+                for name in stored:
+                    alice.remove_model(name)

@@ -2,10 +2,11 @@
 
 Its "model file" is ``FAULTY`` followed by JSON:
 ``{"load": "ok"|"crash"|"abort"|"hang"|"error", "infer": "ok"|"error"|"slow", "sleep_ms": N}``
-("error" fails on negative inputs only). A loaded model takes one float32 [1, 4] input "x" and
-returns "y" = 2x. It exists to prove that the daemon survives runtimes that crash, hang or fail
-(real LiteRT cannot be made to segfault on purpose), and to give scheduler tests a model whose
-inference takes a known time. It is never the only proof that a serving path works.
+("error" fails on negative inputs only, "slow" is slow on non-zero inputs only). A loaded model
+takes one float32 [1, 4] input "x" and returns "y" = 2x. It exists to prove that the daemon
+survives runtimes that crash, hang or fail (real LiteRT cannot be made to segfault on purpose),
+and to give scheduler tests a model whose inference takes a known time. It is never the only
+proof that a serving path works.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class FaultyModel(LoadedModel):
             # Fails only on negative input, so the probe's run on zeros passes.
             if self.spec["infer"] == "error" and float(inputs[0].min()) < 0:
                 raise RuntimeFailure("the faulty runtime failed this inference on purpose")
-            if self.spec["infer"] == "slow":
-                # The slowness under test: a model whose inference takes sleep_ms.
+            if self.spec["infer"] == "slow" and float(np.abs(inputs[0]).max()) > 0:
+                # The slowness under test: a model whose inference takes sleep_ms (on non-zero
+                # input, so the probe's runs on zeros stay quick).
                 time.sleep(float(self.spec["sleep_ms"]) / 1e3)  # ok: simulated compute
             return [inputs[0] * 2]
         finally:
