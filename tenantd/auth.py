@@ -83,8 +83,10 @@ class Identity:
 
     @classmethod
     def parse(cls, user_id: str) -> Identity | None:
-        """The identity a :attr:`user_id` names, or None if it is not one of ours."""
-        role, sep, name = user_id.partition(":")
+        """The identity a :attr:`user_id` names, or None if it is not one of ours. A key
+        fingerprint after a second colon (``ROLE:NAME:KEY``, see :func:`key_of`) is ignored."""
+        role, sep, rest = user_id.partition(":")
+        name = rest.partition(":")[0]
         checked = _role_or_none(role)
         if not sep or checked is None or not NAME_RE.fullmatch(name):
             return None
@@ -471,7 +473,9 @@ class Authenticator:
             return self._refuse(request_id, b"unknown key", key, address)
         self.accepted += 1
         log.debug("accepted %s (key %s, peer %s)", identity, key.decode(), address.decode(errors="replace"))
-        return [ZAP_VERSION, request_id, b"200", b"OK", identity.user_id.encode(), b""]
+        # ROLE:NAME:KEY: the key lets the daemon notice, per message, that it was withdrawn or
+        # replaced (libzmq keeps an authenticated connection open either way).
+        return [ZAP_VERSION, request_id, b"200", b"OK", identity.user_id.encode() + b":" + key, b""]
 
     def _refuse(self, request_id: bytes, reason: bytes, key: bytes | None, address: bytes) -> list[bytes]:
         self.refused += 1
@@ -550,3 +554,16 @@ def identity_of(frame: zmq.Frame) -> Identity | None:
     if not isinstance(user_id, str):
         return None
     return Identity.parse(user_id)
+
+
+def key_of(frame: zmq.Frame) -> bytes | None:
+    """The z85 public key of the connection a received message came on, as the Authenticator
+    stamped it in the User-Id (``ROLE:NAME:KEY``), or None."""
+    try:
+        user_id = frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+    if not isinstance(user_id, str):
+        return None
+    parts = user_id.split(":", 2)
+    return parts[2].encode() if len(parts) == 3 and parts[2] else None

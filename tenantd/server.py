@@ -541,7 +541,10 @@ class Daemon:
             request.operator = request.tenant is None  # header mode: tenantctl without --tenant
             return
         identity = auth.identity_of(frame)
-        if identity is None or identity not in self.keyring:
+        key = auth.key_of(frame)
+        # The key must still belong to that identity: withdrawn or replaced keys lose their open
+        # connections here, request by request.
+        if identity is None or key is None or self.keyring.identity_for(key) != identity:
             raise ClientError(ErrorCode.FORBIDDEN, "this connection's key is not registered (or no longer)")
         if identity.is_operator:
             request.operator = True  # may name a tenant in the header to act for it

@@ -142,7 +142,7 @@ PROFILES: dict[str, DeviceProfile] = {
         ),
         DeviceProfile(
             "cuda",
-            "a discrete NVIDIA GPU; capacity read from NVML where present",
+            "a discrete NVIDIA GPU; set capacity_bytes in the policy (no NVML detection yet)",
             MemoryModel.DEDICATED,
             None,
             (0.0, 0.0),

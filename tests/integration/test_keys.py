@@ -127,3 +127,18 @@ def test_a_refused_key_times_out_on_every_call_instead_of_hanging(
         for _ in range(3):  # after the handshake failed the socket has no peer to send to
             with pytest.raises(E.RequestTimeout):
                 mallory.ping()
+
+
+def test_a_replaced_key_loses_its_open_connection(
+    keyed: tuple[Daemon, Path, dict[str, Path]], endpoint: str, tmp_path: Path
+) -> None:
+    _, server_key, keys = keyed
+    with client(endpoint, server_key, keys["alice"]) as old:
+        assert old.list_models() == []
+        fresh = auth.add_tenant(tmp_path / "state", "alice", replace=True)  # key rotation
+        with client(endpoint, server_key, keys["ops"]) as ops:
+            ops.reload_keys()
+        with pytest.raises(E.Forbidden, match="not registered"):
+            old.list_models()
+    with client(endpoint, server_key, fresh) as new:
+        assert new.list_models() == []
