@@ -96,6 +96,10 @@ class Policy(BaseModel):
     default_deadline_ms: Annotated[float | None, Field(gt=0)] = None
     """Deadline for requests that carry none (how long they may wait to start)."""
 
+    budget_watch_s: Annotated[float, Field(gt=0)] = 2.0
+    """How often a shared or cache budget (which follows the host's live memory use) is re-read,
+    so that the event log says when a host process shrinks it."""
+
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     """Per-tenant weight and quotas, by tenant name."""
 

@@ -56,6 +56,8 @@ MAX_EVENTS_PER_REPLY = 10_000
 MAX_CONCURRENT_PROBES = 2
 # Frames this far past the policy's message cap are cut off by ZeroMQ itself (no reply).
 TRANSPORT_SLACK_BYTES = 64 * 1024 * 1024
+# Budget moves smaller than this (or 5%) are noise in the host's memory use, not news.
+BUDGET_NOISE_BYTES = 16 * 1024 * 1024
 # Messages read per wake-up before other tasks get a turn.
 READ_BATCH = 64
 # How long the socket may keep flushing replies after the drain, when closing.
@@ -240,6 +242,11 @@ class Daemon:
             self.events.emit("admission.over_budget", **self._device_context(), **budget.to_wire())
         self._sock = sock
         self.scheduler.start()
+        watcher = (
+            asyncio.create_task(self._watch_budget(), name="budget-watch")
+            if self.profile.memory_model is not MemoryModel.DEDICATED
+            else None
+        )
         if self.keyring is not None:
             log.info(
                 "tenants are identified by CurveZMQ keys (%d registered in %s/keys); clients need the server key %s",
@@ -276,7 +283,37 @@ class Daemon:
         loop.add_reader(sock.fileno(), self._read)
         self._schedule_read()  # messages may have arrived before the reader was added
         await self._stop.wait()
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
         await self._shutdown(sock)
+
+    async def _watch_budget(self) -> None:
+        """A shared budget follows the host's live use: log when it moves, and when the models
+        admitted stop fitting (and fit again). Nothing is dropped either way."""
+        last = self.admission.budget()
+        over = last.free_bytes < 0
+        while True:
+            await asyncio.sleep(self.policy.budget_watch_s)
+            budget = self.admission.budget()
+            if abs(budget.budget_bytes - last.budget_bytes) > max(BUDGET_NOISE_BYTES, last.budget_bytes // 20):
+                self.events.emit(
+                    "budget.changed",
+                    **self._device_context(),
+                    previous_budget_bytes=last.budget_bytes,
+                    **budget.to_wire(),
+                )
+                log.info(
+                    "%s budget %.1f -> %.1f MiB",
+                    self.profile.name,
+                    last.budget_bytes / 2**20,
+                    budget.budget_bytes / 2**20,
+                )
+                last = budget
+            if (budget.free_bytes < 0) != over:
+                over = not over
+                kind = "admission.over_budget" if over else "admission.within_budget"
+                self.events.emit(kind, **self._device_context(), **budget.to_wire())
 
     def _bind(self) -> zmq.Socket[bytes]:
         if self.endpoint.startswith("ipc://") and ipc_endpoint_in_use(self.endpoint[len("ipc://") :]):

@@ -247,3 +247,43 @@ def test_invalid_policy_names_the_key(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "slots" in proc.stderr and "queue_depht" in proc.stderr
+
+
+def test_done_when_ncs2_stops_at_the_memory_bound_and_edgetpu_swaps(tmp_path: Path) -> None:
+    """Issue 3's closing scenario, through the CLI: the same four models are refused at the memory
+    bound of an emulated NCS2 and all served, with logged switches, on an emulated EdgeTPU."""
+    from models import tiny
+
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"m{i}.tflite"
+        path.write_bytes(tiny.sized_mlp(64 * 2**20, seed=i))  # ~132 MiB measured footprint each
+        paths.append(path)
+    ncs2 = start_daemon_process(tmp_path / "ncs2", f"ipc://{tmp_path}/ncs2.sock", policy=REPO / "policies/ncs2.toml")
+    try:
+        assert "profile=ncs2 emulated=true" in ncs2.ready_line
+        codes = [tenantctl(ncs2.endpoint, "submit", str(p), "--name", p.stem, "--tenant", "alice") for p in paths]
+        assert [c.returncode for c in codes] == [0, 0, 0, 1]
+        assert "ADMISSION_DENIED" in codes[3].stderr and "short" in codes[3].stderr
+        status = tenantctl(ncs2.endpoint, "status").stdout
+        assert "profile ncs2 (emulated on this device)" in status and "last refused: model 'm3' needs" in status
+    finally:
+        assert ncs2.stop() == 0
+
+    edgetpu = start_daemon_process(
+        tmp_path / "edgetpu", f"ipc://{tmp_path}/edgetpu.sock", policy=REPO / "policies/edgetpu.toml"
+    )
+    try:
+        for p in paths:
+            assert tenantctl(edgetpu.endpoint, "submit", str(p), "--name", p.stem, "--tenant", "alice").returncode == 0
+        x = np.zeros((1, 256), np.float32)
+        with TenantClient(edgetpu.endpoint, tenant="alice") as alice:
+            for _ in range(2):
+                for p in paths:
+                    alice.infer(p.stem, x)
+        switches = tenantctl(edgetpu.endpoint, "--json", "events", "--event", "switch").stdout
+        reloads = [e for e in json.loads(switches) if e["reload"]]
+        assert len(reloads) == 8 and all(e["overhead_ms"] is not None for e in reloads)
+        assert "mean switch overhead" in tenantctl(edgetpu.endpoint, "status").stdout
+    finally:
+        assert edgetpu.stop() == 0

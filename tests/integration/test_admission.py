@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,13 @@ def test_shared_budget_shrinks_when_a_host_process_grows(
     reserve = 64 * MiB
     headroom = int(probe.details["runtime_overhead_bytes"]) + 3 * probe.footprint_bytes + 200 * MiB
     # An emulated Jetson whose DRAM is what this host uses now plus room for a few models.
-    policy = Policy(profile="jetson-nano", capacity_bytes=host_used + reserve + headroom, reserve_bytes=reserve)
-    with daemon_in_thread(tmp_path / "state", endpoint, policy), TenantClient(endpoint, tenant="a") as a:
+    policy = Policy(
+        profile="jetson-nano",
+        capacity_bytes=host_used + reserve + headroom,
+        reserve_bytes=reserve,
+        budget_watch_s=0.1,
+    )
+    with daemon_in_thread(tmp_path / "state", endpoint, policy) as daemon, TenantClient(endpoint, tenant="a") as a:
         a.submit_model(models[0], "m0")
         before = a.status()["memory"]
         assert before["memory_model"] == "shared" and before["free_bytes"] > probe.footprint_bytes
@@ -100,6 +106,13 @@ def test_shared_budget_shrinks_when_a_host_process_grows(
             assert during["budget_bytes"] <= max(0, before["budget_bytes"] - hog_bytes + 150 * MiB)
             with pytest.raises(E.AdmissionDenied, match="shared budget"):
                 a.submit_model(models[1], "m1")
+            # The daemon reports it by itself, too: the watcher logs the budget's move.
+            for _ in range(200):
+                if daemon.events.tail(event="budget.changed"):
+                    break
+                time.sleep(0.05)  # ok: polling the log for the watcher's periodic event
+            moved = daemon.events.tail(event="budget.changed")
+            assert moved and moved[-1]["budget_bytes"] < moved[-1]["previous_budget_bytes"]
         finally:
             hog.kill()
             hog.wait()
