@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ZeroMQ endpoint to bind: ipc:///path/sock or tcp://127.0.0.1:PORT (PORT may be '*')",
     )
     serve.add_argument("--state-dir", type=Path, required=True, help="directory for the model store and event log")
-    serve.add_argument("--policy", type=Path, help="operator policy TOML file (see policies/cpu.toml)")
+    serve.add_argument("--policy", type=Path, help="operator policy TOML file (see policies/default.toml)")
     serve.add_argument(
         "--auth",
         choices=["keys", "header"],

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from tenantd import config
 from tenantd.config import ConfigError, Policy, load_policy
 
-REPO_POLICY = Path(__file__).parents[2] / "policies" / "cpu.toml"
+REPO_POLICY = Path(__file__).parents[2] / "policies" / "default.toml"
 
 
 def write(tmp_path: Path, text: str) -> Path:
