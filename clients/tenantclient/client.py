@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
-from tenantclient.errors import ClientClosed, RequestTimeout, error_for
+from tenantclient.errors import ClientClosed, KeyRefused, RequestTimeout, error_for
 from tenantd import auth, protocol
 from tenantd.protocol import Op, ProtocolError, Reply
 from tenantd.runtimes.base import TensorSpec
@@ -361,8 +362,12 @@ class TenantClient:
         curve = _curve_settings(key_file, server_key)
         self._socket: zmq.Socket[bytes] | None = zmq.Context.instance().socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        # With keys, watch the handshake: a refused key is otherwise just silence.
+        self._monitor: zmq.Socket[bytes] | None = None
+        self._refused = False
         if curve is not None:
             auth.configure_client(self._socket, *curve)
+            self._monitor = self._socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         self._socket.connect(endpoint)
 
     def __enter__(self) -> TenantClient:
@@ -373,8 +378,24 @@ class TenantClient:
 
     def close(self) -> None:
         if self._socket is not None:
+            if self._monitor is not None:
+                self._socket.disable_monitor()
+                self._monitor.close(linger=0)
+                self._monitor = None
             self._socket.close(linger=0)
             self._socket = None
+
+    def _check_refused(self) -> None:
+        """Raise KeyRefused if the daemon has refused this client's key at a handshake."""
+        monitor = self._monitor
+        while monitor is not None and not self._refused and monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            self._refused = event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        if self._refused:
+            raise KeyRefused(
+                f"{self.endpoint} refused this client's key (unknown to the daemon, withdrawn, or the wrong "
+                "server key); once it is registered, use a new client"
+            )
 
     def call(
         self,
@@ -390,12 +411,14 @@ class TenantClient:
         sock = self._socket
         if sock is None:
             raise ClientClosed("this client is closed")
+        self._check_refused()
         request_id, frames = self._requests.encode(op, args, tensors, blobs, deadline_ms)
         limit = self.timeout if timeout is None else timeout
         give_up = time.monotonic() + limit
         # A DEALER with no live peer (e.g. its key was refused at the handshake) cannot send:
         # wait for that within the timeout too, rather than blocking in send forever.
         if not sock.poll(max(1, int(limit * 1e3)), zmq.POLLOUT):
+            self._check_refused()
             raise RequestTimeout(
                 f"cannot send {op} to {self.endpoint} within {limit:g} s (daemon down, or key refused?)",
                 request_id=request_id,
@@ -403,7 +426,8 @@ class TenantClient:
         sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         while True:
             remaining_ms = (give_up - time.monotonic()) * 1e3
-            if remaining_ms <= 0 or not sock.poll(max(1, int(remaining_ms))):
+            if remaining_ms <= 0 or not self._wait_for_reply(sock, remaining_ms):
+                self._check_refused()
                 raise RequestTimeout(
                     f"no reply to {op} from {self.endpoint} within {limit:g} s (is the daemon running?)",
                     request_id=request_id,
@@ -415,6 +439,18 @@ class TenantClient:
             if reply.id == request_id:
                 return self._requests.check(reply)
             # else: a stale reply to a call that already timed out
+
+    def _wait_for_reply(self, sock: zmq.Socket[bytes], timeout_ms: float) -> bool:
+        """Wait for a reply, or for the handshake to be refused (then raise KeyRefused)."""
+        if self._monitor is None:
+            return bool(sock.poll(max(1, int(timeout_ms))))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        ready = dict(poller.poll(max(1, int(timeout_ms))))
+        if self._monitor in ready:
+            self._check_refused()
+        return sock in ready
 
     def ping(self) -> dict[str, Any]:
         return self.call(Op.PING.value).result

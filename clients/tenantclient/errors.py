@@ -96,6 +96,11 @@ class RequestTimeout(TenantError, TimeoutError):
     """No reply came within the call's timeout. The request may still run on the daemon."""
 
 
+class KeyRefused(TenantError):
+    """The daemon refused this client's CurveZMQ key at the handshake (unknown, withdrawn, or the
+    wrong server key). Nothing was sent; a new client is needed once the key is registered."""
+
+
 class ClientClosed(TenantError):
     """The client was used after :meth:`close`."""
 

@@ -61,8 +61,8 @@ def test_the_key_decides_the_tenant(
 def test_unknown_keys_are_refused(keyed: tuple[Daemon, Path, dict[str, Path]], endpoint: str, tmp_path: Path) -> None:
     _, server_key, _ = keyed
     stranger = auth.add_tenant(tmp_path / "elsewhere", "mallory")  # a valid key the daemon never saw
-    with client(endpoint, server_key, stranger, timeout=1.0) as mallory, pytest.raises(E.RequestTimeout):
-        mallory.ping()  # the handshake fails: no reply ever comes
+    with client(endpoint, server_key, stranger, timeout=5.0) as mallory, pytest.raises(E.KeyRefused):
+        mallory.ping()  # the handshake fails; the client's socket monitor sees it
 
 
 def test_operator_only_commands(
@@ -118,15 +118,22 @@ def test_a_tenant_sees_the_device_but_not_the_other_tenants(
         assert ops.status()["tenants"] == ["alice", "bob"]
 
 
-def test_a_refused_key_times_out_on_every_call_instead_of_hanging(
+def test_a_refused_key_fails_every_call_at_once_instead_of_hanging(
     keyed: tuple[Daemon, Path, dict[str, Path]], endpoint: str, tmp_path: Path
 ) -> None:
     _, server_key, _ = keyed
     stranger = auth.add_tenant(tmp_path / "elsewhere", "mallory")
-    with client(endpoint, server_key, stranger, timeout=0.5) as mallory:
+    with client(endpoint, server_key, stranger, timeout=5.0) as mallory:
         for _ in range(3):  # after the handshake failed the socket has no peer to send to
-            with pytest.raises(E.RequestTimeout):
+            with pytest.raises(E.KeyRefused, match="refused this client's key"):
                 mallory.ping()
+    # A client with the right key but the wrong server key is refused too (its handshake fails).
+    other_daemon = auth.KeyRing.load(tmp_path / "elsewhere")
+    other_daemon.server_keys()  # creates its key pair
+    wrong_server = other_daemon.server_public_key_file
+    with client(endpoint, wrong_server, stranger, timeout=1.0) as lost:
+        with pytest.raises((E.KeyRefused, E.RequestTimeout)):
+            lost.ping()
 
 
 def test_a_replaced_key_loses_its_open_connection(
