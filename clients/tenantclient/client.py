@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import recv_monitor_message
+from zmq.utils.monitor import parse_monitor_message, recv_monitor_message
 
 from tenantclient.errors import ClientClosed, KeyRefused, RequestTimeout, error_for
 from tenantd import auth, protocol
@@ -191,6 +191,8 @@ class AsyncTenantClient:
         self._receiver: asyncio.Task[None] | None = None
         self._pending: dict[protocol.RequestId, asyncio.Future[Reply]] = {}
         self._requests = _Requests(tenant)
+        self._watcher: asyncio.Task[None] | None = None
+        self._refused = False
 
     async def __aenter__(self) -> AsyncTenantClient:
         self._connect()
@@ -203,18 +205,44 @@ class AsyncTenantClient:
         if self._socket is None:
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            loop = asyncio.get_running_loop()
             if self._curve is not None:
                 auth.configure_client(sock, *self._curve)
+                # A refused key is otherwise just silence: watch the handshake.
+                monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+                self._watcher = loop.create_task(self._watch_handshake(monitor))
             sock.connect(self.endpoint)
             self._socket = sock
-            self._receiver = asyncio.get_running_loop().create_task(self._receive_loop(sock))
+            self._receiver = loop.create_task(self._receive_loop(sock))
         return self._socket
+
+    async def _watch_handshake(self, monitor: zmq.asyncio.Socket) -> None:
+        try:
+            while not self._refused:
+                event = parse_monitor_message(await monitor.recv_multipart())
+                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    self._refused = True
+                    for future in self._pending.values():
+                        if not future.done():
+                            future.set_exception(self._key_refused())
+        finally:
+            monitor.close(linger=0)
+
+    def _key_refused(self) -> KeyRefused:
+        return KeyRefused(
+            f"{self.endpoint} refused this client's key (unknown to the daemon, withdrawn, or the wrong "
+            "server key); once it is registered, use a new client"
+        )
 
     async def close(self) -> None:
         if self._receiver is not None:
             self._receiver.cancel()
             await asyncio.gather(self._receiver, return_exceptions=True)
             self._receiver = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
@@ -247,6 +275,8 @@ class AsyncTenantClient:
     ) -> Reply:
         """Send one request and wait for its reply; raise the typed error if it failed."""
         sock = self._connect()
+        if self._refused:
+            raise self._key_refused()
         request_id, frames = self._requests.encode(op, args, tensors, blobs, deadline_ms)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future

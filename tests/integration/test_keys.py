@@ -149,3 +149,24 @@ def test_a_replaced_key_loses_its_open_connection(
             old.list_models()
     with client(endpoint, server_key, fresh) as new:
         assert new.list_models() == []
+
+
+def test_the_async_client_says_its_key_was_refused(
+    keyed: tuple[Daemon, Path, dict[str, Path]], endpoint: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from tenantclient import AsyncTenantClient
+
+    _, server_key, keys = keyed
+    stranger = auth.add_tenant(tmp_path / "elsewhere", "mallory")
+
+    async def run() -> None:
+        async with AsyncTenantClient(endpoint, key_file=stranger, server_key=server_key, timeout=5) as mallory:
+            for _ in range(2):
+                with pytest.raises(E.KeyRefused):
+                    await mallory.ping()
+        async with AsyncTenantClient(endpoint, key_file=keys["alice"], server_key=server_key) as alice:
+            assert (await alice.ping())["pong"] is True  # a registered key is unaffected
+
+    asyncio.run(run())
