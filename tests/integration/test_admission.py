@@ -106,13 +106,18 @@ def test_shared_budget_shrinks_when_a_host_process_grows(
             assert during["budget_bytes"] <= max(0, before["budget_bytes"] - hog_bytes + 150 * MiB)
             with pytest.raises(E.AdmissionDenied, match="shared budget"):
                 a.submit_model(models[1], "m1")
-            # The daemon reports it by itself, too: the watcher logs the budget's move.
+
+            # The daemon reports it by itself, too: the watcher logs the budget's fall (other,
+            # smaller moves may be logged as well, e.g. from the model loads before the hog).
+            def fell() -> bool:
+                low = max(0, before["budget_bytes"] - hog_bytes // 2)  # it may fall in several steps
+                return any(e["budget_bytes"] <= low for e in daemon.events.tail(limit=1000, event="budget.changed"))
+
             for _ in range(200):
-                if daemon.events.tail(event="budget.changed"):
+                if fell():
                     break
                 time.sleep(0.05)  # ok: polling the log for the watcher's periodic event
-            moved = daemon.events.tail(event="budget.changed")
-            assert moved and moved[-1]["budget_bytes"] < moved[-1]["previous_budget_bytes"]
+            assert fell()
         finally:
             hog.kill()
             hog.wait()
