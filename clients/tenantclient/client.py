@@ -129,6 +129,13 @@ def _curve_settings(
     return Path(key_file), auth.load_public_key(Path(server_key))
 
 
+def _key_refused(endpoint: str) -> KeyRefused:
+    return KeyRefused(
+        f"{endpoint} refused this client's key (unknown to the daemon, withdrawn, or the wrong server key); "
+        "once it is registered, use a new client"
+    )
+
+
 class _Requests:
     """What both clients share: request ids, encoding, and turning an error reply into its
     typed exception. Ids are unique per client; the pid prefix keeps forked clients apart."""
@@ -224,15 +231,9 @@ class AsyncTenantClient:
                     self._refused = True
                     for future in self._pending.values():
                         if not future.done():
-                            future.set_exception(self._key_refused())
+                            future.set_exception(_key_refused(self.endpoint))
         finally:
             monitor.close(linger=0)
-
-    def _key_refused(self) -> KeyRefused:
-        return KeyRefused(
-            f"{self.endpoint} refused this client's key (unknown to the daemon, withdrawn, or the wrong "
-            "server key); once it is registered, use a new client"
-        )
 
     async def close(self) -> None:
         if self._receiver is not None:
@@ -276,7 +277,7 @@ class AsyncTenantClient:
         """Send one request and wait for its reply; raise the typed error if it failed."""
         sock = self._connect()
         if self._refused:
-            raise self._key_refused()
+            raise _key_refused(self.endpoint)
         request_id, frames = self._requests.encode(op, args, tensors, blobs, deadline_ms)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
@@ -422,10 +423,7 @@ class TenantClient:
             event = recv_monitor_message(monitor)
             self._refused = event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
         if self._refused:
-            raise KeyRefused(
-                f"{self.endpoint} refused this client's key (unknown to the daemon, withdrawn, or the wrong "
-                "server key); once it is registered, use a new client"
-            )
+            raise _key_refused(self.endpoint)
 
     def call(
         self,
