@@ -295,7 +295,11 @@ class Daemon:
         over = last.free_bytes < 0
         while True:
             await asyncio.sleep(self.policy.budget_watch_s)
-            budget = self.admission.budget()
+            try:
+                budget = self.admission.budget()
+            except Exception:  # a failed reading must not stop the watcher for good
+                log.exception("reading the host's memory failed; the budget watcher tries again")
+                continue
             if abs(budget.budget_bytes - last.budget_bytes) > max(BUDGET_NOISE_BYTES, last.budget_bytes // 20):
                 self.events.emit(
                     "budget.changed",
