@@ -12,6 +12,7 @@ step (``tests/unit/test_protocol.py`` checks the error table is documented).
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -186,26 +187,160 @@ def _wire_array(array: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(a.shape)
 
 
+LOSSY_ENCODINGS = ("float16", "int8")
+LOSSLESS_CODECS = ("zlib", "lz4")
+_FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
+
+
+@dataclass(frozen=True)
+class TensorEncoding:
+    """How tensors are packed for a slow link (edge to cloud). ``lossy`` first: ``float16``
+    casts floats to half precision; ``int8`` quantizes each float tensor affinely to 8 bits
+    with its own scale and zero point. Then ``codec`` compresses the bytes losslessly. The
+    receiver decodes back to the tensor's declared dtype, so a model sees what it expects.
+    Non-float tensors are only compressed, never made lossy."""
+
+    lossy: str | None = None
+    codec: str | None = None
+    level: int = 1
+
+    def __post_init__(self) -> None:
+        if self.lossy not in (None, *LOSSY_ENCODINGS):
+            raise ValueError(f"lossy encoding {self.lossy!r} is not one of {LOSSY_ENCODINGS}")
+        if self.codec not in (None, *LOSSLESS_CODECS):
+            raise ValueError(f"codec {self.codec!r} is not one of {LOSSLESS_CODECS}")
+        if not 0 <= self.level <= 9:
+            raise ValueError("level must be 0-9")
+
+    @classmethod
+    def parse(cls, text: str | None) -> TensorEncoding | None:
+        """``"none"``, ``"zlib"``, ``"int8"``, ``"float16+lz4"``, ... (``None`` for none)."""
+        if text is None or text.strip().lower() in {"", "none", "raw"}:
+            return None
+        lossy = codec = None
+        for part in text.strip().lower().split("+"):
+            if part in LOSSY_ENCODINGS and lossy is None:
+                lossy = part
+            elif part in LOSSLESS_CODECS and codec is None:
+                codec = part
+            else:
+                raise ValueError(
+                    f"cannot read encoding {text!r}: use none, or a lossy step {LOSSY_ENCODINGS} and/or "
+                    f"a codec {LOSSLESS_CODECS} joined by '+'"
+                )
+        return cls(lossy, codec)
+
+    @property
+    def label(self) -> str:
+        return "+".join(p for p in (self.lossy, self.codec) if p) or "none"
+
+
+def _lz4_block() -> Any:
+    try:
+        import lz4.block
+    except ImportError as exc:  # a runtime dependency, but say what to do if it is missing
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "the lz4 codec needs the lz4 package (pip install lz4)") from exc
+    return lz4.block
+
+
+def _encode_one(a: np.ndarray, encoding: TensorEncoding) -> tuple[bytes, dict[str, Any]]:
+    meta: dict[str, Any] = {}
+    stored = a
+    if encoding.lossy is not None and a.dtype.name in _FLOAT_DTYPES:
+        if encoding.lossy == "float16":
+            stored = a.astype("<f2")
+            meta["lossy"] = "float16"
+        else:
+            finite = a[np.isfinite(a)] if a.size else a
+            low = float(min(0.0, finite.min())) if finite.size else 0.0
+            high = float(max(0.0, finite.max())) if finite.size else 0.0
+            scale = (high - low) / 255.0 or 1.0
+            zero_point = int(np.clip(round(-128 - low / scale), -128, 127))
+            q = np.clip(np.rint(a / scale) + zero_point, -128, 127)
+            stored = np.nan_to_num(q, nan=zero_point).astype(np.int8)
+            meta.update(lossy="int8", scale=scale, zero_point=zero_point)
+    raw = stored.tobytes()
+    if encoding.codec == "zlib":
+        raw = zlib.compress(raw, encoding.level)
+        meta["codec"] = "zlib"
+    elif encoding.codec == "lz4":
+        raw = _lz4_block().compress(raw, store_size=False)
+        meta["codec"] = "lz4"
+    return raw, meta
+
+
 def encode_tensors(
-    tensors: Sequence[tuple[str | None, np.ndarray]], first_frame: int = 0
-) -> tuple[list[dict[str, Any]], list[memoryview]]:
+    tensors: Sequence[tuple[str | None, np.ndarray]], first_frame: int = 0, encoding: TensorEncoding | None = None
+) -> tuple[list[dict[str, Any]], list[BytesLike]]:
     """Describe ``tensors`` for the header and return their raw buffers, without copying
-    arrays that are already C-contiguous and little-endian."""
+    arrays that are already C-contiguous and little-endian (unless ``encoding`` packs them)."""
     metas: list[dict[str, Any]] = []
-    buffers: list[memoryview] = []
+    buffers: list[BytesLike] = []
     for index, (name, array) in enumerate(tensors):
         a = _wire_array(array)
-        metas.append(
-            {
-                "name": name,
-                "dtype": a.dtype.name,
-                "shape": list(a.shape),
-                "frame": first_frame + index,
-            }
-        )
-        # A 0-d or empty array still needs a (possibly empty) byte view.
-        buffers.append(a.reshape(-1).data.cast("B") if a.size else memoryview(b""))
+        meta: dict[str, Any] = {
+            "name": name,
+            "dtype": a.dtype.name,
+            "shape": list(a.shape),
+            "frame": first_frame + index,
+        }
+        if encoding is not None:
+            data, packed = _encode_one(a, encoding)
+            if packed:
+                meta["encoding"] = packed
+            buffers.append(data)
+        else:
+            # A 0-d or empty array still needs a (possibly empty) byte view.
+            buffers.append(a.reshape(-1).data.cast("B") if a.size else memoryview(b""))
+        metas.append(meta)
     return metas, buffers
+
+
+def _decode_one(
+    view: memoryview, dtype: np.dtype[Any], shape: list[int], packed: Any, where: str, rid: RequestId | None
+) -> np.ndarray:
+    """Undo :func:`_encode_one`; never inflates past the size the declared tensor needs."""
+    _expect(isinstance(packed, dict), f"{where}.encoding must be a map", rid)
+    lossy, codec = packed.get("lossy"), packed.get("codec")
+    _expect(lossy in (None, *LOSSY_ENCODINGS), f"{where}.encoding.lossy {lossy!r} is not known", rid)
+    _expect(codec in (None, *LOSSLESS_CODECS), f"{where}.encoding.codec {codec!r} is not known", rid)
+    _expect(lossy is None or dtype.name in _FLOAT_DTYPES, f"{where}: a lossy encoding needs a float dtype", rid)
+    stored_dtype = {None: dtype, "float16": np.dtype("<f2"), "int8": np.dtype(np.int8)}[lossy]
+    expected = math.prod(shape) * stored_dtype.itemsize
+    data: bytes | memoryview = view
+    if codec == "zlib":
+        inflater = zlib.decompressobj()
+        try:
+            data = inflater.decompress(view, expected + 1)
+        except zlib.error as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{where}: bad zlib data: {exc}", request_id=rid) from None
+        _expect(not inflater.unconsumed_tail, f"{where}: zlib data inflates past {expected} bytes", rid)
+    elif codec == "lz4":
+        block = _lz4_block()
+        try:
+            data = block.decompress(bytes(view), uncompressed_size=expected)
+        except block.LZ4BlockError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{where}: bad lz4 data: {exc}", request_id=rid) from None
+    _expect(
+        len(data) == expected,
+        f"{where} holds {len(data)} bytes once decoded; {stored_dtype}{shape} needs {expected}",
+        rid,
+    )
+    stored = np.frombuffer(data, dtype=stored_dtype).reshape(shape)
+    if lossy == "int8":
+        scale, zero_point = packed.get("scale"), packed.get("zero_point")
+        _expect(
+            isinstance(scale, float) and math.isfinite(scale) and scale > 0,
+            f"{where}.encoding.scale must be a positive float",
+            rid,
+        )
+        _expect(
+            isinstance(zero_point, int) and not isinstance(zero_point, bool) and -128 <= zero_point <= 127,
+            f"{where}.encoding.zero_point must be an int in [-128, 127]",
+            rid,
+        )
+        return cast(np.ndarray, ((stored.astype(np.float32) - zero_point) * scale).astype(dtype))
+    return stored.astype(dtype) if stored_dtype != dtype else stored.copy()
 
 
 def _expect(condition: bool, message: str, request_id: RequestId | None = None) -> None:
@@ -250,6 +385,11 @@ def decode_tensors(
         used.add(frame)
         np_dtype = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else np.dtype(dtype)
         view = memoryview(frames[frame]).cast("B")
+        if "encoding" in meta:
+            decoded = _decode_one(view, np_dtype, shape, meta["encoding"], where, request_id)
+            decoded.flags.writeable = False
+            out.append((name, decoded))
+            continue
         expected = math.prod(shape) * np_dtype.itemsize
         _expect(
             view.nbytes == expected,
@@ -292,9 +432,10 @@ def encode_request(
     tensors: Sequence[tuple[str | None, np.ndarray]] = (),
     blobs: Sequence[BytesLike] = (),
     deadline_ms: float | None = None,
+    encoding: TensorEncoding | None = None,
 ) -> list[BytesLike]:
     """Frames for one request. ``blobs`` (e.g. a model file) come first, tensors after them."""
-    metas, buffers = encode_tensors(tensors, first_frame=len(blobs))
+    metas, buffers = encode_tensors(tensors, first_frame=len(blobs), encoding=encoding)
     header: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id, "op": op}
     if tenant is not None:
         header["tenant"] = tenant
