@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tenantd.pipelines import Uplink
+
 
 class ConfigError(Exception):
     """The daemon's configuration is invalid; the message says how to fix it."""
@@ -102,6 +104,10 @@ class Policy(BaseModel):
 
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     """Per-tenant weight and quotas, by tenant name."""
+
+    uplinks: dict[str, Uplink] = Field(default_factory=dict)
+    """Other daemons (a cloud tier) that tenants' pipelines may send work to, by name, with the
+    identity this daemon uses there. Tenants name an uplink, never an endpoint or a key."""
 
     def tenant(self, name: str) -> TenantPolicy:
         return self.tenants.get(name, DEFAULT_TENANT)

@@ -53,6 +53,7 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "UNAVAILABLE"
     RUNTIME_ERROR = "RUNTIME_ERROR"
     INTERNAL = "INTERNAL"
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"
 
 
 # One line per code: what it means and whether retrying the same request can help.
@@ -86,6 +87,8 @@ ERROR_TABLE: dict[ErrorCode, str] = {
     "daemon are still serving.",
     ErrorCode.INTERNAL: "A bug in the daemon; the request may or may not have run. Please report "
     "it with the event log.",
+    ErrorCode.UPSTREAM_ERROR: "A pipeline's cloud stage failed: the other daemon was unreachable, "
+    "too slow (the pipeline's timeout) or refused the request; `details.cause` says which.",
 }
 
 
@@ -103,6 +106,9 @@ class Op(StrEnum):
     POLICY_SET = "policy_set"
     RELOAD_KEYS = "reload_keys"
     METRICS = "metrics"
+    PIPELINE_SET = "pipeline_set"
+    PIPELINE_REMOVE = "pipeline_remove"
+    LIST_PIPELINES = "list_pipelines"
 
 
 # Wire dtypes are numpy dtype names; multi-byte types are little-endian on the wire.
@@ -169,6 +175,10 @@ class Reply:
     error_code: str | None = None
     error_message: str = ""
     error_details: dict[str, Any] = field(default_factory=dict)
+    # Bytes of this reply's frames, and (set by the client that sent it) of its request's frames:
+    # what crossed the wire each way, encodings included.
+    wire_bytes: int = 0
+    request_bytes: int = 0
 
 
 # --------------------------------------------------------------------------- tensor codec
@@ -546,6 +556,11 @@ def encode_error(
     return [_pack(header)]
 
 
+def frames_bytes(frames: Sequence[BytesLike]) -> int:
+    """Total size of a message's frames (``zmq.Frame``, bytes or any buffer)."""
+    return sum(memoryview(f.buffer if hasattr(f, "buffer") else f).nbytes for f in frames)
+
+
 def decode_reply(frames: Sequence[BytesLike]) -> Reply:
     """Decode a reply (header frame first). Raises :class:`ProtocolError` if it is malformed."""
     if not frames:
@@ -562,6 +577,7 @@ def decode_reply(frames: Sequence[BytesLike]) -> Reply:
         return Reply(
             id=rid,
             ok=True,
+            wire_bytes=frames_bytes(frames),
             result=header.get("result", {}),
             tensors=decode_tensors(header.get("tensors", []), list(frames[1:]), rid),
             timings=header.get("timings", {}),

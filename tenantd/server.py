@@ -30,6 +30,7 @@ import numpy as np
 import zmq
 
 from tenantd import __version__, auth, metrics, protocol
+from tenantd import pipelines as pl
 from tenantd.admission import Admission, rss_bytes
 from tenantd.config import RESTART_ONLY, ConfigError, Policy, parse_policy, usable_cores
 from tenantd.devices import MemoryModel, get_profile
@@ -112,6 +113,8 @@ class InferPayload:
     inputs: list[np.ndarray]
     record: ModelRecord  # the model the owner and inputs were checked against
     resident: Resident  # and its loaded instance: the job runs on exactly this one or not at all
+    # A pipeline's local stage: the outcome goes here instead of back to a client.
+    future: asyncio.Future[tuple[pl.Tensors, dict[str, Any]]] | None = None
 
 
 class Daemon:
@@ -178,6 +181,9 @@ class Daemon:
         if self.swap:
             self.executor.swapping = self._swapping()
         self.models: dict[str, ModelRecord] = {}  # the store's rows, cached for the request path
+        # Pipelines by name: (owner, spec); they share the models' namespace (infer names either).
+        self.pipelines: dict[str, tuple[str, pl.PipelineSpec]] = {}
+        self.uplinks = pl.Uplinks()
         self._ops: dict[str, Handler] = {
             Op.PING.value: self._op_ping,
             Op.STATUS.value: self._op_status,
@@ -189,6 +195,9 @@ class Daemon:
             Op.POLICY_SET.value: self._op_policy_set,
             Op.RELOAD_KEYS.value: self._op_reload_keys,
             Op.METRICS.value: self._op_metrics,
+            Op.PIPELINE_SET.value: self._op_pipeline_set,
+            Op.PIPELINE_REMOVE.value: self._op_pipeline_remove,
+            Op.LIST_PIPELINES.value: self._op_list_pipelines,
         }
         self._control_tasks: set[asyncio.Task[None]] = set()
         self._probe_slots = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
@@ -230,6 +239,7 @@ class Daemon:
             log.info("removed %d orphaned model file(s) left by an interrupted submission", len(removed))
         self._loop = asyncio.get_running_loop()
         await self._restore_models()
+        self._restore_pipelines()
         budget = self.admission.budget()
         if budget.free_bytes < 0:
             log.warning(
@@ -392,6 +402,7 @@ class Daemon:
         for task in list(self._control_tasks):  # a probe still running past the drain: give up on it
             task.cancel()
         await asyncio.gather(*self._control_tasks, return_exceptions=True)
+        await pl.close_quietly(self.uplinks)
         asyncio.get_running_loop().remove_reader(sock.fileno())
         self._sock = None  # a read already scheduled must find no socket
         sock.close(linger=CLOSE_LINGER_MS)
@@ -454,6 +465,14 @@ class Daemon:
                 "model.loaded", model=record.name, tenant=record.owner, load_ms=round(load_ms, 3), restored=True
             )
 
+    def _restore_pipelines(self) -> None:
+        for name, owner, spec in self.store.list_pipelines():
+            try:
+                self.pipelines[name] = (owner, pl.parse_spec(spec))
+            except ValueError as exc:  # written by an older tenantd whose spec this one reads differently
+                log.error("pipeline %r of tenant %r is not restored: %s", name, owner, exc)
+                self.events.emit("pipeline.not_restored", pipeline=name, tenant=owner, reason=str(exc))
+
     # ------------------------------------------------------------------ receiving and replying
 
     # The socket is a plain (blocking-API) ZeroMQ socket read from the event loop: its FD is
@@ -505,6 +524,12 @@ class Daemon:
             self._identify(request, frames[0])
         except ClientError as exc:
             self._reply_error(envelope, request.id, exc.code, exc.message, exc.details, request)
+            return
+        if request.op == Op.INFER.value and request.args.get("model") in self.pipelines:
+            self.requests["pipeline_infer"] += 1
+            task = asyncio.create_task(self._run_pipeline(request, envelope))
+            self._control_tasks.add(task)  # the drain waits for it like any control operation
+            task.add_done_callback(self._control_tasks.discard)
             return
         if request.op == Op.INFER.value:
             self.requests[request.op] += 1
@@ -695,6 +720,10 @@ class Daemon:
                 overhead_ms=None if overhead is None else round(overhead, 4),
             )
         names = [spec.name for spec in payload.record.outputs]
+        if payload.future is not None:
+            if not payload.future.done():
+                payload.future.set_result((list(zip(names, result.outputs, strict=True)), timings))
+            return
         self._send(
             payload.envelope,
             protocol.encode_reply(
@@ -735,6 +764,10 @@ class Daemon:
         if not self.scheduler.settle(job):
             return  # already answered (the drain gave up on it)
         payload: InferPayload = job.payload
+        if payload.future is not None:
+            if not payload.future.done():
+                payload.future.set_exception(ClientError(code, message, {"tenant": job.tenant}))
+            return
         self._reply_error(payload.envelope, payload.request_id, code, message, {"tenant": job.tenant})
 
     # ------------------------------------------------------------------ control operations
@@ -954,6 +987,140 @@ class Daemon:
         self.events.emit("model.removed", model=record.name, tenant=record.owner)
         return {"removed": record.name}
 
+    # ------------------------------------------------------------------ pipelines
+
+    async def _op_pipeline_set(self, request: Request) -> dict[str, Any]:
+        """A tenant defines (or with ``replace``, redefines) a pipeline: its edge model here,
+        chained through an operator's uplink to a model on another daemon (tenantd/pipelines.py)."""
+        tenant = self._check_tenant(request)
+        name = request.args.get("name")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise ClientError(ErrorCode.BAD_REQUEST, f"args.name must be a valid name ({NAME_RE.pattern})")
+        spec_args = request.args.get("spec")
+        if not isinstance(spec_args, dict):
+            raise ClientError(ErrorCode.BAD_REQUEST, "args.spec must be a map (docs/protocol.md, pipeline_set)")
+        try:
+            spec = pl.parse_spec(spec_args)
+        except ValueError as exc:
+            raise ClientError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        if spec.uplink not in self.policy.uplinks:
+            raise ClientError(
+                ErrorCode.BAD_REQUEST,
+                f"no uplink named {spec.uplink!r}; configured: {sorted(self.policy.uplinks) or 'none'}",
+            )
+        edge = self.models.get(spec.edge_model)
+        if edge is None:
+            raise ClientError(ErrorCode.UNKNOWN_MODEL, f"no model named {spec.edge_model!r} (the edge model)")
+        if edge.owner != tenant:
+            raise ClientError(ErrorCode.FORBIDDEN, f"model {spec.edge_model!r} belongs to another tenant")
+        if spec.kind == "cascade" and spec.confidence_output is not None:
+            if spec.confidence_output not in [o.name for o in edge.outputs]:
+                raise ClientError(
+                    ErrorCode.BAD_REQUEST,
+                    f"{spec.edge_model!r} has no output {spec.confidence_output!r} "
+                    f"(outputs: {[o.name for o in edge.outputs]})",
+                )
+        replace = bool(request.args.get("replace", False))
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                None, self.store.put_pipeline, name, tenant, spec.model_dump(exclude_defaults=True), replace
+            )
+        except PermissionError:
+            raise ClientError(ErrorCode.FORBIDDEN, f"pipeline {name!r} belongs to another tenant") from None
+        except KeyError:
+            what = "a model" if name in self.models else "a pipeline"
+            raise ClientError(
+                ErrorCode.ALREADY_EXISTS,
+                f"{what} named {name!r} exists" + ("; pass replace to redefine it" if what == "a pipeline" else ""),
+            ) from None
+        self.pipelines[name] = (tenant, spec)
+        self.events.emit("pipeline.set", pipeline=name, tenant=tenant, **spec.model_dump())
+        return {"pipeline": self._pipeline_info(name)}
+
+    async def _op_pipeline_remove(self, request: Request) -> dict[str, Any]:
+        operator = request.operator and request.tenant is None
+        tenant = None if operator else self._check_tenant(request)
+        name = request.args.get("name")
+        entry = self.pipelines.get(name) if isinstance(name, str) else None
+        if entry is None or not isinstance(name, str):
+            raise ClientError(ErrorCode.UNKNOWN_MODEL, f"no pipeline named {name!r}")
+        if tenant is not None and entry[0] != tenant:
+            raise ClientError(ErrorCode.FORBIDDEN, f"pipeline {name!r} belongs to another tenant")
+        await asyncio.get_running_loop().run_in_executor(None, self.store.remove_pipeline, name)
+        self.pipelines.pop(name, None)
+        self.events.emit("pipeline.removed", pipeline=name, tenant=entry[0])
+        return {"removed": name}
+
+    async def _op_list_pipelines(self, request: Request) -> dict[str, Any]:
+        tenant = request.tenant
+        names = [n for n, (owner, _) in self.pipelines.items() if tenant is None or owner == tenant]
+        return {"pipelines": [self._pipeline_info(n) for n in names]}
+
+    def _pipeline_info(self, name: str) -> dict[str, Any]:
+        owner, spec = self.pipelines[name]
+        return {"name": name, "owner": owner, **spec.model_dump()}
+
+    async def _run_pipeline(self, request: Request, envelope: Envelope) -> None:
+        """``infer`` on a pipeline's name: the edge stage through this daemon's own scheduler
+        (same queues, quotas and deadlines as any request), then the cloud stage."""
+        try:
+            if self._draining:
+                raise ClientError(ErrorCode.UNAVAILABLE, "the daemon is shutting down")
+            tenant = self._check_tenant(request)
+            name = cast(str, request.args["model"])
+            owner, spec = self.pipelines[name]
+            if owner != tenant:
+                raise ClientError(ErrorCode.FORBIDDEN, f"pipeline {name!r} belongs to another tenant")
+            uplink = self.policy.uplinks.get(spec.uplink)
+            if uplink is None:  # the operator withdrew it by a policy reload
+                raise ClientError(ErrorCode.UPSTREAM_ERROR, f"uplink {spec.uplink!r} is no longer configured")
+            edge = self.models.get(spec.edge_model)
+            if edge is None or edge.owner != tenant:
+                raise ClientError(ErrorCode.UNKNOWN_MODEL, f"the edge model {spec.edge_model!r} is gone")
+            inputs = match_inputs(edge.inputs, request.tensors)
+
+            async def run_local(model: str, tensors: Sequence[np.ndarray]) -> tuple[pl.Tensors, dict[str, Any]]:
+                return await self._infer_local(request, model, list(tensors))
+
+            result = await pl.run_pipeline(
+                name, spec, uplink, self.uplinks, inputs, [s.name for s in edge.inputs], run_local
+            )
+        except ClientError as exc:
+            self._reply_error(envelope, request.id, exc.code, exc.message, exc.details, request)
+            return
+        except pl.PipelineError as exc:
+            self.events.emit("pipeline.failed", pipeline=request.args.get("model"), code=exc.code.value, **exc.details)
+            self._reply_error(envelope, request.id, exc.code, exc.message, exc.details, request)
+            return
+        if result.timings.get("cloud_failed"):
+            self.events.emit(
+                "pipeline.cloud_failed", pipeline=name, cause=result.timings["cloud_failed"], answered_by="edge"
+            )
+        self._send(envelope, protocol.encode_reply(request.id, tensors=result.outputs, timings=result.timings))
+
+    async def _infer_local(
+        self, request: Request, model: str, inputs: list[np.ndarray]
+    ) -> tuple[pl.Tensors, dict[str, Any]]:
+        """Run ``model`` through the scheduler and wait for its outputs (a pipeline's local stage)."""
+        record = self.models.get(model)
+        resident = self.executor.resident.get(model)
+        if record is None or resident is None:
+            raise ClientError(ErrorCode.UNKNOWN_MODEL, f"model {model!r} is not served here")
+        deadline_ms = request.deadline_ms if request.deadline_ms is not None else self.policy.default_deadline_ms
+        future: asyncio.Future[tuple[pl.Tensors, dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        job = Job(
+            tenant=record.owner,
+            model=record.name,
+            payload=InferPayload(request.id, [], inputs, record, resident, future),
+            deadline=None if deadline_ms is None else time.monotonic() + deadline_ms / 1e3,
+        )
+        try:
+            self.scheduler.submit(job)
+        except QueueFull as exc:
+            raise ClientError(ErrorCode.QUEUE_FULL, str(exc), {"scope": exc.scope, "limit": exc.limit}) from None
+        return await future
+
     async def _op_submit_model(self, request: Request) -> dict[str, Any]:
         if self._draining:
             raise ClientError(ErrorCode.UNAVAILABLE, "the daemon is shutting down")
@@ -963,6 +1130,10 @@ class Daemon:
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise ClientError(
                 ErrorCode.BAD_REQUEST, f"args.name {name!r} is not a valid model name ({NAME_RE.pattern})"
+            )
+        if name in self.pipelines:
+            raise ClientError(
+                ErrorCode.ALREADY_EXISTS, f"a pipeline named {name!r} exists (models and pipelines share names)"
             )
         replace = args.get("replace", False)
         filename = args.get("filename")

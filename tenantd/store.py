@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS models (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS models_by_sha ON models (sha256);
+CREATE TABLE IF NOT EXISTS pipelines (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL REFERENCES tenants(name),
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -215,6 +221,8 @@ class Store:
         with self._transaction() as db:
             if not self.blob_path(record.sha256).exists():
                 raise FileNotFoundError(f"blob {record.sha256} is not in the store")
+            if db.execute("SELECT 1 FROM pipelines WHERE name=?", (record.name,)).fetchone():
+                raise KeyError(record.name)  # a pipeline has the name: infer could not tell them apart
             db.execute("INSERT OR IGNORE INTO tenants VALUES (?, ?)", (record.owner, time.time()))
             exists = db.execute("SELECT owner FROM models WHERE name=?", (record.name,)).fetchone()
             if exists and exists[0] != record.owner:
@@ -259,6 +267,35 @@ class Store:
         with self._lock:
             rows = self._db.execute(query, (owner,) if owner else ()).fetchall()
         return [self._record(row) for row in rows]
+
+    # ------------------------------------------------------------------ pipelines
+
+    def put_pipeline(self, name: str, owner: str, spec: dict[str, Any], replace: bool = False) -> None:
+        """Commit a pipeline. Pipelines and models share one namespace (``infer`` names either):
+        raises KeyError if a model has the name, or a pipeline does and ``replace`` is false,
+        PermissionError if another tenant owns it."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM models WHERE name=?", (name,)).fetchone():
+                raise KeyError(name)
+            exists = db.execute("SELECT owner FROM pipelines WHERE name=?", (name,)).fetchone()
+            if exists and exists[0] != owner:
+                raise PermissionError(f"pipeline {name!r} belongs to tenant {exists[0]!r}")
+            if exists and not replace:
+                raise KeyError(name)
+            db.execute("INSERT OR IGNORE INTO tenants VALUES (?, ?)", (owner, time.time()))
+            db.execute(
+                "INSERT OR REPLACE INTO pipelines VALUES (?,?,?,?)", (name, owner, json.dumps(spec), time.time())
+            )
+
+    def remove_pipeline(self, name: str) -> bool:
+        with self._transaction() as db:
+            return db.execute("DELETE FROM pipelines WHERE name=?", (name,)).rowcount > 0
+
+    def list_pipelines(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(name, owner, spec) of every pipeline, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, owner, spec FROM pipelines ORDER BY created_at, name").fetchall()
+        return [(name, owner, json.loads(spec)) for name, owner, spec in rows]
 
     def list_tenants(self) -> list[str]:
         with self._lock:

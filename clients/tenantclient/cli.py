@@ -175,7 +175,63 @@ def build_parser() -> argparse.ArgumentParser:
     remove = commands.add_parser("remove", help="remove a tenant's model")
     remove.add_argument("name", help="model name")
     remove.add_argument("--tenant", required=True, help="tenant that owns the model")
+
+    pipelines = commands.add_parser("pipelines", help="list pipelines (all, or one tenant's)")
+    pipelines.add_argument("--tenant", help="only this tenant's")
+    pipeline = commands.add_parser("pipeline", help="define or remove a tenant's edge-to-cloud pipeline")
+    pipeline_commands = pipeline.add_subparsers(dest="pipeline_command", required=True)
+    pipe_set = pipeline_commands.add_parser(
+        "set",
+        help="chain an edge model here to a cloud model through an operator's uplink",
+        description="Then 'infer' on NAME runs the edge model, and the cloud model when needed.",
+    )
+    pipe_set.add_argument("name", help="pipeline name (shares the namespace of model names)")
+    pipe_set.add_argument("--tenant", required=True, help="tenant that owns it and the edge model")
+    pipe_set.add_argument("--kind", required=True, choices=["split", "cascade"], help="split (head/tail) or cascade")
+    pipe_set.add_argument("--edge-model", required=True, help="the head (split) or compact model (cascade) here")
+    pipe_set.add_argument("--uplink", required=True, help="an uplink the operator configured ([uplinks.NAME])")
+    pipe_set.add_argument("--cloud-model", required=True, help="the model's name on the other daemon")
+    pipe_set.add_argument("--encoding", default="none", help="none, zlib, lz4, float16, int8, or e.g. int8+zlib")
+    pipe_set.add_argument("--threshold", type=float, help="cascade: forward when the top confidence is below this")
+    pipe_set.add_argument("--confidence-output", help="cascade: the edge output holding class scores")
+    pipe_set.add_argument(
+        "--on-cloud-failure", choices=["error", "edge"], default="error", help="cascade: fall back to the edge answer"
+    )
+    pipe_set.add_argument("--timeout-ms", type=float, help="longest wait for the cloud stage")
+    pipe_set.add_argument("--replace", action="store_true", help="redefine an existing pipeline")
+    pipe_remove = pipeline_commands.add_parser("remove", help="remove a pipeline (its models stay)")
+    pipe_remove.add_argument("name", help="pipeline name")
+    pipe_remove.add_argument("--tenant", required=True, help="tenant that owns it")
     return parser
+
+
+def _pipeline_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "kind": args.kind,
+        "edge_model": args.edge_model,
+        "uplink": args.uplink,
+        "cloud_model": args.cloud_model,
+        "encoding": args.encoding,
+    }
+    for key in ("threshold", "confidence_output", "timeout_ms"):
+        if getattr(args, key) is not None:
+            spec[key] = getattr(args, key)
+    if args.on_cloud_failure != "error":
+        spec["on_cloud_failure"] = args.on_cloud_failure
+    return spec
+
+
+def _print_pipelines(found: list[dict[str, Any]]) -> None:
+    if not found:
+        print("no pipelines")
+        return
+    print(f"{'name':<16} {'owner':<12} {'kind':<8} {'edge model':<16} {'uplink':<10} {'cloud model':<16} encoding")
+    for p in found:
+        extra = f" threshold {p['threshold']}" if p.get("threshold") is not None else ""
+        print(
+            f"{p['name']:<16} {p['owner']:<12} {p['kind']:<8} {p['edge_model']:<16} {p['uplink']:<10} "
+            f"{p['cloud_model']:<16} {p['encoding']}{extra}"
+        )
 
 
 def run_keys(args: argparse.Namespace) -> Any:
@@ -250,6 +306,15 @@ def run(args: argparse.Namespace) -> Any:
             for note in applied["consequences"]:
                 print(f"  note: {note}")
             return None
+        if args.command == "pipelines":
+            listed = client.list_pipelines()
+            return listed if args.json else _print_pipelines(listed)
+        if args.command == "pipeline" and args.pipeline_command == "set":
+            defined = client.set_pipeline(args.name, _pipeline_spec(args), replace=args.replace)
+            return defined if args.json else print(f"pipeline {defined['name']} set for tenant {defined['owner']}")
+        if args.command == "pipeline":
+            client.remove_pipeline(args.name)
+            return {"removed": args.name} if args.json else print(f"removed pipeline {args.name}")
         if args.command == "remove":
             client.remove_model(args.name)
             return {"removed": args.name} if args.json else print(f"removed {args.name}")

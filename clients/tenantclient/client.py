@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zmq
@@ -152,6 +152,7 @@ class _Requests:
         tensors: list[tuple[str | None, np.ndarray]] | None,
         blobs: list[Any] | None,
         deadline_ms: float | None,
+        encoding: protocol.TensorEncoding | None = None,
     ) -> tuple[str, list[Any]]:
         request_id = f"{self._prefix}-{next(self._ids)}"
         frames = protocol.encode_request(
@@ -162,6 +163,7 @@ class _Requests:
             tensors=tensors or (),
             blobs=blobs or (),
             deadline_ms=deadline_ms,
+            encoding=encoding,
         )
         return request_id, frames
 
@@ -273,12 +275,14 @@ class AsyncTenantClient:
         blobs: list[Any] | None = None,
         deadline_ms: float | None = None,
         timeout: float | None = None,
+        encoding: protocol.TensorEncoding | None = None,
     ) -> Reply:
-        """Send one request and wait for its reply; raise the typed error if it failed."""
+        """Send one request and wait for its reply; raise the typed error if it failed.
+        ``encoding`` packs the tensors for a slow link (docs/protocol.md, tensor encodings)."""
         sock = self._connect()
         if self._refused:
             raise _key_refused(self.endpoint)
-        request_id, frames = self._requests.encode(op, args, tensors, blobs, deadline_ms)
+        request_id, frames = self._requests.encode(op, args, tensors, blobs, deadline_ms, encoding)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         limit = self.timeout if timeout is None else timeout
@@ -298,6 +302,7 @@ class AsyncTenantClient:
             ) from None
         finally:
             self._pending.pop(request_id, None)
+        reply.request_bytes = protocol.frames_bytes(frames)
         return self._requests.check(reply)
 
     # ------------------------------------------------------------------ operations
@@ -330,6 +335,19 @@ class AsyncTenantClient:
 
     async def remove_model(self, name: str) -> None:
         await self.call(Op.REMOVE_MODEL.value, {"model": name})
+
+    async def set_pipeline(self, name: str, spec: Mapping[str, Any], *, replace: bool = False) -> dict[str, Any]:
+        """Define a pipeline across tiers (``spec``: kind, edge_model, uplink, cloud_model, and
+        encoding, threshold, confidence_output, on_cloud_failure, timeout_ms; docs/protocol.md).
+        Then ``infer(name, ...)`` runs it; ``infer_detailed`` shows its stages in ``timings``."""
+        reply = await self.call(Op.PIPELINE_SET.value, {"name": name, "spec": dict(spec), "replace": replace})
+        return cast(dict[str, Any], reply.result["pipeline"])
+
+    async def remove_pipeline(self, name: str) -> None:
+        await self.call(Op.PIPELINE_REMOVE.value, {"name": name})
+
+    async def list_pipelines(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], (await self.call(Op.LIST_PIPELINES.value)).result["pipelines"])
 
     async def policy_show(self) -> dict[str, Any]:
         """The daemon's policy in force, and which fields only a restart can change."""
@@ -434,13 +452,14 @@ class TenantClient:
         blobs: list[Any] | None = None,
         deadline_ms: float | None = None,
         timeout: float | None = None,
+        encoding: protocol.TensorEncoding | None = None,
     ) -> Reply:
         """Send one request and wait for its reply; raise the typed error if it failed."""
         sock = self._socket
         if sock is None:
             raise ClientClosed("this client is closed")
         self._check_refused()
-        request_id, frames = self._requests.encode(op, args, tensors, blobs, deadline_ms)
+        request_id, frames = self._requests.encode(op, args, tensors, blobs, deadline_ms, encoding)
         limit = self.timeout if timeout is None else timeout
         give_up = time.monotonic() + limit
         # A DEALER with no live peer (e.g. its key was refused at the handshake) cannot send:
@@ -465,6 +484,7 @@ class TenantClient:
             except ProtocolError:
                 continue  # unreadable: the timeout reports the loss if it was ours
             if reply.id == request_id:
+                reply.request_bytes = protocol.frames_bytes(frames)
                 return self._requests.check(reply)
             # else: a stale reply to a call that already timed out
 
@@ -504,6 +524,17 @@ class TenantClient:
 
     def remove_model(self, name: str) -> None:
         self.call(Op.REMOVE_MODEL.value, {"model": name})
+
+    def set_pipeline(self, name: str, spec: Mapping[str, Any], *, replace: bool = False) -> dict[str, Any]:
+        """See :meth:`AsyncTenantClient.set_pipeline`."""
+        reply = self.call(Op.PIPELINE_SET.value, {"name": name, "spec": dict(spec), "replace": replace})
+        return cast(dict[str, Any], reply.result["pipeline"])
+
+    def remove_pipeline(self, name: str) -> None:
+        self.call(Op.PIPELINE_REMOVE.value, {"name": name})
+
+    def list_pipelines(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self.call(Op.LIST_PIPELINES.value).result["pipelines"])
 
     def policy_show(self) -> dict[str, Any]:
         return self.call(Op.POLICY_SHOW.value).result

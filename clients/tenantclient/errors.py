@@ -92,6 +92,12 @@ class InternalError(TenantError):
     code = ErrorCode.INTERNAL.value
 
 
+class UpstreamError(TenantError):
+    """A pipeline's cloud stage failed (``details.uplink``, ``details.cause``)."""
+
+    code = ErrorCode.UPSTREAM_ERROR.value
+
+
 class RequestTimeout(TenantError, TimeoutError):
     """No reply came within the call's timeout. The request may still run on the daemon."""
 

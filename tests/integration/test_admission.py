@@ -83,7 +83,7 @@ def test_shared_budget_shrinks_when_a_host_process_grows(
     vm = psutil.virtual_memory()
     host_used = vm.total - vm.available
     reserve = 64 * MiB
-    headroom = int(probe.details["runtime_overhead_bytes"]) + 3 * probe.footprint_bytes + 200 * MiB
+    headroom = int(probe.details["runtime_overhead_bytes"]) + 3 * probe.footprint_bytes + 1024 * MiB
     # An emulated Jetson whose DRAM is what this host uses now plus room for a few models.
     policy = Policy(
         profile="jetson-nano",
@@ -97,14 +97,17 @@ def test_shared_budget_shrinks_when_a_host_process_grows(
         assert before["memory_model"] == "shared" and before["free_bytes"] > probe.footprint_bytes
 
         # A host process takes more than the free memory: the budget shrinks and admission refuses.
-        hog_bytes = before["free_bytes"] + 300 * MiB
+        # Other processes on a shared host move its memory by hundreds of MiB while this runs: the
+        # margins below (the hog takes 600 MiB more than is free; the budget must fall by half the
+        # hog and come back to within 600 MiB of where it was) are wider than that.
+        hog_bytes = before["free_bytes"] + 600 * MiB
         hog = subprocess.Popen(
             [sys.executable, "-c", HOG, str(hog_bytes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         try:
             assert hog.stdout is not None and hog.stdout.readline().strip() == "allocated"
             during = a.status()["memory"]
-            assert during["budget_bytes"] <= max(0, before["budget_bytes"] - hog_bytes + 150 * MiB)
+            assert during["budget_bytes"] <= max(0, before["budget_bytes"] - hog_bytes // 2)
             with pytest.raises(E.AdmissionDenied, match="shared budget"):
                 a.submit_model(models[1], "m1")
 
@@ -130,12 +133,12 @@ def test_shared_budget_shrinks_when_a_host_process_grows(
             hog.wait()
         # The host process is gone: the budget comes back (the kernel may take a moment to hand
         # the pages back) and the model fits again.
-        for _ in range(100):
+        for _ in range(200):
             after = a.status()["memory"]
-            if after["budget_bytes"] > before["budget_bytes"] - 150 * MiB:
+            if after["budget_bytes"] > before["budget_bytes"] - 600 * MiB:
                 break
             time.sleep(0.05)  # ok: polling the host's memory reading
-        assert after["budget_bytes"] > before["budget_bytes"] - 150 * MiB
+        assert after["budget_bytes"] > before["budget_bytes"] - 600 * MiB > 0
         a.submit_model(models[1], "m1")
         assert {m.name for m in a.list_models()} == {"m0", "m1"}
 
