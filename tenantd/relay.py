@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,8 +78,8 @@ class RelayStats:
 class _Shaper:
     """One direction of one connection: timestamps packets on arrival, delivers them on time."""
 
-    def __init__(self, link: Link, writer: asyncio.StreamWriter, stats: DirectionStats) -> None:
-        self.link = link
+    def __init__(self, link: Callable[[], Link], writer: asyncio.StreamWriter, stats: DirectionStats) -> None:
+        self._link = link  # read per write, so a relay's link can be changed while connections stay up
         self.writer = writer
         self.stats = stats
         self.loop = asyncio.get_running_loop()
@@ -93,15 +93,16 @@ class _Shaper:
 
     async def put(self, data: bytes) -> None:
         """Schedule ``data``; waits while the link's buffer is full."""
-        while self.queued_bytes >= self.link.buffer_bytes:
+        link = self._link()
+        while self.queued_bytes >= link.buffer_bytes:
             self.room.clear()
             await self.room.wait()
         now = self.loop.time()
-        latency = self.link.latency_ms / 1e3
-        for start in range(0, len(data), self.link.mtu):
-            packet = data[start : start + self.link.mtu]
+        latency = link.latency_ms / 1e3
+        for start in range(0, len(data), link.mtu):
+            packet = data[start : start + link.mtu]
             begin = max(now, self.link_free_at)
-            done = begin if self.link.bandwidth_bps is None else begin + 8 * len(packet) / self.link.bandwidth_bps
+            done = begin if link.bandwidth_bps is None else begin + 8 * len(packet) / link.bandwidth_bps
             self.link_free_at = done
             self.queue.append((done + latency, packet))
             self.queued_bytes += len(packet)
@@ -161,6 +162,12 @@ class ShapingRelay:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    def set_links(self, up: Link, down: Link | None = None) -> None:
+        """Change the emulated link; applies to bytes that arrive from now on, on open
+        connections too (bytes already queued keep the times they were given)."""
+        self.up = up
+        self.down = down if down is not None else up
+
     @property
     def address(self) -> tuple[str, int]:
         if self._server is None:
@@ -200,8 +207,8 @@ class ShapingRelay:
                 log.warning("relay cannot reach %s:%d: %s", *self.target, exc)
                 return
             self.stats.connections += 1
-            up = _Shaper(self.up, target_writer, self.stats.up)
-            down = _Shaper(self.down, client_writer, self.stats.down)
+            up = _Shaper(lambda: self.up, target_writer, self.stats.up)
+            down = _Shaper(lambda: self.down, client_writer, self.stats.down)
             await asyncio.gather(self._pump(client_reader, up), self._pump(target_reader, down), up.run(), down.run())
         except asyncio.CancelledError:
             # close() cancels open connections; end quietly (asyncio's stream callback would log
@@ -248,6 +255,14 @@ class RelayThread:
     @property
     def endpoint(self) -> str:
         return self.relay.endpoint
+
+    def set_links(self, up: Link, down: Link | None = None) -> None:
+        """Change the link (see :meth:`ShapingRelay.set_links`); in force when this returns."""
+
+        async def apply() -> None:
+            self.relay.set_links(up, down)
+
+        asyncio.run_coroutine_threadsafe(apply(), self._loop).result(timeout=10)
 
 
 def endpoint_address(endpoint: str) -> tuple[str, int]:

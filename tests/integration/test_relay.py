@@ -73,3 +73,18 @@ def test_bad_links_and_endpoints_are_refused() -> None:
     with pytest.raises(ValueError, match="tcp://"):
         endpoint_address("ipc:///tmp/x.sock")
     assert endpoint_address("tcp://127.0.0.1:5555") == ("127.0.0.1", 5555)
+
+
+def test_the_link_can_change_under_an_open_connection(tmp_path: Path) -> None:
+    with daemon_in_thread(tmp_path / "state", "tcp://127.0.0.1:*", auth="header") as daemon:
+        with RelayThread(endpoint_address(daemon.endpoint), Link()) as relay, TenantClient(relay.endpoint) as client:
+            client.ping()
+            start = time.perf_counter()
+            client.ping()
+            fast_ms = (time.perf_counter() - start) * 1e3
+            relay.set_links(Link(latency_ms=30))
+            start = time.perf_counter()
+            client.ping()
+            slow_ms = (time.perf_counter() - start) * 1e3
+            assert relay.relay.stats.connections == 1  # the same connection throughout
+    assert slow_ms >= 60.0 > fast_ms
