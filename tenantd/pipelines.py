@@ -94,6 +94,10 @@ class PipelineSpec(BaseModel):
     confidence_output: str | None = None
     """cascade: the edge output holding class scores (default: its first output)."""
 
+    forward_classes: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    """cascade: classes whose edge answers always go to the cloud, however confident (e.g. the
+    "other" class of a compact model trained only for a few frequent classes)."""
+
     on_cloud_failure: Literal["error", "edge"] = "error"
     """cascade: ``edge`` answers with the edge result, flagged, when the cloud fails."""
 
@@ -105,7 +109,9 @@ class PipelineSpec(BaseModel):
         TensorEncoding.parse(self.encoding)  # raises ValueError with the accepted forms
         if self.kind == "cascade" and self.threshold is None:
             raise ValueError("a cascade needs a threshold (forward when the top confidence is below it)")
-        if self.kind == "split" and (self.threshold is not None or self.on_cloud_failure != "error"):
+        if self.kind == "split" and (
+            self.threshold is not None or self.on_cloud_failure != "error" or self.forward_classes
+        ):
             raise ValueError("a split has no edge answer to fall back on: threshold/on_cloud_failure are for cascades")
         return self
 
@@ -132,14 +138,14 @@ def parse_spec(args: dict[str, Any]) -> PipelineSpec:
         raise ValueError(f"pipeline spec is not valid: {problems}") from None
 
 
-def top_confidence(scores: np.ndarray) -> float:
-    """The lowest, over the batch, of each row's top class probability. Scores that are not
-    already probabilities (rows not summing to 1) go through a softmax first."""
+def top_confidence(scores: np.ndarray) -> tuple[float, list[int]]:
+    """The lowest, over the batch, of each row's top class probability, and each row's top class.
+    Scores that are not already probabilities (rows not summing to 1) go through a softmax first."""
     s = np.asarray(scores, dtype=np.float64).reshape(scores.shape[0] if scores.ndim > 1 else 1, -1)
     if not (np.all(s >= 0) and np.allclose(s.sum(axis=1), 1.0, atol=1e-3)):
         s = np.exp(s - s.max(axis=1, keepdims=True))
         s /= s.sum(axis=1, keepdims=True)
-    return float(s.max(axis=1).min())
+    return float(s.max(axis=1).min()), [int(c) for c in s.argmax(axis=1)]
 
 
 @dataclass
@@ -202,10 +208,10 @@ async def run_pipeline(
     }
     if spec.kind == "cascade":
         scores = _named(edge_outputs, spec.confidence_output)
-        confidence = top_confidence(scores)
+        confidence, classes = top_confidence(scores)
         timings["confidence"] = round(confidence, 6)
         assert spec.threshold is not None
-        if confidence >= spec.threshold:
+        if confidence >= spec.threshold and not set(classes) & set(spec.forward_classes):
             timings.update(tier="edge", total_ms=round((time.monotonic() - started) * 1e3, 4))
             return PipelineResult(edge_outputs, timings)
         up: Tensors = list(zip(input_names, inputs, strict=True))  # the input goes to the full model

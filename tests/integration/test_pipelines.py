@@ -121,6 +121,18 @@ def test_cascade_answers_from_the_tier_its_threshold_picks(tiers: Tiers) -> None
     np.testing.assert_array_equal(result.outputs["probs"], direct(FULL, x))
 
 
+def test_forward_classes_go_to_the_cloud_however_confident(tiers: Tiers) -> None:
+    x = np.random.default_rng(2).standard_normal((1, 16)).astype(np.float32)
+    top = int(direct(COMPACT, x).argmax())
+    base = {"kind": "cascade", "edge_model": "compact", "uplink": "cloud", "cloud_model": "full", "threshold": 0.0}
+    tiers.edge.set_pipeline("other", {**base, "forward_classes": [top]})
+    result = tiers.edge.infer_detailed("other", x)
+    assert result.timings["tier"] == "cloud"
+    np.testing.assert_array_equal(result.outputs["probs"], direct(FULL, x))
+    tiers.edge.set_pipeline("other", {**base, "forward_classes": [(top + 1) % 5]}, replace=True)
+    assert tiers.edge.infer_detailed("other", x).timings["tier"] == "edge"
+
+
 def test_a_cloud_that_is_down_is_an_error_or_the_flagged_edge_answer(tiers: Tiers) -> None:
     x = np.random.default_rng(3).standard_normal((1, 16)).astype(np.float32)
     tiers.edge.set_pipeline("split-down", {"kind": "split", "edge_model": "head", "uplink": "down", "cloud_model": "t"})
