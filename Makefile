@@ -5,13 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test test-all bench lint clean
+.PHONY: help demo test test-all bench bench-runtimes lint clean
 
 help:
 	@echo "make demo      start a daemon on this CPU, serve two tenants, print what happened"
 	@echo "make test      run the test suite (unit, integration, end to end)"
 	@echo "make test-all  also the slow checks (-m slow)"
 	@echo "make bench     daemon vs direct LiteRT overhead benchmark (prints a table)"
+	@echo "make bench-runtimes  one network via LiteRT, OpenVINO, ONNX Runtime: direct vs daemon"
 	@echo "make lint      ruff and mypy"
 
 $(STAMP): setup.cfg pyproject.toml
@@ -30,6 +31,9 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m experiments.overhead
+
+bench-runtimes: $(STAMP)
+	$(PY) -m experiments.runtimes_bench
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'

@@ -1,4 +1,5 @@
-"""``tenantd``: the daemon's command line. ``tenantd serve`` runs one daemon for one device.
+"""``tenantd``: the daemon's command line. ``tenantd serve`` runs one daemon for one device;
+``tenantd devices`` lists the devices attached to this host and the runtimes that serve them.
 
 The daemon prints exactly one line to stdout, beginning ``tenantd ready``, once it is serving;
 everything else (logs) goes to stderr. Scripts and tests wait for that line, never for a delay.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
@@ -15,7 +17,10 @@ from pathlib import Path
 from tenantd import __version__
 from tenantd.config import ConfigError, load_policy
 from tenantd.devices import PROFILES
+from tenantd.devices.detect import detect, format_table, pick_auto
 from tenantd.server import Daemon, ServeConfig
+
+log = logging.getLogger("tenantd")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -24,6 +29,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tenantd: {exc}", file=sys.stderr)
         return 2
+    auto = ""
+    if args.device == "auto":
+        chosen, why = pick_auto(detect())
+        args.device = chosen.device
+        auto = " auto=true"
+        log.info("--device auto: %s", why)
 
     async def run() -> None:
         daemon = Daemon(
@@ -41,8 +52,8 @@ def _serve(args: argparse.Namespace) -> int:
         def ready(endpoint: str) -> None:
             emulated = " emulated=true" if daemon.emulated else ""
             print(
-                f"tenantd ready endpoint={endpoint} device={args.device} profile={daemon.profile.name}{emulated} "
-                f"slots={daemon.slots}",
+                f"tenantd ready endpoint={endpoint} device={args.device}{auto} profile={daemon.profile.name}"
+                f"{emulated} slots={daemon.slots}",
                 flush=True,
             )
 
@@ -53,6 +64,19 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tenantd: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    found = detect(args.root)
+    if args.json:
+        chosen, why = pick_auto(found)
+        print(
+            json.dumps({"devices": [d.to_json() for d in found], "auto": chosen.device, "auto_reason": why}, indent=2)
+        )
+    else:
+        print(format_table(found))
+        print(f"--device auto: {pick_auto(found)[1]}")
     return 0
 
 
@@ -68,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints 'tenantd ready endpoint=... device=...' on stdout when serving; stops cleanly on "
         "SIGINT/SIGTERM after answering accepted requests.",
     )
-    serve.add_argument("--device", default="cpu", help="device to own (only 'cpu' so far; default: cpu)")
+    serve.add_argument(
+        "--device",
+        default="cpu",
+        help="device to own: cpu, edgetpu:usb:N, edgetpu:pci:N, ncs2:N, cuda:N, npu, gpu:N, or auto (the best "
+        "attached device with its runtime installed; see 'tenantd devices'). Default: cpu",
+    )
     serve.add_argument(
         "--endpoint",
         required=True,
@@ -88,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"running one device under another's profile emulates it. Known: {', '.join(PROFILES)}",
     )
     serve.set_defaults(func=_serve)
+    devices = commands.add_parser(
+        "devices",
+        help="list the devices attached to this host and the runtimes that serve them",
+        description="Detect the CPU, Coral EdgeTPUs (USB and PCIe), Intel NCS2 sticks, a Jetson and NVIDIA GPUs, "
+        "and say for each which runtime serves it and whether that runtime is installed.",
+    )
+    devices.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    devices.add_argument(
+        "--root", type=Path, default=Path("/"), help="read /sys, /proc, /dev and /etc under this directory (tests)"
+    )
+    devices.set_defaults(func=_devices)
     return parser
 
 

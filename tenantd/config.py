@@ -2,7 +2,7 @@
 
 A policy is a TOML file (see ``policies/``). It is validated once at start-up; an unknown key or a
 bad value stops the daemon with a message naming the key and what it should be, rather than being
-ignored. Later issues add the memory budget, overcommit mode, disciplines and quotas here.
+ignored.
 """
 
 from __future__ import annotations

@@ -94,7 +94,9 @@ class Executor:
 
     def runtime(self, name: str) -> Runtime:
         if name not in self._runtimes:
-            self._runtimes[name] = get_runtime_class(name)(device=self.device, num_threads=self.threads_per_model)
+            self._runtimes[name] = get_runtime_class(name)(
+                device=self.device, num_threads=self.threads_per_model, slots=len(self._last_on_slot)
+            )
         return self._runtimes[name]
 
     async def load(self, name: str, runtime: str, path: Path) -> tuple[Resident, float]:
@@ -155,6 +157,28 @@ class Executor:
         swapping.loaded(resident)
         self.reloads += 1
         return Reload(load_ms, evicted)
+
+    def reopen_device(self, path_of: Callable[[str], Path]) -> list[str]:
+        """After the device was lost: drop every runtime (their handles point at the old device),
+        then load again, on fresh runtimes, each model that was loaded (``path_of(name)`` finds its
+        file). Runs on a worker thread while no slot runs. Raises RuntimeFailure (DeviceLost while
+        the device is still gone); models not reloaded stay unloaded, and the next call retries."""
+        loaded = [r for r in list(self.resident.values()) if r.model is not None or r.path is None]
+        for resident in loaded:
+            try:
+                self.unload(resident)
+            except Exception:  # noqa: BLE001 - unloading from a vanished device may fail any way; it is gone
+                resident.model = None
+        for runtime in self._runtimes.values():
+            try:
+                runtime.release()
+            except Exception:  # noqa: BLE001 - as above: the old handle is being thrown away
+                pass
+        self._runtimes.clear()
+        for resident in loaded:
+            if resident.model is None:
+                resident.model = self.runtime(resident.runtime).load(resident.path or path_of(resident.name))
+        return [r.name for r in loaded]
 
     @staticmethod
     def unload(resident: Resident) -> None:

@@ -37,7 +37,7 @@ class ProbeResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _measure(runtime_name: str, path: Path, threads: int) -> dict[str, Any]:
+def _measure(runtime_name: str, path: Path, threads: int, device: str = "cpu") -> dict[str, Any]:
     import numpy as np
 
     from tenantd.admission import rss_bytes
@@ -46,7 +46,9 @@ def _measure(runtime_name: str, path: Path, threads: int) -> dict[str, Any]:
     from tenantd.runtimes import get_runtime_class
 
     cls = get_runtime_class(runtime_name)
-    runtime = cls(device="cpu", num_threads=threads)
+    # Where only one process may hold the device, the runtime names a stand-in to probe on.
+    probe_device = cls.probe_device(device)
+    runtime = cls(device=probe_device, num_threads=threads)
     rss_runtime = rss_bytes()
 
     t0 = time.perf_counter()
@@ -65,21 +67,26 @@ def _measure(runtime_name: str, path: Path, threads: int) -> dict[str, Any]:
     if len(outputs) != len(model.outputs):
         raise RuntimeError(f"model declares {len(model.outputs)} outputs but returned {len(outputs)}")
 
+    # What the process costs on the device beyond its resident set (a CUDA context in shared DRAM).
+    declared_overhead = cls.process_overhead_bytes(device) or 0
     return {
         "ok": True,
         "inputs": [s.to_wire() for s in model.inputs],
         "outputs": [s.to_wire() for s in model.outputs],
-        "footprint_bytes": max(0, rss_after - rss_runtime),
+        "footprint_bytes": max(0, rss_after - rss_runtime) + int(model.device_bytes),
         "load_ms": load_ms,
         "first_infer_ms": first_infer_ms,
         "details": {
             "runtime_version": cls.version(),
-            "runtime_overhead_bytes": max(0, rss_runtime - rss_start),
+            "runtime_overhead_bytes": max(0, rss_runtime - rss_start, declared_overhead),
             "load_bytes": max(0, rss_loaded - rss_runtime),
             "first_infer_bytes": max(0, rss_after - rss_loaded),
             "threads": threads,
             "param_bytes": cls.param_bytes(path),
             "warm_infer_ms": warm_infer_ms,
+            "probe_device": probe_device,
+            "device_bytes": int(model.device_bytes),
+            **model.facts,
         },
     }
 
@@ -89,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runtime", help="runtime name, e.g. litert")
     parser.add_argument("path", type=Path, help="model file")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="the daemon's device, e.g. cpu, edgetpu:usb:0")
     args = parser.parse_args(argv)
     try:
-        result = _measure(args.runtime, args.path, args.threads)
+        result = _measure(args.runtime, args.path, args.threads, args.device)
         code = 0
     except Exception as exc:  # noqa: BLE001 - the probe's job is to turn any failure into a reason
         result = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
@@ -108,7 +116,7 @@ def _signal_name(returncode: int) -> str:
         return f"signal {-returncode}"
 
 
-async def probe_model(runtime: str, path: Path, threads: int, timeout_s: float) -> ProbeResult:
+async def probe_model(runtime: str, path: Path, threads: int, timeout_s: float, device: str = "cpu") -> ProbeResult:
     """Probe ``path`` with ``runtime`` in a child process; never raises for a bad model."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -118,6 +126,8 @@ async def probe_model(runtime: str, path: Path, threads: int, timeout_s: float) 
         str(path),
         "--threads",
         str(threads),
+        "--device",
+        device,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     RUNTIME_ERROR = "RUNTIME_ERROR"
     INTERNAL = "INTERNAL"
     UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    DEVICE_UNAVAILABLE = "DEVICE_UNAVAILABLE"
 
 
 # One line per code: what it means and whether retrying the same request can help.
@@ -89,6 +90,8 @@ ERROR_TABLE: dict[ErrorCode, str] = {
     "it with the event log.",
     ErrorCode.UPSTREAM_ERROR: "A pipeline's cloud stage failed: the other daemon was unreachable, "
     "too slow (the pipeline's timeout) or refused the request; `details.cause` says which.",
+    ErrorCode.DEVICE_UNAVAILABLE: "The daemon's device is gone (unplugged, or the runtime reported it "
+    "lost); the daemon retries it and keeps serving other operations. `details` says since when.",
 }
 
 

@@ -34,15 +34,18 @@ from tenantd import pipelines as pl
 from tenantd.admission import Admission, rss_bytes
 from tenantd.config import RESTART_ONLY, ConfigError, Policy, parse_policy, usable_cores
 from tenantd.devices import MemoryModel, get_profile
+from tenantd.devices.detect import DeviceNameError, check_attached, check_device_name, default_profile, detect
 from tenantd.events import EventLog
 from tenantd.executor import Executor, Resident, RunResult, Swapping
 from tenantd.probe import ProbeResult, probe_model
 from tenantd.protocol import ErrorCode, Op, ProtocolError, Request
 from tenantd.runtimes import (
+    DeviceLost,
     RuntimeFailure,
     RuntimeNotAvailable,
     TensorSpec,
     available_runtimes,
+    check_device,
     get_runtime_class,
     runtime_for_file,
 )
@@ -63,6 +66,10 @@ BUDGET_NOISE_BYTES = 16 * 1024 * 1024
 READ_BATCH = 64
 # How long the socket may keep flushing replies after the drain, when closing.
 CLOSE_LINGER_MS = 2000
+# A lost device is retried after this long, the wait doubling up to the maximum: a stick being
+# re-plugged is back within seconds, one that is gone for good should not be hammered.
+DEVICE_RETRY_FIRST_S = 1.0
+DEVICE_RETRY_MAX_S = 60.0
 
 Envelope = list[Any]
 Handler = Callable[[Request], Awaitable[dict[str, Any]]]
@@ -119,8 +126,11 @@ class InferPayload:
 
 class Daemon:
     def __init__(self, config: ServeConfig) -> None:
-        if config.device != "cpu":
-            raise ConfigError(f"device {config.device!r} is not supported yet; use --device cpu")
+        try:
+            check_device_name(config.device)
+            check_attached(config.device, detect())
+        except DeviceNameError as exc:
+            raise ConfigError(str(exc)) from None
         self.auth_mode = config.auth or ("header" if config.endpoint.startswith("ipc://") else "keys")
         if self.auth_mode not in ("header", "keys"):
             raise ConfigError(f"auth {self.auth_mode!r} is not 'keys' or 'header'")
@@ -138,7 +148,8 @@ class Daemon:
         self.slots = self.policy.effective_slots()
         self.threads = self.policy.effective_threads()
         try:
-            self.profile = get_profile(config.profile or self.policy.profile or config.device)
+            own_profile = default_profile(config.device)
+            self.profile = get_profile(config.profile or self.policy.profile or own_profile)
         except KeyError as exc:
             raise ConfigError(str(exc.args[0])) from None
         if self.profile.memory_model is MemoryModel.DEDICATED and not (
@@ -146,7 +157,7 @@ class Daemon:
         ):
             raise ConfigError(f"profile {self.profile.name!r} has no fixed capacity: set capacity_bytes in the policy")
         # Running on one device while enforcing another's memory model, to plan for it.
-        self.emulated = self.profile.name != config.device
+        self.emulated = self.profile.name != own_profile
         self.admission = Admission(
             self.profile, capacity_bytes=self.policy.capacity_bytes, reserve_bytes=self.policy.reserve_bytes
         )
@@ -215,6 +226,11 @@ class Daemon:
         self._retired: list[Resident] = []  # removed or replaced, unloaded once idle
         self._last_refusal: dict[str, Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Set while the device is gone (see _device_lost_by): inference fails fast with
+        # DEVICE_UNAVAILABLE, everything else keeps working, and a task retries the device.
+        self.device_lost: dict[str, Any] | None = None
+        self._device_retry: asyncio.Task[None] | None = None
+        self.device_retry_s = (DEVICE_RETRY_FIRST_S, DEVICE_RETRY_MAX_S)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -296,6 +312,9 @@ class Daemon:
         if watcher is not None:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+        if self._device_retry is not None:
+            self._device_retry.cancel()
+            await asyncio.gather(self._device_retry, return_exceptions=True)
         await self._shutdown(sock)
 
     async def _watch_budget(self) -> None:
@@ -651,6 +670,7 @@ class Daemon:
             raise ClientError(ErrorCode.UNAVAILABLE, "the daemon is shutting down")
         record = self._owned_model(request)
         inputs = match_inputs(record.inputs, request.tensors)
+        self._check_device()
         resident = self.executor.resident.get(record.name)
         if resident is None:
             raise ClientError(ErrorCode.RUNTIME_ERROR, f"model {record.name!r} could not be loaded (see events)")
@@ -682,8 +702,14 @@ class Daemon:
                 f"model {job.model!r} was removed or replaced while this request waited",
             )
             return
+        if self.device_lost is not None:  # queued before the device went: do not touch it
+            loop.call_soon_threadsafe(self._drop_job, job, ErrorCode.DEVICE_UNAVAILABLE, self._device_message())
+            return
         try:
             result = self.executor.run(payload.resident, payload.inputs, slot)
+        except DeviceLost as exc:
+            loop.call_soon_threadsafe(self._device_lost_by, job, str(exc))
+            return
         except RuntimeFailure as exc:
             loop.call_soon_threadsafe(self._drop_job, job, ErrorCode.RUNTIME_ERROR, f"model {job.model!r}: {exc}")
             return
@@ -759,6 +785,73 @@ class Daemon:
                     Executor.unload(resident)
             self._retired = busy
 
+    # ------------------------------------------------------------------ a lost device
+
+    def _device_message(self) -> str:
+        lost = self.device_lost or {}
+        return (
+            f"device {self.config.device} is unavailable since {lost.get('since_iso', '?')} "
+            f"({lost.get('reason', 'lost')}); the daemon is retrying it"
+        )
+
+    def _check_device(self) -> None:
+        if self.device_lost is not None:
+            details = {k: self.device_lost[k] for k in ("device", "since", "reason", "retries")}
+            raise ClientError(ErrorCode.DEVICE_UNAVAILABLE, self._device_message(), details)
+
+    def _mark_device_lost(self, reason: str, model: str | None) -> None:
+        """On the loop: the runtime reported the device gone. Mark it, say so once, start retrying."""
+        if self.device_lost is not None:
+            return
+        now = time.time()
+        self.device_lost = {
+            "device": self.config.device,
+            "since": now,
+            "since_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "reason": reason,
+            "retries": 0,
+        }
+        log.warning("device %s lost (%s): inference fails until it is back; retrying", self.config.device, reason)
+        self.events.emit("device.lost", device=self.config.device, model=model, reason=reason)
+        self._device_retry = asyncio.create_task(self._retry_device(), name="device-retry")
+
+    def _device_lost_by(self, job: Job, reason: str) -> None:
+        """On the loop: a job's run found the device gone."""
+        self._mark_device_lost(reason, job.model)
+        self._drop_job(job, ErrorCode.DEVICE_UNAVAILABLE, f"model {job.model!r}: {reason}")
+
+    async def _retry_device(self) -> None:
+        """Reload every loaded model on a fresh runtime, on a backoff, until it works; then serve again."""
+        loop = asyncio.get_running_loop()
+        delay, longest = self.device_retry_s
+        while self.device_lost is not None and not self._draining:
+            await asyncio.sleep(delay)
+            if self.scheduler.running:  # let in-flight runs fail or finish before the runtime is replaced
+                continue
+            lost = self.device_lost
+            lost["retries"] += 1
+            try:
+                reloaded = await loop.run_in_executor(None, self.executor.reopen_device, self._model_path)
+            except (RuntimeFailure, RuntimeNotAvailable, OSError) as exc:
+                self.events.emit(
+                    "device.retry_failed", device=self.config.device, attempt=lost["retries"], reason=str(exc)
+                )
+                delay = min(delay * 2, longest)
+                continue
+            down_s = round(time.time() - lost["since"], 3)
+            self.device_lost = None
+            log.info("device %s is back after %.1f s; %d model(s) reloaded", self.config.device, down_s, len(reloaded))
+            self.events.emit(
+                "device.recovered",
+                device=self.config.device,
+                down_s=down_s,
+                attempts=lost["retries"],
+                reloaded=reloaded,
+            )
+
+    def _model_path(self, name: str) -> Path:
+        return self.store.blob_path(self.models[name].sha256)
+
     def _drop_job(self, job: Job, code: ErrorCode, message: str) -> None:
         self._unload_retired()
         if not self.scheduler.settle(job):
@@ -814,6 +907,10 @@ class Daemon:
             "requests": dict(self.requests),
             "errors": dict(self.errors),
             "runtimes": available_runtimes(),
+            "device_state": "lost" if self.device_lost is not None else "available",
+            "device_lost": None
+            if self.device_lost is None
+            else {k: self.device_lost[k] for k in ("since", "reason", "retries")},
         }
 
     def _is_loaded(self, model: str) -> bool:
@@ -1146,11 +1243,12 @@ class Daemon:
             raise ClientError(ErrorCode.INVALID_MODEL, "the model file is empty")
         self._check_name_free(name, tenant, replace)
         self._check_model_quota(name, tenant)
-        runtime = args.get("runtime") or runtime_for_file(filename)
+        self._check_device()
+        runtime = args.get("runtime") or runtime_for_file(filename, self.config.device)
         if not isinstance(runtime, str):
             raise ClientError(ErrorCode.BAD_REQUEST, "args.runtime must be a string")
         try:
-            get_runtime_class(runtime)
+            check_device(get_runtime_class(runtime), self.config.device)
         except RuntimeNotAvailable as exc:
             raise ClientError(ErrorCode.RUNTIME_NOT_AVAILABLE, str(exc)) from None
 
@@ -1215,7 +1313,7 @@ class Daemon:
         self, name: str, tenant: str, runtime: str, filename: str | None, sha: str, path: Path, size: int, replace: bool
     ) -> dict[str, Any]:
         async with self._probe_slots:
-            probe = await probe_model(runtime, path, self.threads, self.policy.probe_timeout_s)
+            probe = await probe_model(runtime, path, self.threads, self.policy.probe_timeout_s, self.config.device)
         if not probe.ok:
             self.events.emit(
                 "model.refused", model=name, tenant=tenant, code=ErrorCode.INVALID_MODEL.value, reason=probe.reason
@@ -1322,6 +1420,9 @@ class Daemon:
                     resident, load_ms = await self.executor.load(name, runtime, path)
                     self.admission.loaded(name, rss_bytes() - rss_before, runtime)
                     _seed_warm(resident, probe.details)
+        except DeviceLost as exc:
+            self._mark_device_lost(str(exc), name)
+            raise ClientError(ErrorCode.DEVICE_UNAVAILABLE, f"the device was lost loading the model: {exc}") from None
         except RuntimeFailure as exc:
             self.events.emit(
                 "model.refused", model=name, tenant=tenant, code=ErrorCode.RUNTIME_ERROR.value, reason=str(exc)

@@ -28,6 +28,7 @@ from zmq.utils.monitor import parse_monitor_message, recv_monitor_message
 from tenantclient.errors import ClientClosed, KeyRefused, RequestTimeout, error_for
 from tenantd import auth, protocol
 from tenantd.protocol import Op, ProtocolError, Reply
+from tenantd.runtimes import irbundle
 from tenantd.runtimes.base import TensorSpec
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
@@ -96,7 +97,11 @@ def _submit_args(
         data, filename = model, None
     else:
         path = Path(model)
-        data, filename = path.read_bytes(), path.name
+        if path.suffix.lower() == ".xml":
+            # OpenVINO IR is two files; it travels as one bundle (docs/protocol.md, submit_model).
+            data, filename = irbundle.pack_files(path), path.with_suffix(irbundle.SUFFIX).name
+        else:
+            data, filename = path.read_bytes(), path.name
     args: dict[str, Any] = {"name": name, "replace": replace}
     if filename:
         args["filename"] = filename
@@ -289,9 +294,19 @@ class AsyncTenantClient:
 
         async def exchange() -> Reply:
             # The send is inside the timeout too: a DEALER with no live peer (e.g. its key was
-            # refused at the handshake) waits to send forever.
-            await sock.send_multipart(frames, copy=False)
-            return await future
+            # refused at the handshake) waits to send forever. The handshake watcher fails the
+            # future meanwhile, so wait for whichever comes first.
+            send: asyncio.Future[Any] = asyncio.ensure_future(sock.send_multipart(frames, copy=False))
+            either: set[asyncio.Future[Any]] = {send, future}
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                if not send.done():
+                    return future.result()  # failed before it could be sent: raises KeyRefused
+                await send
+                return await future
+            finally:
+                if not send.done():
+                    send.cancel()
 
         try:
             reply = await asyncio.wait_for(exchange(), limit)

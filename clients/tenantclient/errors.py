@@ -98,6 +98,13 @@ class UpstreamError(TenantError):
     code = ErrorCode.UPSTREAM_ERROR.value
 
 
+class DeviceUnavailable(TenantError):
+    """The daemon's device is gone for now (unplugged, or lost by its runtime); the daemon retries
+    it (``details.since``, ``details.reason``). Retry later."""
+
+    code = ErrorCode.DEVICE_UNAVAILABLE.value
+
+
 class RequestTimeout(TenantError, TimeoutError):
     """No reply came within the call's timeout. The request may still run on the daemon."""
 

@@ -1,46 +1,117 @@
-"""Runtime registry: runtimes by name, imported lazily.
+"""Runtime registry: runtimes by name, imported lazily, and the rule that picks one for a model.
 
-The daemon names runtimes (``litert``) in its store and on the wire; this module maps those names
-to the classes that implement them without importing any vendor package until a runtime is
-actually used. Extra runtimes (third-party backends, or test doubles) can be registered with
-:func:`register` or through the ``TENANTD_RUNTIMES`` environment variable
-(``name=module:Class,name2=module2:Class2``), which also reaches the probe subprocess.
+The daemon names runtimes (``litert``, ``openvino``, ``onnxruntime``, ``edgetpu``, ``tensorrt``) in
+its store and on the wire; this module maps those names to the classes that implement them without
+importing any vendor package until a runtime is actually used. Whether a runtime is installed is
+answered from the package index of this interpreter (``importlib.util.find_spec``) and the shared
+library search path, never by importing the vendor package, so ``status`` and ``tenantd devices``
+stay cheap and a missing TensorRT never breaks import of the daemon. Extra runtimes (third-party
+backends, or test doubles) can be registered with :func:`register` or through the
+``TENANTD_RUNTIMES`` environment variable (``name=module:Class,name2=module2:Class2``), which also
+reaches the probe subprocess.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from tenantd.runtimes.base import LoadedModel, Runtime, RuntimeFailure, TensorSpec
+from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, TensorSpec, device_kind
 
 __all__ = [
+    "DeviceLost",
     "LoadedModel",
     "Runtime",
     "RuntimeFailure",
     "RuntimeNotAvailable",
     "TensorSpec",
     "available_runtimes",
+    "device_kind",
     "get_runtime_class",
+    "install_hint",
     "register",
     "runtime_for_file",
+    "runtime_installed",
 ]
 
-# name -> ("module:Class", pip package that provides the engine, file suffixes it loads)
-_REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "litert": ("tenantd.runtimes.litert:LiteRTRuntime", "ai-edge-litert (or tflite-runtime)", (".tflite",)),
+
+@dataclass(frozen=True)
+class _Entry:
+    target: str  # "module:Class"
+    package: str  # what to install, in words an operator can act on
+    suffixes: tuple[str, ...]  # file suffixes it loads
+    # What must be present for it to work: Python modules, or "lib:NAME" for a shared library
+    # (found as ctypes.util.find_library does, e.g. "lib:edgetpu" -> libedgetpu.so.1).
+    requires: tuple[str, ...]
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "litert": _Entry(
+        "tenantd.runtimes.litert:LiteRTRuntime",
+        "ai-edge-litert (or tflite-runtime)",
+        (".tflite",),
+        ("ai_edge_litert|tflite_runtime",),
+    ),
+    "openvino": _Entry(
+        "tenantd.runtimes.openvino:OpenVINORuntime",
+        "openvino (pip install 'tenantd[openvino]'; an NCS2 needs openvino<=2022.3, the last with MYRIAD)",
+        (".ovir", ".xml", ".onnx", ".tflite"),
+        ("openvino",),
+    ),
+    "onnxruntime": _Entry(
+        "tenantd.runtimes.ort:ONNXRuntime",
+        "onnxruntime (pip install 'tenantd[onnxruntime]'; onnxruntime-gpu for CUDA)",
+        (".onnx",),
+        ("onnxruntime",),
+    ),
+    "edgetpu": _Entry(
+        "tenantd.runtimes.edgetpu:EdgeTPURuntime",
+        "libedgetpu (apt install libedgetpu1-std from the Coral repository) with ai-edge-litert",
+        (".tflite",),
+        ("ai_edge_litert|tflite_runtime", "lib:edgetpu"),
+    ),
+    "tensorrt": _Entry(
+        "tenantd.runtimes.tensorrt:TensorRTRuntime",
+        "tensorrt and pycuda (JetPack ships TensorRT; pip install pycuda)",
+        (".engine", ".plan", ".onnx"),
+        ("tensorrt", "pycuda"),
+    ),
+}
+
+# Which runtimes serve a file of a given type on a given kind of device, best first; the first one
+# installed is chosen. A pair not listed falls back to the first registered runtime that loads the
+# suffix, and a file without a suffix to LiteRT (a wrong guess costs a clear INVALID_MODEL).
+_CHOICE: dict[tuple[str, str], tuple[str, ...]] = {
+    ("cpu", ".tflite"): ("litert", "openvino"),
+    ("cpu", ".onnx"): ("onnxruntime", "openvino"),
+    ("cpu", ".xml"): ("openvino",),
+    ("cpu", ".ovir"): ("openvino",),
+    ("edgetpu", ".tflite"): ("edgetpu",),
+    ("cuda", ".engine"): ("tensorrt",),
+    ("cuda", ".plan"): ("tensorrt",),
+    ("cuda", ".onnx"): ("tensorrt", "onnxruntime"),
+    **{
+        (kind, suffix): ("openvino",)
+        for kind in ("ncs2", "npu", "gpu")
+        for suffix in (".tflite", ".onnx", ".xml", ".ovir")
+    },
 }
 
 
 class RuntimeNotAvailable(Exception):
-    """A runtime was named that is unknown or whose package is not installed."""
+    """A runtime was named that is unknown, not installed, or not for this device."""
 
 
-def register(name: str, target: str, package: str = "", suffixes: tuple[str, ...] = ()) -> None:
+def register(
+    name: str, target: str, package: str = "", suffixes: tuple[str, ...] = (), requires: tuple[str, ...] = ()
+) -> None:
     """Register ``target`` ("module:Class") as runtime ``name``."""
-    _REGISTRY[name] = (target, package or target.split(":")[0], suffixes)
+    module = target.split(":")[0]
+    _REGISTRY[name] = _Entry(target, package or module, suffixes, requires or (module,))
 
 
 def _register_from_env() -> None:
@@ -55,45 +126,86 @@ def _register_from_env() -> None:
 _register_from_env()
 
 
-def get_runtime_class(name: str) -> type[Runtime]:
-    """Import and return the runtime class registered as ``name``."""
+def _present(requirement: str) -> bool:
+    """One requirement: "a|b" is met by either; "lib:NAME" is a shared library."""
+    for option in requirement.split("|"):
+        if option.startswith("lib:"):
+            if ctypes.util.find_library(option[4:]) is not None:
+                return True
+            continue
+        try:
+            if importlib.util.find_spec(option) is not None:
+                return True
+        except (ImportError, ValueError):  # a parent package that fails to import
+            continue
+    return False
+
+
+def _entry(name: str) -> _Entry:
     try:
-        target, package, _ = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise RuntimeNotAvailable(f"unknown runtime {name!r}; known runtimes: {', '.join(sorted(_REGISTRY))}") from None
-    module_name, _, class_name = target.partition(":")
+
+
+def runtime_installed(name: str) -> bool:
+    """Whether what runtime ``name`` needs is installed here, without importing it."""
+    return all(_present(r) for r in _entry(name).requires)
+
+
+def install_hint(name: str) -> str:
+    """What to install for runtime ``name``."""
+    return _entry(name).package
+
+
+def get_runtime_class(name: str) -> type[Runtime]:
+    """Import and return the runtime class registered as ``name``. Raises RuntimeNotAvailable,
+    naming the package to install, when it is unknown or not installed."""
+    entry = _entry(name)
+    missing = [r for r in entry.requires if not _present(r)]
+    if missing:
+        raise RuntimeNotAvailable(
+            f"runtime {name!r} is not installed here (missing {', '.join(missing)}); install {entry.package}"
+        )
+    module_name, _, class_name = entry.target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise RuntimeNotAvailable(f"runtime {name!r} is not installed here ({exc}); install {package}") from exc
+        raise RuntimeNotAvailable(f"runtime {name!r} is not installed here ({exc}); install {entry.package}") from exc
     cls = getattr(module, class_name)
     if not (isinstance(cls, type) and issubclass(cls, Runtime)):
-        raise RuntimeNotAvailable(f"{target} is not a tenantd Runtime")
+        raise RuntimeNotAvailable(f"{entry.target} is not a tenantd Runtime")
     return cls
 
 
+def check_device(cls: type[Runtime], device: str) -> None:
+    """Raise RuntimeNotAvailable if runtime ``cls`` cannot run on ``device``."""
+    if cls.device_kinds and device_kind(device) not in cls.device_kinds:
+        raise RuntimeNotAvailable(
+            f"runtime {cls.name!r} does not run on device {device!r} (it runs on: {', '.join(cls.device_kinds)})"
+        )
+
+
 def available_runtimes() -> list[str]:
-    """Names of registered runtimes whose modules import on this host."""
-    names = []
-    for name in sorted(_REGISTRY):
-        try:
-            get_runtime_class(name)
-        except RuntimeNotAvailable:
-            continue
-        names.append(name)
-    return names
+    """Names of registered runtimes whose packages are installed on this host (not imported)."""
+    return [name for name in sorted(_REGISTRY) if runtime_installed(name)]
 
 
 DEFAULT_RUNTIME = "litert"
 
 
-def runtime_for_file(filename: str | None) -> str:
-    """Pick a runtime for a submitted file from its suffix; LiteRT when the suffix says nothing.
-    A file the chosen runtime cannot load is refused by the probe, so a wrong guess costs a
-    clear INVALID_MODEL, never a crash."""
-    if filename:
-        suffix = Path(filename).suffix.lower()
-        for name, (_, _, suffixes) in _REGISTRY.items():
-            if suffix in suffixes:
-                return name
-    return DEFAULT_RUNTIME
+def runtime_for_file(filename: str | None, device: str = "cpu") -> str:
+    """Pick a runtime for a submitted file from its suffix and the device: the first installed of
+    the candidates for (device kind, suffix), else the first candidate (so the tenant's error names
+    the package to install); LiteRT when the suffix says nothing. A file the chosen runtime cannot
+    load is refused by the probe, so a wrong guess costs a clear INVALID_MODEL, never a crash."""
+    if not filename:
+        return DEFAULT_RUNTIME
+    suffix = Path(filename).suffix.lower()
+    candidates = _CHOICE.get((device_kind(device), suffix))
+    if candidates is None:
+        candidates = tuple(name for name, entry in _REGISTRY.items() if suffix in entry.suffixes)
+    for name in candidates:
+        if runtime_installed(name):
+            return name
+    return candidates[0] if candidates else DEFAULT_RUNTIME

@@ -56,8 +56,20 @@ class TensorSpec:
         return None
 
 
+def device_kind(device: str) -> str:
+    """The kind of a device name: ``cpu``, ``edgetpu`` (``edgetpu:usb:0``), ``ncs2`` (``ncs2:0``),
+    ``cuda`` (``cuda:0``), ``npu``, ``gpu``."""
+    return device.split(":", 1)[0].lower()
+
+
 class RuntimeFailure(Exception):
     """The runtime could not load or run a model; the message says why."""
+
+
+class DeviceLost(RuntimeFailure):
+    """The vendor's runtime reports that the device itself is gone (a USB stick unplugged, a GPU
+    fallen off the bus), not that this model or this input failed. The daemon answers it
+    differently: the device is marked unavailable and retried, rather than the request alone failing."""
 
 
 class LoadedModel(abc.ABC):
@@ -65,6 +77,12 @@ class LoadedModel(abc.ABC):
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # Device memory the model holds that the host's resident-set size does not show (a TensorRT
+    # engine's activations on a GPU); the probe adds it to the footprint.
+    device_bytes: int = 0
+    # Runtime facts worth recording with the model (on-chip vs streamed parameters, the engine's
+    # precision); they travel in the probe's details.
+    facts: dict[str, Any] = {}  # noqa: RUF012 - read-only default, replaced per instance
 
     @abc.abstractmethod
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -81,10 +99,16 @@ class Runtime(abc.ABC):
     name: ClassVar[str]
     # File suffixes this runtime can load, used to pick a runtime for a submitted file.
     suffixes: ClassVar[tuple[str, ...]]
+    # Device kinds (the part of a device name before any ':', e.g. "cpu", "edgetpu", "ncs2",
+    # "cuda") this runtime can run on. Empty: any (test doubles).
+    device_kinds: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, device: str = "cpu", num_threads: int = 1) -> None:
+    def __init__(self, device: str = "cpu", num_threads: int = 1, slots: int = 1) -> None:
         self.device = device
         self.num_threads = num_threads
+        # How many inferences the daemon may run at once on this device: a runtime with its own
+        # parallelism (OpenVINO streams) sizes it to this; the others ignore it.
+        self.slots = slots
 
     @abc.abstractmethod
     def load(self, source: bytes | Path) -> LoadedModel:
@@ -97,6 +121,19 @@ class Runtime(abc.ABC):
     def param_bytes(cls, path: Path) -> int | None:
         """Bytes of the model's constant parameters (what an on-chip parameter cache would hold),
         where the format tells; None where it does not."""
+        return None
+
+    @classmethod
+    def probe_device(cls, device: str) -> str:
+        """The device the probe process should load a model on for ``device``. The device itself,
+        except where only one process may hold it (an NCS2 stick): then a stand-in that reads the
+        same specs."""
+        return device
+
+    @classmethod
+    def process_overhead_bytes(cls, device: str) -> int | None:
+        """Memory the runtime costs the process on ``device`` that resident-set growth does not
+        show (a CUDA context in a Jetson's shared DRAM); None where the measurement is enough."""
         return None
 
     @classmethod

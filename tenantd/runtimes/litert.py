@@ -74,6 +74,7 @@ class LiteRTModel(LoadedModel):
 class LiteRTRuntime(Runtime):
     name = "litert"
     suffixes = (".tflite",)
+    device_kinds = ("cpu",)
 
     def load(self, source: bytes | Path) -> LiteRTModel:
         try:

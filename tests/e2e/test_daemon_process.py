@@ -180,7 +180,7 @@ def test_header_identities_on_loopback_tcp_only_when_asked(tmp_path: Path) -> No
     ("args", "message"),
     [
         (["--endpoint", "tcp://0.0.0.0:5599", "--auth", "header"], "reachable from other hosts"),
-        (["--endpoint", "ipc:///tmp/x.sock", "--device", "edgetpu"], "not supported yet"),
+        (["--endpoint", "ipc:///tmp/x.sock", "--device", "tpu9"], "is not one tenantd knows"),
         (["--endpoint", "ipc:///tmp/x.sock", "--policy", "/nonexistent.toml"], "does not exist"),
         (["--endpoint", "ipc:///nonexistent/dir/d.sock"], "cannot bind ipc:///nonexistent/dir/d.sock"),
         (["--endpoint", "tcp://127.0.0.1:notaport"], "cannot bind"),

@@ -1,8 +1,10 @@
 """A test double runtime that misbehaves on demand, registered as ``faulty`` via TENANTD_RUNTIMES.
 
 Its "model file" is ``FAULTY`` followed by JSON:
-``{"load": "ok"|"crash"|"abort"|"hang"|"error", "infer": "ok"|"error"|"slow", "sleep_ms": N}``
-("error" fails on negative inputs only, "slow" is slow on non-zero inputs only). A loaded model
+``{"load": "ok"|"crash"|"abort"|"hang"|"error", "infer": "ok"|"error"|"slow"|"lost", "sleep_ms": N,
+"flag": PATH}`` ("error" fails on negative inputs only, "slow" is slow on non-zero inputs only;
+"lost" stands for a device that is unplugged while the file at ``flag`` exists: inference and loads
+then raise DeviceLost, as a vendor runtime reports a vanished device). A loaded model
 takes one float32 [1, 4] input "x" and returns "y" = 2x. It exists to prove that the daemon
 survives runtimes that crash, hang or fail (real LiteRT cannot be made to segfault on purpose),
 and to give scheduler tests a model whose inference takes a known time. It is never the only
@@ -20,13 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from tenantd.runtimes.base import LoadedModel, Runtime, RuntimeFailure, TensorSpec
+from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, TensorSpec
 
 MAGIC = b"FAULTY"
 
 
-def faulty_model(load: str = "ok", infer: str = "ok", sleep_ms: float = 0.0) -> bytes:
-    return MAGIC + json.dumps({"load": load, "infer": infer, "sleep_ms": sleep_ms}).encode()
+def faulty_model(load: str = "ok", infer: str = "ok", sleep_ms: float = 0.0, flag: str = "") -> bytes:
+    spec: dict[str, object] = {"load": load, "infer": infer, "sleep_ms": sleep_ms}
+    if flag:
+        spec["flag"] = flag
+    return MAGIC + json.dumps(spec).encode()
+
+
+def _unplugged(spec: dict[str, object]) -> bool:
+    return spec.get("infer") == "lost" and bool(spec.get("flag")) and os.path.exists(str(spec["flag"]))
 
 
 class FaultyModel(LoadedModel):
@@ -43,6 +52,8 @@ class FaultyModel(LoadedModel):
             self.running += 1
             self.max_running = max(self.max_running, self.running)
         try:
+            if _unplugged(self.spec):
+                raise DeviceLost("USB transfer error: the (simulated) device is unplugged")
             # Fails only on negative input, so the probe's run on zeros passes.
             if self.spec["infer"] == "error" and float(inputs[0].min()) < 0:
                 raise RuntimeFailure("the faulty runtime failed this inference on purpose")
@@ -78,4 +89,6 @@ class FaultyRuntime(Runtime):
             raise RuntimeFailure("the faulty runtime refused this model on purpose")
         if spec["load"] == "abort":
             os.abort()
+        if _unplugged(spec):
+            raise DeviceLost("cannot open the (simulated) device: it is unplugged")
         return FaultyModel(spec)

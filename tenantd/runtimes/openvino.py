@@ -1,0 +1,181 @@
+"""OpenVINO runtime: OpenVINO IR (as an ``.ovir`` bundle), ONNX and ``.tflite`` on Intel devices.
+
+Devices: ``cpu`` (OpenVINO's ``CPU`` plugin), ``ncs2:N`` (the ``MYRIAD`` plugin, which exists only
+in OpenVINO 2022.3 LTS and older; the Nth stick found), ``npu`` and ``gpu[:N]`` where present. A
+model is read from the store's blob, whose format is told by its first bytes (the blob has no file
+suffix): a ZIP is an IR bundle (:mod:`tenantd.runtimes.irbundle`), ``TFL3`` a TFLite flatbuffer,
+anything else goes to OpenVINO's ONNX and other front ends. A compiled model serves requests
+through a pool of OpenVINO's asynchronous infer requests, one per concurrent caller, so one
+compiled model may run on several slots at once; on the CPU it is compiled with as many streams as
+the daemon has slots and full f32 precision (the CPU plugin would otherwise pick bf16 on CPUs that
+have it, and outputs would drift from the other runtimes').
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import queue
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    from openvino import Core, Tensor
+except ImportError:  # pragma: no cover - OpenVINO 2022.3 LTS (the last with MYRIAD) has them only here
+    from openvino.runtime import Core, Tensor
+
+from tenantd.runtimes import irbundle
+from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, TensorSpec, device_kind
+
+# Phrases with which OpenVINO's plugins report that the device itself went away (MYRIAD's XLink
+# transport when a stick is pulled; the NPU/GPU plugins' lost-device errors), as opposed to a
+# model or input problem.
+_LOST_MARKS = ("x_link_error", "xlink", "device was disconnected", "device lost", "device_lost", "nc_error")
+
+
+def _is_lost(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(mark in text for mark in _LOST_MARKS)
+
+
+def ov_device(device: str, available: list[str]) -> str:
+    """The OpenVINO device name for a tenantd device name: ``cpu`` -> ``CPU``, ``ncs2:N`` -> the
+    Nth ``MYRIAD`` device OpenVINO lists, ``npu`` -> ``NPU``, ``gpu:N`` -> ``GPU.N``."""
+    kind, _, index = device.partition(":")
+    kind = kind.lower()
+    if kind == "cpu":
+        return "CPU"
+    if kind == "ncs2":
+        sticks = sorted(d for d in available if d.startswith("MYRIAD"))
+        n = int(index or 0)
+        if n >= len(sticks):
+            raise DeviceLost(
+                f"no NCS2 stick {n} here (OpenVINO lists {available}); the MYRIAD plugin needs openvino<=2022.3"
+            )
+        return sticks[n]
+    if kind == "npu":
+        return "NPU"
+    if kind == "gpu":
+        return f"GPU.{index}" if index else "GPU"
+    raise RuntimeFailure(f"OpenVINO does not run on device {device!r}")
+
+
+def _port_name(port: Any, fallback: str) -> str:
+    try:
+        return str(port.get_any_name())
+    except RuntimeError:  # a port without tensor names
+        return fallback
+
+
+def _spec(port: Any, fallback: str) -> TensorSpec:
+    shape = port.get_partial_shape()
+    dims = tuple(int(d.get_length()) if d.is_static else -1 for d in shape) if shape.rank.is_static else ()
+    return TensorSpec(name=_port_name(port, fallback), dtype=port.get_element_type().to_dtype().name, shape=dims)
+
+
+class OpenVINOModel(LoadedModel):
+    def __init__(self, compiled: Any) -> None:
+        self._compiled = compiled
+        self.inputs = tuple(_spec(p, f"input{i}") for i, p in enumerate(compiled.inputs))
+        self.outputs = tuple(_spec(p, f"output{i}") for i, p in enumerate(compiled.outputs))
+        # Idle infer requests; a caller takes one (or makes one) so concurrent calls never share.
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        compiled = self._compiled
+        if compiled is None:
+            raise RuntimeFailure("the model was unloaded")
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = compiled.create_infer_request()
+        try:
+            # Asynchronous start + wait: both release the GIL, and the request is this caller's alone.
+            request.start_async(dict(enumerate(inputs)))
+            request.wait()
+            outputs = [np.array(request.get_output_tensor(i).data, copy=True) for i in range(len(self.outputs))]
+        except (RuntimeError, TypeError, ValueError) as exc:
+            if _is_lost(exc):
+                raise DeviceLost(f"OpenVINO lost the device: {exc}") from exc
+            raise RuntimeFailure(str(exc)) from exc
+        self._idle.put(request)
+        return outputs
+
+    def unload(self) -> None:
+        self._compiled = None
+        self._idle = queue.SimpleQueue()
+
+
+class OpenVINORuntime(Runtime):
+    name = "openvino"
+    suffixes = (irbundle.SUFFIX, ".xml", ".onnx", ".tflite")
+    device_kinds = ("cpu", "ncs2", "npu", "gpu")
+
+    def __init__(self, device: str = "cpu", num_threads: int = 1, slots: int = 1) -> None:
+        super().__init__(device, num_threads, slots)
+        self._core: Any = Core()
+
+    def _config(self) -> dict[str, Any]:
+        if device_kind(self.device) == "cpu":
+            return {
+                "INFERENCE_PRECISION_HINT": "f32",
+                "NUM_STREAMS": max(1, self.slots),
+                "INFERENCE_NUM_THREADS": max(1, self.num_threads * self.slots),
+            }
+        return {}
+
+    def _read(self, source: bytes | Path) -> Any:
+        core = self._core
+        data = source.read_bytes() if isinstance(source, Path) else bytes(source)
+        if irbundle.is_bundle(data):
+            xml, weights = irbundle.unpack(data)
+            try:
+                return core.read_model(model=xml, weights=Tensor(np.frombuffer(weights, np.uint8).copy()))
+            except TypeError:  # pragma: no cover - OpenVINO 2022.x takes the weights as bytes
+                return core.read_model(model=xml, weights=weights)
+        if data[4:8] == b"TFL3":
+            # OpenVINO's TFLite front end recognises a file by its suffix alone; store blobs have none.
+            if isinstance(source, Path) and source.suffix.lower() == ".tflite":
+                return core.read_model(str(source))
+            with tempfile.TemporaryDirectory(prefix="tenantd-ov-") as tmp:
+                path = Path(tmp) / "model.tflite"
+                path.write_bytes(data)
+                return core.read_model(str(path))
+        if data.lstrip()[:5] in (b"<?xml", b"<net "):
+            if isinstance(source, Path) and source.with_suffix(".bin").is_file():
+                return core.read_model(str(source))
+            raise RuntimeFailure(f"an IR .xml alone has no weights: submit it as an {irbundle.SUFFIX} bundle")
+        return core.read_model(model=data)
+
+    def load(self, source: bytes | Path) -> OpenVINOModel:
+        try:
+            target = ov_device(self.device, list(self._core.available_devices))
+            model = self._read(source)
+            compiled = self._core.compile_model(model, target, self._config())
+        except irbundle.BundleError as exc:
+            raise RuntimeFailure(f"OpenVINO cannot load this model: {exc}") from exc
+        except (RuntimeError, TypeError, ValueError) as exc:
+            if _is_lost(exc):
+                raise DeviceLost(f"OpenVINO lost the device: {exc}") from exc
+            raise RuntimeFailure(f"OpenVINO cannot load this model: {exc}") from exc
+        return OpenVINOModel(compiled)
+
+    @classmethod
+    def probe_device(cls, device: str) -> str:
+        # One process per NCS2 stick: the daemon holds it, so the probe reads the model on the CPU
+        # plugin, which gives the same input/output specs.
+        return "cpu" if device_kind(device) == "ncs2" else device
+
+    @classmethod
+    def param_bytes(cls, path: Path) -> int | None:
+        try:
+            data = path.read_bytes()
+            return len(irbundle.unpack(data)[1]) if irbundle.is_bundle(data) else None
+        except (OSError, irbundle.BundleError):
+            return None
+
+    @classmethod
+    def version(cls) -> str:
+        return f"openvino {importlib.metadata.version('openvino')}"
