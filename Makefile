@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test test-all bench bench-runtimes lint clean
+.PHONY: help demo test test-all bench bench-runtimes models lint clean
 
 help:
 	@echo "make demo      start a daemon on this CPU, serve two tenants, print what happened"
@@ -13,6 +13,7 @@ help:
 	@echo "make test-all  also the slow checks (-m slow)"
 	@echo "make bench     daemon vs direct LiteRT overhead benchmark (prints a table)"
 	@echo "make bench-runtimes  one network via LiteRT, OpenVINO, ONNX Runtime: direct vs daemon"
+	@echo "make models    build the model zoo into .cache/models, ~4 min (MODELS_ARGS='NAMES --formats F' for part)"
 	@echo "make lint      ruff and mypy"
 
 $(STAMP): setup.cfg pyproject.toml
@@ -34,6 +35,10 @@ bench: $(STAMP)
 
 bench-runtimes: $(STAMP)
 	$(PY) -m experiments.runtimes_bench
+
+models: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[zoo]'
+	$(PY) -m models build $(MODELS_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
