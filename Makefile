@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 .PHONY: help demo test test-all bench bench-runtimes models lint clean
 
 help:
-	@echo "make demo      start a daemon on this CPU, serve two tenants, print what happened"
+	@echo "make demo      start a daemon on this CPU, serve two tenants, print what happened; then a short"
+	@echo "               concurrency-scaling run (ncs2, rpi3, edgetpu emulated) with its summary table"
 	@echo "make test      run the test suite (unit, integration, end to end)"
 	@echo "make test-all  also the slow checks (-m slow)"
 	@echo "make bench     daemon vs direct LiteRT overhead benchmark (prints a table)"
@@ -23,6 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo
+	$(PY) -m experiments.concurrency --quick
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
