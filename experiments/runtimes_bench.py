@@ -42,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -111,6 +111,14 @@ def build_files(workdir: Path, model: Path | None, quick: bool) -> dict[str, Pat
     return files
 
 
+def fit_layout(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``x`` (NHWC, as the .tflite takes it) as a model whose input is ``shape`` takes it: the same
+    array, or its NCHW transpose when that is what the model declares."""
+    if x.ndim == 4 and list(shape) != list(x.shape) and list(shape)[1:] == [x.shape[3], x.shape[1], x.shape[2]]:
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return x
+
+
 PLAN = [("litert", "tflite"), ("onnxruntime", "onnx"), ("openvino", "ir"), ("openvino", "onnx"), ("openvino", "tflite")]
 
 
@@ -140,19 +148,20 @@ def run(args: argparse.Namespace) -> tuple[list[Row], int]:
             reference_model.unload()
             for runtime, kind in plan:
                 model = get_runtime_class(runtime)(num_threads=threads).load(files[kind])
-                diff = float(np.abs(model.infer([x])[0] - reference).max())
+                xk = fit_layout(x, model.inputs[0].shape)  # zoo ONNX/IR take NCHW, .tflite NHWC
+                diff = float(np.abs(model.infer([xk])[0] - reference).max())
                 if diff > AGREEMENT:
                     raise SystemExit(f"{runtime} on {kind} disagrees with LiteRT: max abs diff {diff:.3g}")
-                lat = closed_loop(partial(model.infer, [x]), args.warmup, args.duration)
+                lat = closed_loop(partial(model.infer, [xk]), args.warmup, args.duration)
                 rows.append(Row(runtime, kind, "direct", *summary(lat, args.duration), None, diff, len(lat)))
                 model.unload()
                 name = names[(runtime, kind)]
-                out = client.infer_detailed(name, x)
+                out = client.infer_detailed(name, xk)
                 served_diff = float(np.abs(next(iter(out.outputs.values())) - reference).max())
                 computes: list[float] = []
 
-                def call(name: str = name, computes: list[float] = computes) -> None:
-                    computes.append(client.infer_detailed(name, x).timings["compute_ms"])
+                def call(name: str = name, computes: list[float] = computes, xk: np.ndarray = xk) -> None:
+                    computes.append(client.infer_detailed(name, xk).timings["compute_ms"])
 
                 lat = closed_loop(call, args.warmup, args.duration)
                 compute = statistics.median(computes[-len(lat) :])
