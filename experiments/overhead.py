@@ -69,9 +69,6 @@ import json
 import math
 import os
 import platform
-import selectors
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +85,7 @@ import zmq
 from ai_edge_litert.interpreter import Interpreter
 
 import tenantd
+from experiments import harness
 from models.tiny import cnn, mlp, param_bytes
 from tenantclient import AsyncTenantClient, TenantClient, TenantError
 
@@ -112,9 +110,6 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "overhead"
 
 TENANT = "overhead"
 MODEL_NAME = "overhead-model"
-READY_PREFIX = "tenantd ready"
-READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 40.0  # the daemon's default drain timeout is 30 s
 
 TARGET_THROUGHPUT_RATIO = 0.95
 TARGET_ADDED_P50_MS = 0.5
@@ -122,7 +117,7 @@ TARGET_ADDED_P50_MS = 0.5
 Tensor = npt.NDArray[Any]  # the model's input or output: uint8 image or float32 features
 
 
-class BenchmarkError(Exception):
+class BenchmarkError(harness.ExperimentError):
     """The benchmark cannot produce trustworthy figures; the message says why."""
 
 
@@ -363,76 +358,11 @@ def measure_async(endpoint: str, x: Tensor, concurrency: int, warmup_s: float, d
 
 @contextmanager
 def daemon_process(workdir: Path, threads: int | None) -> Iterator[str]:
-    """Start ``tenantd serve`` on an ipc socket under ``workdir``; yield its endpoint once it has
-    printed its ready line; SIGTERM it and wait on the way out."""
-    command = [
-        sys.executable, "-m", "tenantd", "serve",
-        "--endpoint", f"ipc://{workdir}/tenantd.sock",
-        "--state-dir", str(workdir / "state"),
-    ]  # fmt: skip
-    if threads is not None:
-        policy = workdir / "policy.toml"
-        policy.write_text(f"threads_per_model = {threads}\n")
-        command += ["--policy", str(policy)]
-    log_path = workdir / "tenantd.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
-    try:
-        try:
-            endpoint = _wait_ready(proc)
-        except BenchmarkError as exc:
-            log_tail = _tail(log_path)
-            raise BenchmarkError(f"{exc}\n--- tenantd log (last lines) ---\n{log_tail}") from None
+    """``tenantd serve`` on an ipc socket under ``workdir`` (see :func:`experiments.harness.daemon_process`),
+    with ``threads_per_model`` set when ``threads`` is given."""
+    policy = None if threads is None else f"threads_per_model = {threads}\n"
+    with harness.daemon_process(workdir, policy) as endpoint:
         yield endpoint
-    finally:
-        _stop(proc)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes]) -> str:
-    """Read the daemon's stdout until its ready line; return the endpoint it names."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    buffer = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while b"\n" not in buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BenchmarkError(f"tenantd printed no ready line within {READY_TIMEOUT_S:g} s")
-            if not selector.select(remaining):
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                raise BenchmarkError(f"tenantd exited (status {proc.wait()}) before it was ready")
-            buffer += chunk
-    line = buffer.split(b"\n", 1)[0].decode(errors="replace").strip()
-    if not line.startswith(READY_PREFIX):
-        raise BenchmarkError(f"tenantd's first stdout line is not its ready line: {line!r}")
-    words = dict(part.split("=", 1) for part in line.split() if "=" in part)
-    return words["endpoint"]
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            print(f"warning: tenantd ignored SIGTERM for {STOP_TIMEOUT_S:g} s; killed", file=sys.stderr)
-    if proc.returncode not in (0, None):
-        print(f"warning: tenantd exited with status {proc.returncode}", file=sys.stderr)
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(cannot read: {exc})"
 
 
 # ---------------------------------------------------------------------------------------- context
@@ -805,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with daemon_process(workdir, settings.threads) as endpoint:
                     _progress(f"tenantd ready at {endpoint}")
                     text = run_benchmark(settings, endpoint, model_path, started_here=True)
-    except BenchmarkError as exc:
+    except harness.ExperimentError as exc:  # BenchmarkError, or the daemon would not start
         print(f"overhead: error: {exc}", file=sys.stderr)
         return 1
     print(text, end="")
