@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import zmq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tenantd.protocol import ErrorCode, TensorEncoding
+from tenantd.protocol import ErrorCode, ProtocolError, TensorEncoding
 
 Tensors = list[tuple[str | None, np.ndarray]]
 # Runs a local model: (model name, input tensors) -> (named outputs, the local infer's timings).
@@ -57,6 +58,13 @@ class Uplink(BaseModel):
 
     timeout_ms: Annotated[float, Field(gt=0)] = 5000.0
     """Longest wait for the other daemon's answer; a pipeline may ask for less."""
+
+    tenants: list[str] | None = None
+    """Tenants whose pipelines may use this uplink (default: every tenant). All of them act as
+    this daemon's one identity on the other daemon, and so share its models and quotas there."""
+
+    def allows(self, tenant: str) -> bool:
+        return self.tenants is None or tenant in self.tenants
 
     @model_validator(mode="after")
     def _identity(self) -> Uplink:
@@ -142,6 +150,8 @@ def top_confidence(scores: np.ndarray) -> tuple[float, list[int]]:
     """The lowest, over the batch, of each row's top class probability, and each row's top class.
     Scores that are not already probabilities (rows not summing to 1) go through a softmax first."""
     s = np.asarray(scores, dtype=np.float64).reshape(scores.shape[0] if scores.ndim > 1 else 1, -1)
+    if s.size == 0:
+        return 0.0, []  # nothing to be sure of: forward
     if not (np.all(s >= 0) and np.allclose(s.sum(axis=1), 1.0, atol=1e-3)):
         s = np.exp(s - s.max(axis=1, keepdims=True))
         s /= s.sum(axis=1, keepdims=True)
@@ -167,13 +177,25 @@ class Uplinks:
         if client is None:
             keys: dict[str, Any] = {}
             if uplink.key_file is not None:
-                server_key: str | Path = uplink.server_key or ""
-                if Path(server_key).exists():
-                    server_key = Path(server_key)
+                text = uplink.server_key or ""
+                # A file (keys/server.key there), or the key itself as z85 text.
+                server_key: bytes | Path = Path(text) if Path(text).exists() else text.encode()
                 keys = {"key_file": uplink.key_file, "server_key": server_key}
             client = AsyncTenantClient(uplink.endpoint, tenant=uplink.tenant, timeout=uplink.timeout_ms / 1e3, **keys)
             self._clients[uplink] = client
         return client
+
+    async def drop(self, uplink: Uplink) -> None:
+        """Forget ``uplink``'s client: a refused key is final for a client, and the next request
+        should try with a new one (the other daemon's operator may have registered the key since)."""
+        client = self._clients.pop(uplink, None)
+        if client is not None:
+            await client.close()
+
+    async def keep_only(self, uplinks: Iterable[Uplink]) -> None:
+        """Close the clients of uplinks no longer configured (after a policy reload)."""
+        for uplink in set(self._clients) - set(uplinks):
+            await self.drop(uplink)
 
     async def close(self) -> None:
         for client in self._clients.values():
@@ -192,7 +214,8 @@ async def run_pipeline(
 ) -> PipelineResult:
     """One request through ``spec``: the edge stage here, then (split always, cascade when unsure)
     the cloud stage through ``uplink``."""
-    from tenantclient.errors import TenantError
+    from tenantclient.errors import ClientClosed, KeyRefused, TenantError
+    from tenantd.auth import AuthConfigError  # a bad key file (imported here: auth imports config imports this)
 
     started = time.monotonic()
     edge_outputs, edge_timings = await run_local(spec.edge_model, inputs)
@@ -218,10 +241,10 @@ async def run_pipeline(
     else:
         up = edge_outputs  # the intermediate tensor goes to the tail
 
-    client = uplinks.client(uplink)
     timeout_ms = spec.timeout_ms or uplink.timeout_ms
     cloud_started = time.monotonic()
     try:
+        client = uplinks.client(uplink)
         reply = await client.call(
             "infer",
             {"model": spec.cloud_model},
@@ -229,7 +252,9 @@ async def run_pipeline(
             encoding=spec.tensor_encoding,
             timeout=timeout_ms / 1e3,
         )
-    except (TenantError, OSError) as exc:
+    except (TenantError, OSError, zmq.ZMQError, AuthConfigError, ProtocolError) as exc:
+        if isinstance(exc, KeyRefused | ClientClosed | AuthConfigError):
+            await uplinks.drop(uplink)
         cause = getattr(exc, "code", None) or type(exc).__name__
         message = f"the cloud stage of pipeline {name!r} via uplink {spec.uplink!r} failed: {exc}"
         if spec.kind == "cascade" and spec.on_cloud_failure == "edge":

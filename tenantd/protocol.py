@@ -29,6 +29,9 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_ID_LENGTH = 128
 MAX_TENSORS = 64
 MAX_RANK = 8
+# What packed tensors of one message may unpack to, in all (the daemon passes its own
+# max_message_bytes): compressed frames are small, what they declare is not.
+MAX_DECODED_BYTES = 256 * 1024 * 1024
 
 RequestId: TypeAlias = str | int
 BytesLike: TypeAlias = bytes | bytearray | memoryview | Any  # anything exposing the buffer protocol
@@ -310,9 +313,16 @@ def encode_tensors(
 
 
 def _decode_one(
-    view: memoryview, dtype: np.dtype[Any], shape: list[int], packed: Any, where: str, rid: RequestId | None
+    view: memoryview,
+    dtype: np.dtype[Any],
+    shape: list[int],
+    packed: Any,
+    where: str,
+    rid: RequestId | None,
+    budget: list[int],
 ) -> np.ndarray:
-    """Undo :func:`_encode_one`; never inflates past the size the declared tensor needs."""
+    """Undo :func:`_encode_one`; never inflates past the size the declared tensor needs, nor
+    past what is left of the message's ``budget`` (a one-element list, decremented)."""
     _expect(isinstance(packed, dict), f"{where}.encoding must be a map", rid)
     lossy, codec = packed.get("lossy"), packed.get("codec")
     _expect(lossy in (None, *LOSSY_ENCODINGS), f"{where}.encoding.lossy {lossy!r} is not known", rid)
@@ -320,6 +330,13 @@ def _decode_one(
     _expect(lossy is None or dtype.name in _FLOAT_DTYPES, f"{where}: a lossy encoding needs a float dtype", rid)
     stored_dtype = {None: dtype, "float16": np.dtype("<f2"), "int8": np.dtype(np.int8)}[lossy]
     expected = math.prod(shape) * stored_dtype.itemsize
+    decoded = math.prod(shape) * dtype.itemsize
+    _expect(
+        max(expected, decoded) <= budget[0],
+        f"{where} would unpack to {max(expected, decoded)} bytes; a message may unpack to at most {budget[0]} more",
+        rid,
+    )
+    budget[0] -= max(expected, decoded)
     data: bytes | memoryview = view
     if codec == "zlib":
         inflater = zlib.decompressobj()
@@ -362,12 +379,16 @@ def _expect(condition: bool, message: str, request_id: RequestId | None = None) 
 
 
 def decode_tensors(
-    metas: Any, frames: Sequence[BytesLike], request_id: RequestId | None = None
+    metas: Any,
+    frames: Sequence[BytesLike],
+    request_id: RequestId | None = None,
+    max_decoded_bytes: int = MAX_DECODED_BYTES,
 ) -> list[tuple[str | None, np.ndarray]]:
     """Turn header tensor descriptions plus frames into read-only numpy views (no copy)."""
     _expect(isinstance(metas, list), "'tensors' must be a list", request_id)
     _expect(len(metas) <= MAX_TENSORS, f"at most {MAX_TENSORS} tensors per message", request_id)
     used: set[int] = set()
+    budget = [max_decoded_bytes]
     out: list[tuple[str | None, np.ndarray]] = []
     for i, meta in enumerate(metas):
         where = f"tensors[{i}]"
@@ -399,7 +420,12 @@ def decode_tensors(
         np_dtype = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else np.dtype(dtype)
         view = memoryview(frames[frame]).cast("B")
         if "encoding" in meta:
-            decoded = _decode_one(view, np_dtype, shape, meta["encoding"], where, request_id)
+            try:
+                decoded = _decode_one(view, np_dtype, shape, meta["encoding"], where, request_id, budget)
+            except (OverflowError, ValueError, MemoryError) as exc:  # numpy or lz4 on absurd sizes
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, f"{where} cannot be unpacked: {exc}", request_id=request_id
+                ) from None
             decoded.flags.writeable = False
             out.append((name, decoded))
             continue
@@ -479,7 +505,7 @@ def _valid_id(rid: Any) -> bool:
     return isinstance(rid, str) and 0 < len(rid) <= MAX_ID_LENGTH
 
 
-def decode_request(frames: Sequence[BytesLike]) -> Request:
+def decode_request(frames: Sequence[BytesLike], max_decoded_bytes: int = MAX_DECODED_BYTES) -> Request:
     """Validate and decode a request (header frame first). Raises :class:`ProtocolError`."""
     if not frames:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message: a header frame is required")
@@ -514,7 +540,7 @@ def decode_request(frames: Sequence[BytesLike]) -> Request:
         rid,
     )
     buffers = list(frames[1:])
-    tensors = decode_tensors(header.get("tensors", []), buffers, rid)
+    tensors = decode_tensors(header.get("tensors", []), buffers, rid, max_decoded_bytes)
     return Request(
         id=cast(RequestId, rid),
         op=cast(str, op),

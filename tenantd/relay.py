@@ -90,13 +90,16 @@ class _Shaper:
         self.room = asyncio.Event()
         self.room.set()
         self.eof = False
+        self.broken = False  # the receiving side went away: drop what comes, stop waiting for room
 
     async def put(self, data: bytes) -> None:
         """Schedule ``data``; waits while the link's buffer is full."""
         link = self._link()
-        while self.queued_bytes >= link.buffer_bytes:
+        while self.queued_bytes >= link.buffer_bytes and not self.broken:
             self.room.clear()
             await self.room.wait()
+        if self.broken:
+            return
         now = self.loop.time()
         latency = link.latency_ms / 1e3
         for start in range(0, len(data), link.mtu):
@@ -140,7 +143,12 @@ class _Shaper:
             if self.writer.can_write_eof():
                 self.writer.write_eof()
         except (ConnectionError, OSError):
-            pass  # the far side went away; the pump notices on its read
+            # The receiver went away: drop what is queued and wake a pump waiting for room, so it
+            # reads on to its own EOF and the connection ends.
+            self.broken = True
+            self.queue.clear()
+            self.queued_bytes = 0
+            self.room.set()
 
 
 class ShapingRelay:
@@ -188,12 +196,14 @@ class ShapingRelay:
         )
 
     async def close(self) -> None:
+        # Connections first: from Python 3.12.1 wait_closed() waits for them to end.
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

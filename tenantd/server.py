@@ -535,7 +535,7 @@ class Daemon:
             )
             return
         try:
-            request = protocol.decode_request(body)
+            request = protocol.decode_request(body, self.policy.max_message_bytes)
         except ProtocolError as exc:
             self._reply_error(envelope, exc.request_id, exc.code, exc.message, exc.details)
             return
@@ -544,7 +544,8 @@ class Daemon:
         except ClientError as exc:
             self._reply_error(envelope, request.id, exc.code, exc.message, exc.details, request)
             return
-        if request.op == Op.INFER.value and request.args.get("model") in self.pipelines:
+        model = request.args.get("model")
+        if request.op == Op.INFER.value and isinstance(model, str) and model in self.pipelines:
             self.requests["pipeline_infer"] += 1
             task = asyncio.create_task(self._run_pipeline(request, envelope))
             self._control_tasks.add(task)  # the drain waits for it like any control operation
@@ -992,6 +993,7 @@ class Daemon:
         )
         self.admission.reconfigure(capacity_bytes=new.capacity_bytes, reserve_bytes=new.reserve_bytes)
         self.events.max_bytes = new.event_log_max_bytes
+        await self.uplinks.keep_only(new.uplinks.values())  # a withdrawn uplink's connection goes
         self.events.emit("policy.changed", changed=changed)
         return {"changed": changed, "consequences": self._policy_consequences()}
 
@@ -1100,6 +1102,10 @@ class Daemon:
             spec = pl.parse_spec(spec_args)
         except ValueError as exc:
             raise ClientError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        if spec.uplink in self.policy.uplinks and not self.policy.uplinks[spec.uplink].allows(tenant):
+            raise ClientError(
+                ErrorCode.FORBIDDEN, f"the operator has not given tenant {tenant!r} uplink {spec.uplink!r}"
+            )
         if spec.uplink not in self.policy.uplinks:
             raise ClientError(
                 ErrorCode.BAD_REQUEST,
@@ -1170,8 +1176,8 @@ class Daemon:
             if owner != tenant:
                 raise ClientError(ErrorCode.FORBIDDEN, f"pipeline {name!r} belongs to another tenant")
             uplink = self.policy.uplinks.get(spec.uplink)
-            if uplink is None:  # the operator withdrew it by a policy reload
-                raise ClientError(ErrorCode.UPSTREAM_ERROR, f"uplink {spec.uplink!r} is no longer configured")
+            if uplink is None or not uplink.allows(tenant):  # the operator withdrew it by a policy reload
+                raise ClientError(ErrorCode.UPSTREAM_ERROR, f"uplink {spec.uplink!r} is no longer configured for you")
             edge = self.models.get(spec.edge_model)
             if edge is None or edge.owner != tenant:
                 raise ClientError(ErrorCode.UNKNOWN_MODEL, f"the edge model {spec.edge_model!r} is gone")
@@ -1189,6 +1195,23 @@ class Daemon:
         except pl.PipelineError as exc:
             self.events.emit("pipeline.failed", pipeline=request.args.get("model"), code=exc.code.value, **exc.details)
             self._reply_error(envelope, request.id, exc.code, exc.message, exc.details, request)
+            return
+        except asyncio.CancelledError:
+            # The drain ran out while this waited for the cloud: say so, as for a dropped request.
+            self._reply_error(
+                envelope,
+                request.id,
+                ErrorCode.UNAVAILABLE,
+                "the daemon shut down while this pipeline ran",
+                None,
+                request,
+            )
+            raise
+        except Exception as exc:
+            log.exception("pipeline request failed")
+            self._reply_error(
+                envelope, request.id, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", None, request
+            )
             return
         if result.timings.get("cloud_failed"):
             self.events.emit(

@@ -221,3 +221,54 @@ def test_tenantctl_sets_lists_and_removes_pipelines(tiers: Tiers, capsys: pytest
     assert tiers.edge.infer_detailed("c", x).timings["pipeline"] == "c"
     assert main([*ep, "pipeline", "remove", "c", "--tenant", "app"]) == 0
     assert tiers.edge.list_pipelines() == []
+
+
+def test_a_key_registered_late_works_without_restarting_the_edge(tmp_path: Path) -> None:
+    """A refused key is final for a client: the edge daemon drops it and tries a new one next time.
+    The uplink gives the server key as z85 text, the other form the policy accepts."""
+    cloud_state = tmp_path / "cloud"
+    issued = auth.add_tenant(tmp_path / "elsewhere", "edge-box")  # not (yet) known to the cloud
+    with daemon_in_thread(cloud_state, "tcp://127.0.0.1:*", auth="keys") as cloud:
+        server_key = auth.load_public_key(cloud_state / "keys" / "server.key").decode()
+        uplinks = {
+            "cloud": Uplink(endpoint=cloud.endpoint, key_file=str(issued), server_key=server_key, timeout_ms=2000)
+        }
+        edge_endpoint = f"ipc://{tmp_path}/edge.sock"
+        with (
+            daemon_in_thread(tmp_path / "edge", edge_endpoint, Policy(uplinks=uplinks)),
+            TenantClient(edge_endpoint, tenant="app") as edge,
+        ):
+            edge.submit_model(HEAD, "head")
+            edge.set_pipeline("p", {"kind": "split", "edge_model": "head", "uplink": "cloud", "cloud_model": "tail"})
+            x = np.zeros((1, 16), np.float32)
+            with pytest.raises(E.UpstreamError, match="refused"):
+                edge.infer("p", x)
+            # The cloud's operator registers the edge's public key and reloads.
+            keys = cloud_state / "keys" / "tenants"
+            keys.mkdir(parents=True, exist_ok=True)
+            (keys / "edge-box.key").write_bytes(
+                (tmp_path / "elsewhere" / "keys" / "tenants" / "edge-box.key").read_bytes()
+            )
+            cloud.authenticator.reload()
+            with TenantClient(cloud.endpoint, key_file=issued, server_key=server_key.encode()) as as_edge:
+                as_edge.submit_model(TAIL, "tail")
+            np.testing.assert_array_equal(edge.infer("p", x)["probs"], direct(TAIL, direct(HEAD, x)))
+
+
+def test_uplinks_can_be_limited_to_some_tenants(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/edge.sock"
+    policy = Policy(uplinks={"cloud": Uplink(endpoint="tcp://127.0.0.1:9", tenant="x", tenants=["app"])})
+    spec = {"kind": "split", "edge_model": "m", "uplink": "cloud", "cloud_model": "t"}
+    with daemon_in_thread(tmp_path / "edge", endpoint, policy):
+        with TenantClient(endpoint, tenant="other") as other:
+            other.submit_model(HEAD, "m")
+            with pytest.raises(E.Forbidden, match="has not given tenant 'other' uplink 'cloud'"):
+                other.set_pipeline("p", spec)
+        with TenantClient(endpoint, tenant="app") as app:
+            app.submit_model(HEAD, "m2")
+            app.set_pipeline("p2", {**spec, "edge_model": "m2"})
+
+
+def test_a_malformed_model_name_still_gets_an_answer(tiers: Tiers) -> None:
+    with pytest.raises(E.BadRequest, match=r"args\.model"):  # not a hang: the pipeline lookup took a list
+        tiers.edge.call("infer", {"model": ["not", "a", "name"]}, tensors=[(None, np.zeros((1, 16), np.float32))])

@@ -88,3 +88,39 @@ def test_the_link_can_change_under_an_open_connection(tmp_path: Path) -> None:
             slow_ms = (time.perf_counter() - start) * 1e3
             assert relay.relay.stats.connections == 1  # the same connection throughout
     assert slow_ms >= 60.0 > fast_ms
+
+
+def test_a_target_that_dies_mid_upload_ends_the_connection() -> None:
+    import socket
+    import threading
+
+    # A target that takes the connection, reads a little, then resets it.
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def target() -> None:
+        conn, _ = listener.accept()
+        conn.recv(1024)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()  # RST
+
+    threading.Thread(target=target, daemon=True).start()
+    link = Link(bandwidth_bps=8e6, buffer_bytes=64 * 1024)  # the upload outruns the link: the pump waits for room
+    with RelayThread(listener.getsockname()[:2], link) as relay:
+        host, port = relay.relay.address
+        with socket.create_connection((host, port), timeout=10) as client:
+            try:
+                client.sendall(b"\0" * (2 * 1024 * 1024))
+            except OSError:
+                pass  # the relay may close on us first
+            client.settimeout(10)
+            try:
+                while client.recv(65536):
+                    pass
+            except OSError:
+                pass
+        for _ in range(100):
+            if not relay.relay._tasks:
+                break
+            time.sleep(0.05)  # ok: polling for the relay to end the connection
+        assert not relay.relay._tasks  # the connection's task ended; nothing left waiting for room
+    listener.close()

@@ -120,3 +120,26 @@ def test_unknown_encodings_do_not_parse() -> None:
         TensorEncoding.parse("gzip")
     with pytest.raises(ValueError, match="cannot read encoding"):
         TensorEncoding.parse("zlib+lz4")
+
+
+@pytest.mark.parametrize("codec", ["zlib", "lz4"])
+def test_a_small_frame_cannot_declare_a_huge_tensor(codec: str) -> None:
+    import msgpack
+
+    frames = encode_request("infer", 9, tensors=[("x", np.zeros((4,), np.uint8))], encoding=TensorEncoding(codec=codec))
+    header = msgpack.unpackb(frames[0])
+    header["tensors"][0]["shape"] = [512 * 1024 * 1024]  # 512 MiB declared behind a few bytes
+    with pytest.raises(ProtocolError, match="would unpack to 536870912 bytes") as info:
+        decode_request([msgpack.packb(header), frames[1]], max_decoded_bytes=64 * 1024 * 1024)
+    assert info.value.code is ErrorCode.BAD_REQUEST and info.value.request_id == 9
+    header["tensors"][0]["shape"] = [2**62, 4]  # would overflow numpy: still a typed refusal
+    with pytest.raises(ProtocolError, match="unpack"):
+        decode_request([msgpack.packb(header), frames[1]])
+
+
+def test_the_budget_is_for_the_whole_message() -> None:
+    x = np.zeros((1024,), np.float32)  # 4 KiB each once unpacked
+    frames = encode_request("infer", 1, tensors=[("a", x), ("b", x)], encoding=TensorEncoding(codec="zlib"))
+    decode_request(frames, max_decoded_bytes=8192)
+    with pytest.raises(ProtocolError, match="at most 4095 more"):
+        decode_request(frames, max_decoded_bytes=8191)
