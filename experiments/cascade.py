@@ -48,7 +48,7 @@ from experiments.harness import (
     versions,
     write_json,
 )
-from experiments.tiers import Tiers, two_tiers
+from experiments.tiers import Tiers, link_label, parse_links, two_tiers
 from tenantd.relay import Link
 
 DEFAULT_LINKS = ((40.0, 2.0), (20.0, 10.0), (5.0, 100.0))
@@ -107,10 +107,6 @@ class Outcomes:
         wire = 8 * (self.bytes_up + self.bytes_down) / (rate_mbps * 1e6) * 1e3
         cloud = self.cloud_leg_ms + 2 * latency_ms + wire
         return float(self.edge_ms + self.forwarded(threshold).mean() * cloud)
-
-
-def link_label(latency_ms: float, rate_mbps: float) -> str:
-    return f"{latency_ms:g}ms/{rate_mbps:g}Mbps"
 
 
 # -------------------------------------------------------------------------------- data and models
@@ -353,17 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    links = parse_links(args.links)
     try:
-        links = tuple(tuple(float(v) for v in item.split("/")) for item in args.links.split(",") if item)
         frequent = tuple(int(c) for c in args.frequent.split(",") if c)
     except ValueError:
-        raise ExperimentError("--links takes LATENCY_MS/RATE_MBPS pairs; --frequent digits, comma-separated") from None
-    if any(len(link) != 2 or link[1] <= 0 for link in links) or not frequent or not set(frequent) <= set(range(10)):
-        raise ExperimentError("--links takes LATENCY_MS/RATE_MBPS pairs; --frequent digits 0-9")
+        frequent = ()
+    if not frequent or not set(frequent) <= set(range(10)):
+        raise ExperimentError(f"--frequent {args.frequent!r}: digits 0-9, comma-separated")
     if not 0 < args.skew_share < 1:
         raise ExperimentError("--skew-share must be between 0 and 1")
     s = Settings(
-        links=links,  # type: ignore[arg-type]
+        links=links,
         frequent=frequent,
         skew_share=args.skew_share,
         live_inputs=args.live_inputs,

@@ -368,24 +368,6 @@ def daemon_process(workdir: Path, threads: int | None) -> Iterator[str]:
 # ---------------------------------------------------------------------------------------- context
 
 
-def machine_info() -> dict[str, Any]:
-    cpu_model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_model": cpu_model,
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "platform": platform.platform(),
-        "hostname": platform.node(),
-    }
-
-
 def versions() -> dict[str, str]:
     def dist(name: str) -> str:
         try:
@@ -680,7 +662,7 @@ def run_benchmark(settings: Settings, endpoint: str, model_path: Path, started_h
             "quick": settings.quick,
             "argv": settings.argv,
         },
-        "machine": machine_info(),
+        "machine": harness.machine_info(),
         "loadavg": {"before": list(load_before), "after": list(os.getloadavg())},
         "versions": versions(),
         "model": {

@@ -50,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments.overhead import daemon_process, machine_info
+from experiments.harness import machine_info
+from experiments.overhead import daemon_process
 from models import tiny
 from tenantclient import TenantClient
 from tenantd.runtimes import get_runtime_class

@@ -54,7 +54,7 @@ from experiments.harness import (
     versions,
     write_json,
 )
-from experiments.tiers import Tiers, two_tiers
+from experiments.tiers import Tiers, link_label, parse_links, two_tiers
 from tenantd.relay import Link
 
 DEFAULT_MODELS = ("mobilenet_v2", "ssd_mobilenet_v2")  # inception_v4 too with --models (slow: 171 MB per split)
@@ -104,10 +104,6 @@ class Placement:
             return self.edge_ms  # nothing crosses the link
         wire_ms = 8 * (self.bytes_up + self.bytes_down) / (rate_mbps * 1e6) * 1e3
         return self.edge_ms + self.cloud_ms / cloud_speedup + self.overhead_ms + 2 * latency_ms + wire_ms
-
-
-def link_label(latency_ms: float, rate_mbps: float) -> str:
-    return f"{latency_ms:g}ms/{rate_mbps:g}Mbps"
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -449,7 +445,7 @@ def report(
     lines = [
         "# Split processing across an edge and a cloud daemon",
         "",
-        f"Run {now_iso()} on {machine_info().get('cpu', 'this machine')}; format {settings.fmt}; "
+        f"Run {now_iso()} on {machine_info()['cpu_model']}; format {settings.fmt}; "
         f"encodings {', '.join(settings.encodings)}; links (one-way latency / rate): "
         f"{', '.join(link_label(*link) for link in settings.links)}.",
         "",
@@ -523,14 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    links = tuple(tuple(float(v) for v in item.split("/")) for item in args.links.split(",") if item)
-    if any(len(link) != 2 or link[1] <= 0 or link[0] < 0 for link in links):
-        raise ExperimentError(f"--links {args.links!r}: use LATENCY_MS/RATE_MBPS pairs, e.g. 20/10")
+    links = parse_links(args.links)
     s = Settings(
         models=tuple(m for m in args.models.split(",") if m),
         fmt=args.fmt,
         encodings=tuple(e for e in args.encodings.split(",") if e),
-        links=links,  # type: ignore[arg-type]
+        links=links,
         requests=args.requests,
         link_requests=args.link_requests,
         measure_cap_s=args.measure_cap_s,

@@ -28,6 +28,21 @@ EDGE_TENANT = "app"  # the tenant whose pipelines run on the edge daemon
 EDGE_IDENTITY = "edge"  # who the edge daemon is on the cloud daemon
 
 
+def link_label(latency_ms: float, rate_mbps: float) -> str:
+    return f"{latency_ms:g}ms/{rate_mbps:g}Mbps"
+
+
+def parse_links(text: str) -> tuple[tuple[float, float], ...]:
+    """``"40/2,20/10"`` -> ((40.0, 2.0), (20.0, 10.0)): one-way latency ms / rate Mbit/s pairs."""
+    try:
+        links = tuple(tuple(float(v) for v in item.split("/")) for item in text.split(",") if item)
+    except ValueError:
+        links = ()
+    if not links or any(len(link) != 2 or link[0] < 0 or link[1] <= 0 for link in links):
+        raise ExperimentError(f"--links {text!r}: use LATENCY_MS/RATE_MBPS pairs, e.g. 20/10,40/2")
+    return links  # type: ignore[return-value]
+
+
 @dataclass
 class Tiers:
     edge: TenantClient  # as the tenant, on the edge daemon
