@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
 	$(PY) -m ruff check tenantd clients models tests experiments
 	$(PY) -m ruff format --check tenantd clients models tests experiments
-	$(PY) -m mypy tenantd clients/tenantclient
+	$(PY) -m mypy tenantd clients/tenantwire clients/tenantclient
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -50,6 +50,7 @@ from experiments.harness import (
 )
 from experiments.tiers import Tiers, link_label, parse_links, two_tiers
 from tenantd.relay import Link
+from tenantwire.tensors import TensorEncoding
 
 DEFAULT_LINKS = ((40.0, 2.0), (20.0, 10.0), (5.0, 100.0))
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.linspace(0.0, 1.0, 21))
@@ -194,7 +195,6 @@ def _labels(logits: np.ndarray) -> tuple[float, int]:
 
 def outcomes(tiers: Tiers, config: Config, cloud_model: str, encoding: str) -> Outcomes:
     """Each input once through the compact model (edge daemon) and the full model (cloud daemon)."""
-    from tenantd.protocol import TensorEncoding
 
     enc = TensorEncoding.parse(encoding)
     confidence, edge_pred, cloud_pred, edge_ms, cloud_ms, up, down = [], [], [], [], [], [], []

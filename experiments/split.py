@@ -56,6 +56,7 @@ from experiments.harness import (
 )
 from experiments.tiers import Tiers, link_label, parse_links, two_tiers
 from tenantd.relay import Link
+from tenantwire.tensors import TensorEncoding
 
 DEFAULT_MODELS = ("mobilenet_v2", "ssd_mobilenet_v2")  # inception_v4 too with --models (slow: 171 MB per split)
 QUICK_MODELS = ("digits_full",)
@@ -183,7 +184,6 @@ def measure_direct(client: Any, model: str, x: np.ndarray, n: int) -> tuple[floa
 
 def measure_cloud_only(tiers: Tiers, model: str, x: np.ndarray, encoding: str, n: int) -> tuple[float, float, float]:
     """The input sent to the cloud daemon through the relay: (client total ms, bytes up, bytes down)."""
-    from tenantd.protocol import TensorEncoding
 
     enc = TensorEncoding.parse(encoding)
     tiers.cloud_relayed.call("infer", {"model": model}, tensors=[(None, x)], encoding=enc)
@@ -549,7 +549,6 @@ def run(settings: Settings) -> str:
     from tqdm import tqdm
 
     from models import zoo
-    from tenantd.protocol import TensorEncoding
 
     for encoding in settings.encodings:
         TensorEncoding.parse(encoding)

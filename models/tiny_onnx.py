@@ -163,8 +163,8 @@ def save_ir(onnx_model: bytes, xml_path: Path) -> Path:
 
 
 def ir_bundle(onnx_model: bytes) -> bytes:
-    """The ``.ovir`` bundle (see ``tenantd.runtimes.irbundle``) of an ONNX model converted to IR."""
-    from tenantd.runtimes import irbundle
+    """The ``.ovir`` bundle (see ``tenantwire.irbundle``) of an ONNX model converted to IR."""
+    from tenantwire import irbundle
 
     with tempfile.TemporaryDirectory(prefix="tenantd-ir-") as tmp:
         return irbundle.pack_files(save_ir(onnx_model, Path(tmp) / "model.xml"))

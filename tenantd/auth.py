@@ -20,9 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import stat
-import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,15 +33,21 @@ import zmq.auth
 from zmq.utils import z85
 
 from tenantd.config import ConfigError
+from tenantwire.curve import (
+    RAW_KEY_LENGTH,
+    SECRET_SUFFIX,
+    ZAP_DOMAIN,
+    KeyFileError,
+    read_certificate,
+    z85_key,
+)
+from tenantwire.protocol import NAME_RE
 
 log = logging.getLogger("tenantd.auth")
 
 Role = Literal["tenant", "operator"]
 ROLES: tuple[Role, ...] = ("tenant", "operator")
-# The same rule as tenant names in request headers (tenantd.server.NAME_RE); the file stem is the name.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
-ZAP_DOMAIN = "tenantd"
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27: one ZAP handler per context
 ZAP_VERSION = b"1.0"
 
@@ -53,15 +57,19 @@ ISSUED_DIR = "issued"
 SERVER_PUBLIC_FILE = "server.key"
 SERVER_SECRET_FILE = "server.key_secret"
 PUBLIC_SUFFIX = ".key"
-SECRET_SUFFIX = ".key_secret"
 
-_Z85_KEY_LENGTH = 40  # a 32-byte CURVE key, z85-encoded
-_RAW_KEY_LENGTH = 32
 _REFUSALS_REMEMBERED = 1024  # distinct refused keys logged at WARNING before the memory is reset
 
 
-class AuthConfigError(ConfigError):
+class AuthConfigError(ConfigError, KeyFileError):
     """The keys folder (or a key file handed to a client) is invalid; the message names the file."""
+
+
+def _read_certificate(path: Path) -> tuple[bytes, bytes | None]:
+    try:
+        return read_certificate(path)
+    except KeyFileError as exc:
+        raise AuthConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True, order=True)
@@ -117,46 +125,6 @@ def _check_role(role: str) -> Role:
 def _check_name(name: str, role: Role) -> None:
     if not NAME_RE.fullmatch(name):
         raise AuthConfigError(f"{role} name {name!r} is not valid (it must match {NAME_RE.pattern})")
-
-
-def _is_z85_key(key: bytes) -> bool:
-    if len(key) != _Z85_KEY_LENGTH:
-        return False
-    try:
-        return len(z85.decode(key)) == _RAW_KEY_LENGTH
-    except (KeyError, ValueError, struct.error):  # a character outside z85, or a chunk over 2**32
-        return False
-
-
-def _z85_key(key: bytes) -> bytes:
-    """A key as z85 bytes, from either its z85 text or its 32 raw bytes."""
-    if len(key) == _RAW_KEY_LENGTH:
-        return z85.encode(key)
-    return key
-
-
-def _read_certificate(path: Path) -> tuple[bytes, bytes | None]:
-    """(public, secret or None) from a ``zmq.auth`` certificate, both checked to be CURVE keys."""
-    try:
-        public, secret = zmq.auth.load_certificate(path)
-    except OSError as exc:
-        raise AuthConfigError(f"key file {path} cannot be read: {exc.strerror or exc}") from None
-    except ValueError:
-        raise AuthConfigError(
-            f"key file {path} is not a ZeroMQ certificate (no public-key line); write it with "
-            "`tenantctl keys` or zmq.auth.create_certificates"
-        ) from None
-    if not _is_z85_key(public):
-        raise AuthConfigError(f"key file {path}: the public-key is not a 40-character z85 CURVE key")
-    if secret is not None and not _is_z85_key(secret):
-        raise AuthConfigError(f"key file {path}: the secret-key is not a 40-character z85 CURVE key")
-    return public, secret
-
-
-def load_public_key(path: Path | str) -> bytes:
-    """The z85 public key in a certificate file (public or secret), e.g. the daemon's
-    ``keys/server.key`` that an operator hands to clients."""
-    return _read_certificate(Path(path))[0]
 
 
 def _write_certificate(path: Path, public: bytes, secret: bytes | None, *, replace: bool) -> None:
@@ -305,7 +273,7 @@ class KeyRing:
 
     def identity_for(self, public_key: bytes) -> Identity | None:
         """Who holds ``public_key`` (z85 text, or its 32 raw bytes as ZAP sends them), or None."""
-        return self._keys.get(_z85_key(bytes(public_key)))
+        return self._keys.get(z85_key(bytes(public_key)))
 
     def identities(self) -> list[Identity]:
         return sorted(self._keys.values())
@@ -465,7 +433,7 @@ class Authenticator:
         credentials = request[6:]
         if domain != self.domain:
             return self._refuse(request_id, b"unknown domain", None, address)
-        if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != _RAW_KEY_LENGTH:
+        if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != RAW_KEY_LENGTH:
             return self._refuse(request_id, b"CURVE keys required", None, address)
         key = z85.encode(credentials[0])
         identity = self.keyring.identity_for(key)
@@ -499,47 +467,6 @@ class Authenticator:
 
 
 # ---------------------------------------------------------------------------------- sockets
-
-
-def configure_server(socket: zmq.Socket[Any], keys: tuple[bytes, bytes]) -> None:
-    """Make ``socket`` a CURVE server with the daemon's ``(public, secret)`` keys, authenticated
-    in the ``tenantd`` ZAP domain. Call before ``bind``. With ZAP enforced, a context without a
-    running :class:`Authenticator` refuses every client instead of accepting any key."""
-    public, secret = keys
-    socket.setsockopt(zmq.CURVE_SERVER, 1)
-    socket.setsockopt(zmq.CURVE_PUBLICKEY, public)
-    socket.setsockopt(zmq.CURVE_SECRETKEY, secret)
-    socket.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
-    try:
-        # Without this, libzmq lets every CURVE client in when no ZAP handler is bound.
-        socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
-    except (zmq.ZMQError, AttributeError):
-        log.warning(
-            "this libzmq (%s) cannot enforce ZAP: start the Authenticator before binding, or any key will be accepted",
-            zmq.zmq_version(),
-        )
-
-
-def configure_client(socket: zmq.Socket[Any], client_cert_path: Path, server_public_key: bytes) -> None:
-    """Make ``socket`` a CURVE client holding the secret certificate ``client_cert_path`` (issued
-    by :func:`add_tenant`) and trusting the server key ``server_public_key`` (z85, e.g. from
-    :func:`load_public_key` on the daemon's ``keys/server.key``). Call before ``connect``.
-
-    A refused key is not an error on the client's side: the handshake fails and requests go
-    unanswered, and the socket does not recover: after the key is registered, connect a new one.
-    A socket monitor sees ``EVENT_HANDSHAKE_FAILED_AUTH`` (value 400)."""
-    path = Path(client_cert_path)
-    public, secret = _read_certificate(path)
-    if secret is None:
-        raise AuthConfigError(
-            f"key file {path} holds no secret key: a client needs its secret certificate (NAME{SECRET_SUFFIX})"
-        )
-    server_key = _z85_key(bytes(server_public_key))
-    if not _is_z85_key(server_key):
-        raise AuthConfigError("the server's public key is not a z85 CURVE key (40 characters)")
-    socket.setsockopt(zmq.CURVE_PUBLICKEY, public)
-    socket.setsockopt(zmq.CURVE_SECRETKEY, secret)
-    socket.setsockopt(zmq.CURVE_SERVERKEY, server_key)
 
 
 def identity_of(frame: zmq.Frame) -> Identity | None:

@@ -32,7 +32,8 @@ import numpy as np
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tenantd.protocol import ErrorCode, ProtocolError, TensorEncoding
+from tenantwire.errors import ErrorCode, ProtocolError
+from tenantwire.tensors import TensorEncoding
 
 Tensors = list[tuple[str | None, np.ndarray]]
 # Runs a local model: (model name, input tensors) -> (named outputs, the local infer's timings).

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenantd.protocol import ErrorCode
+from tenantwire.errors import ErrorCode
 
 log = logging.getLogger(__name__)
 

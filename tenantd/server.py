@@ -29,7 +29,7 @@ from typing import Any, TextIO, cast
 import numpy as np
 import zmq
 
-from tenantd import __version__, auth, metrics, protocol
+from tenantd import __version__, auth, metrics
 from tenantd import pipelines as pl
 from tenantd.admission import Admission, rss_bytes
 from tenantd.config import RESTART_ONLY, ConfigError, Policy, parse_policy, usable_cores
@@ -38,12 +38,10 @@ from tenantd.devices.detect import DeviceNameError, check_attached, check_device
 from tenantd.events import EventLog
 from tenantd.executor import Executor, Resident, RunResult, Swapping
 from tenantd.probe import ProbeResult, probe_model
-from tenantd.protocol import ErrorCode, Op, ProtocolError, Request
 from tenantd.runtimes import (
     DeviceLost,
     RuntimeFailure,
     RuntimeNotAvailable,
-    TensorSpec,
     available_runtimes,
     check_device,
     get_runtime_class,
@@ -51,6 +49,10 @@ from tenantd.runtimes import (
 )
 from tenantd.scheduler import Job, QueueFull, Scheduler
 from tenantd.store import ModelRecord, Store
+from tenantwire import curve, protocol
+from tenantwire.errors import ErrorCode, ProtocolError, RequestId
+from tenantwire.protocol import Op, Request
+from tenantwire.tensors import TensorSpec
 
 log = logging.getLogger("tenantd")
 
@@ -115,7 +117,7 @@ class ClientError(Exception):
 
 @dataclass
 class InferPayload:
-    request_id: protocol.RequestId
+    request_id: RequestId
     envelope: Envelope
     inputs: list[np.ndarray]
     record: ModelRecord  # the model the owner and inputs were checked against
@@ -359,7 +361,7 @@ class Daemon:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         if self.keyring is not None:
-            auth.configure_server(sock, self.keyring.server_keys())
+            curve.configure_server(sock, self.keyring.server_keys())
         # Replies to a peer that has gone (or stopped reading) raise instead of vanishing silently.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # The policy cap is checked per message, after receipt, so that the sender gets TOO_LARGE.
@@ -602,7 +604,7 @@ class Daemon:
     def _reply_error(
         self,
         envelope: Envelope,
-        request_id: protocol.RequestId | None,
+        request_id: RequestId | None,
         code: ErrorCode,
         message: str,
         details: dict[str, Any] | None = None,

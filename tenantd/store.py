@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tenantd.runtimes.base import TensorSpec
+from tenantwire.tensors import TensorSpec
 
 SCHEMA_VERSION = 1
 

@@ -26,10 +26,10 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message, recv_monitor_message
 
 from tenantclient.errors import ClientClosed, KeyRefused, RequestTimeout, error_for
-from tenantd import auth, protocol
-from tenantd.protocol import Op, ProtocolError, Reply
-from tenantd.runtimes import irbundle
-from tenantd.runtimes.base import TensorSpec
+from tenantwire import curve, irbundle, protocol
+from tenantwire.errors import ProtocolError, RequestId
+from tenantwire.protocol import Op, Reply
+from tenantwire.tensors import TensorEncoding, TensorSpec
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
 DEFAULT_TIMEOUT_S = 30.0
@@ -131,7 +131,7 @@ def _curve_settings(
         raise ValueError("a CurveZMQ connection needs both key_file and server_key")
     if isinstance(server_key, bytes):
         return Path(key_file), server_key
-    return Path(key_file), auth.load_public_key(Path(server_key))
+    return Path(key_file), curve.load_public_key(Path(server_key))
 
 
 def _key_refused(endpoint: str) -> KeyRefused:
@@ -157,7 +157,7 @@ class _Requests:
         tensors: list[tuple[str | None, np.ndarray]] | None,
         blobs: list[Any] | None,
         deadline_ms: float | None,
-        encoding: protocol.TensorEncoding | None = None,
+        encoding: TensorEncoding | None = None,
     ) -> tuple[str, list[Any]]:
         request_id = f"{self._prefix}-{next(self._ids)}"
         frames = protocol.encode_request(
@@ -203,7 +203,7 @@ class AsyncTenantClient:
         self._context = context or zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = None
         self._receiver: asyncio.Task[None] | None = None
-        self._pending: dict[protocol.RequestId, asyncio.Future[Reply]] = {}
+        self._pending: dict[RequestId, asyncio.Future[Reply]] = {}
         self._requests = _Requests(tenant)
         self._watcher: asyncio.Task[None] | None = None
         self._refused = False
@@ -221,7 +221,7 @@ class AsyncTenantClient:
             sock.setsockopt(zmq.LINGER, 0)
             loop = asyncio.get_running_loop()
             if self._curve is not None:
-                auth.configure_client(sock, *self._curve)
+                curve.configure_client(sock, *self._curve)
                 # A refused key is otherwise just silence: watch the handshake.
                 monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
                 self._watcher = loop.create_task(self._watch_handshake(monitor))
@@ -280,7 +280,7 @@ class AsyncTenantClient:
         blobs: list[Any] | None = None,
         deadline_ms: float | None = None,
         timeout: float | None = None,
-        encoding: protocol.TensorEncoding | None = None,
+        encoding: TensorEncoding | None = None,
     ) -> Reply:
         """Send one request and wait for its reply; raise the typed error if it failed.
         ``encoding`` packs the tensors for a slow link (docs/protocol.md, tensor encodings)."""
@@ -423,14 +423,14 @@ class TenantClient:
         self.tenant = tenant
         self.timeout = timeout
         self._requests = _Requests(tenant)
-        curve = _curve_settings(key_file, server_key)
+        settings = _curve_settings(key_file, server_key)
         self._socket: zmq.Socket[bytes] | None = zmq.Context.instance().socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         # With keys, watch the handshake: a refused key is otherwise just silence.
         self._monitor: zmq.Socket[bytes] | None = None
         self._refused = False
-        if curve is not None:
-            auth.configure_client(self._socket, *curve)
+        if settings is not None:
+            curve.configure_client(self._socket, *settings)
             self._monitor = self._socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         self._socket.connect(endpoint)
 
@@ -467,7 +467,7 @@ class TenantClient:
         blobs: list[Any] | None = None,
         deadline_ms: float | None = None,
         timeout: float | None = None,
-        encoding: protocol.TensorEncoding | None = None,
+        encoding: TensorEncoding | None = None,
     ) -> Reply:
         """Send one request and wait for its reply; raise the typed error if it failed."""
         sock = self._socket

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tenantd.protocol import ErrorCode, RequestId
+from tenantwire.errors import ErrorCode, RequestId
 
 
 class TenantError(Exception):

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, TensorSpec, device_kind
+from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, device_kind
 
 __all__ = [
     "DeviceLost",
@@ -28,7 +28,6 @@ __all__ = [
     "Runtime",
     "RuntimeFailure",
     "RuntimeNotAvailable",
-    "TensorSpec",
     "available_runtimes",
     "device_kind",
     "get_runtime_class",

@@ -10,50 +10,12 @@ breaks import of the daemon.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output. ``shape`` uses -1 for a dimension the model lets vary."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    # Affine quantisation (scale, zero point) where the tensor is quantised, else None.
-    quantization: tuple[float, int] | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "dtype": self.dtype,
-            "shape": list(self.shape),
-            "quantization": list(self.quantization) if self.quantization else None,
-        }
-
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> TensorSpec:
-        q = data.get("quantization")
-        return cls(
-            name=str(data["name"]),
-            dtype=str(data["dtype"]),
-            shape=tuple(int(d) for d in data["shape"]),
-            quantization=(float(q[0]), int(q[1])) if q else None,
-        )
-
-    def accepts(self, array: np.ndarray) -> str | None:
-        """None if ``array`` fits this input, else a sentence saying why not."""
-        if array.dtype.name != self.dtype:
-            return f"input {self.name!r} needs dtype {self.dtype}, got {array.dtype.name}"
-        if len(array.shape) != len(self.shape) or any(
-            want not in (-1, got) for want, got in zip(self.shape, array.shape, strict=True)
-        ):
-            return f"input {self.name!r} needs shape {list(self.shape)}, got {list(array.shape)}"
-        return None
+from tenantwire.tensors import TensorSpec
 
 
 def device_kind(device: str) -> str:

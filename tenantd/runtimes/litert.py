@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from tenantd.runtimes.base import LoadedModel, Runtime, RuntimeFailure, TensorSpec
+from tenantd.runtimes.base import LoadedModel, Runtime, RuntimeFailure
+from tenantwire.tensors import TensorSpec
 
 try:
     from ai_edge_litert.interpreter import Interpreter

@@ -3,7 +3,7 @@
 Devices: ``cpu`` (OpenVINO's ``CPU`` plugin), ``ncs2:N`` (the ``MYRIAD`` plugin, which exists only
 in OpenVINO 2022.3 LTS and older; the Nth stick found), ``npu`` and ``gpu[:N]`` where present. A
 model is read from the store's blob, whose format is told by its first bytes (the blob has no file
-suffix): a ZIP is an IR bundle (:mod:`tenantd.runtimes.irbundle`), ``TFL3`` a TFLite flatbuffer,
+suffix): a ZIP is an IR bundle (:mod:`tenantwire.irbundle`), ``TFL3`` a TFLite flatbuffer,
 anything else goes to OpenVINO's ONNX and other front ends. A compiled model serves requests
 through a pool of OpenVINO's asynchronous infer requests, one per concurrent caller, so one
 compiled model may run on several slots at once; on the CPU it is compiled with as many streams as
@@ -21,13 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from tenantwire.tensors import TensorSpec
+
 try:
     from openvino import Core, Tensor
 except ImportError:  # pragma: no cover - OpenVINO 2022.3 LTS (the last with MYRIAD) has them only here
     from openvino.runtime import Core, Tensor
 
-from tenantd.runtimes import irbundle
-from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, TensorSpec, device_kind
+from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, device_kind
+from tenantwire import irbundle
 
 # Phrases with which OpenVINO's plugins report that the device itself went away (MYRIAD's XLink
 # transport when a stick is pulled; the NPU/GPU plugins' lost-device errors), as opposed to a

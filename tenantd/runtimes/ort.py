@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, TensorSpec, device_kind
+from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, device_kind
+from tenantwire.tensors import TensorSpec
 
 # ONNX tensor type strings as ONNX Runtime reports them -> numpy dtype names.
 _DTYPES = {

@@ -30,7 +30,8 @@ import numpy as np
 import pycuda.driver as cuda
 import tensorrt as trt
 
-from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, TensorSpec, device_kind
+from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, device_kind
+from tenantwire.tensors import TensorSpec
 
 # Per-process CUDA + cuDNN + TensorRT cost in a Jetson's shared DRAM (DESIGN.md's anchors).
 JETSON_PROCESS_OVERHEAD_BYTES = 800 * 2**20

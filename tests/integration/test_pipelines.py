@@ -25,6 +25,7 @@ from tenantd.config import Policy
 from tenantd.pipelines import Uplink
 from tenantd.relay import Link, RelayThread, endpoint_address
 from tenantd.runtimes.litert import LiteRTRuntime
+from tenantwire import curve
 from tests.support.daemon import daemon_in_thread
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
@@ -229,7 +230,7 @@ def test_a_key_registered_late_works_without_restarting_the_edge(tmp_path: Path)
     cloud_state = tmp_path / "cloud"
     issued = auth.add_tenant(tmp_path / "elsewhere", "edge-box")  # not (yet) known to the cloud
     with daemon_in_thread(cloud_state, "tcp://127.0.0.1:*", auth="keys") as cloud:
-        server_key = auth.load_public_key(cloud_state / "keys" / "server.key").decode()
+        server_key = curve.load_public_key(cloud_state / "keys" / "server.key").decode()
         uplinks = {
             "cloud": Uplink(endpoint=cloud.endpoint, key_file=str(issued), server_key=server_key, timeout_ms=2000)
         }

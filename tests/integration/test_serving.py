@@ -13,8 +13,8 @@ import zmq
 
 from tenantclient import AsyncTenantClient, TenantClient
 from tenantclient import errors as E
-from tenantd import protocol
 from tenantd.server import Daemon
+from tenantwire import protocol
 from tests.conftest import ModelFiles, direct_litert
 
 RNG = np.random.default_rng(1234)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, TensorSpec
+from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure
+from tenantwire.tensors import TensorSpec
 
 MAGIC = b"FAULTY"
 

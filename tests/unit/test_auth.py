@@ -21,18 +21,15 @@ import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from tenantd.auth import (
-    ZAP_DOMAIN,
     AuthConfigError,
     Authenticator,
     Identity,
     KeyRing,
     add_tenant,
-    configure_client,
-    configure_server,
     identity_of,
-    load_public_key,
     remove,
 )
+from tenantwire.curve import ZAP_DOMAIN, KeyFileError, configure_client, configure_server, load_public_key
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq was built without CURVE support")
 
@@ -440,11 +437,11 @@ def test_configure_client_needs_a_secret_certificate_and_a_server_key(state_dir:
     sock = context.socket(zmq.DEALER)
     try:
         server_key = KeyRing.load(state_dir).server_keys()[0]
-        with pytest.raises(AuthConfigError, match=r"tenants/alice\.key holds no secret key"):
+        with pytest.raises(KeyFileError, match=r"tenants/alice\.key holds no secret key"):
             configure_client(sock, state_dir / "keys/tenants/alice.key", server_key)
-        with pytest.raises(AuthConfigError, match="server's public key"):
+        with pytest.raises(KeyFileError, match="server's public key"):
             configure_client(sock, state_dir / "keys/issued/tenants/alice.key_secret", b"short")
-        with pytest.raises(AuthConfigError, match="cannot be read"):
+        with pytest.raises(KeyFileError, match="cannot be read"):
             configure_client(sock, state_dir / "missing.key_secret", server_key)
         configure_client(sock, state_dir / "keys/issued/tenants/alice.key_secret", server_key)  # accepted
     finally:

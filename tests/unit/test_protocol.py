@@ -9,17 +9,13 @@ import msgpack
 import numpy as np
 import pytest
 
-from tenantd import protocol
-from tenantd.protocol import (
-    ERROR_TABLE,
+from tenantwire import protocol
+from tenantwire.errors import ERROR_TABLE, ErrorCode, ProtocolError
+from tenantwire.protocol import (
     MAX_HEADER_BYTES,
     MAX_ID_LENGTH,
-    MAX_RANK,
-    MAX_TENSORS,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
-    ErrorCode,
-    ProtocolError,
     decode_reply,
     decode_request,
     encode_error,
@@ -27,6 +23,7 @@ from tenantd.protocol import (
     encode_request,
     peek_request_id,
 )
+from tenantwire.tensors import MAX_RANK, MAX_TENSORS
 
 DOCS_PROTOCOL = Path(__file__).parents[2] / "docs" / "protocol.md"
 

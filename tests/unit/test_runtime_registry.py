@@ -13,7 +13,8 @@ import pytest
 
 from models import tiny
 from tenantd import runtimes
-from tenantd.runtimes import DeviceLost, RuntimeFailure, RuntimeNotAvailable, irbundle, runtime_for_file
+from tenantd.runtimes import DeviceLost, RuntimeFailure, RuntimeNotAvailable, runtime_for_file
+from tenantwire import irbundle
 
 
 @pytest.fixture

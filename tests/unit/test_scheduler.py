@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tenantd.protocol import ErrorCode
 from tenantd.scheduler import Job, QueueFull, Scheduler
+from tenantwire.errors import ErrorCode
 
 GUARD_S = 5.0  # upper bound on any single wait; generous, only hit if the scheduler hangs
 

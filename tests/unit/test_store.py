@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tenantd.runtimes.base import TensorSpec
 from tenantd.store import SCHEMA_VERSION, ModelRecord, Store
+from tenantwire.tensors import TensorSpec
 
 REPO_ROOT = Path(__file__).parents[2]
 
@@ -282,8 +282,9 @@ CHILD = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from tenantd.runtimes.base import TensorSpec
+
     from tenantd.store import ModelRecord, Store
+    from tenantwire.tensors import TensorSpec
 
     store = Store(Path(sys.argv[1]))
     sha, _ = store.put_blob(b"committed by a child that dies")

@@ -8,13 +8,9 @@ import zlib
 import numpy as np
 import pytest
 
-from tenantd.protocol import (
-    ErrorCode,
-    ProtocolError,
-    TensorEncoding,
-    decode_request,
-    encode_request,
-)
+from tenantwire.errors import ErrorCode, ProtocolError
+from tenantwire.protocol import decode_request, encode_request
+from tenantwire.tensors import TensorEncoding
 
 
 def roundtrip(tensors: list[tuple[str | None, np.ndarray]], encoding: TensorEncoding | None) -> tuple[list, int]:
