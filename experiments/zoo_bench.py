@@ -9,7 +9,7 @@ for IR), in a fresh subprocess per cell so that one cell's allocations do not co
 * **load ms**: the runtime's load and compile of the file (``Interpreter`` + ``allocate_tensors``,
   ``InferenceSession``, ``compile_model``), the runtime library already imported;
 * **RSS MB**: the process's resident memory after the load and one inference (psutil, through
-  ``tenantd.admission.rss_bytes``), and **+load MB**, its growth over the same process with the
+  ``tenantd.memory.rss_bytes``), and **+load MB**, its growth over the same process with the
   runtime imported but nothing loaded: what one more model costs a process that already hosts
   the runtime;
 * **p50 / p99 ms**: single-stream latency of ``run`` (batch 1, a closed loop, after a warm-up),
@@ -90,7 +90,7 @@ def measure_cell(
     name: str, fmt: str, runtime: str, threads: int, warmup_s: float, duration_s: float, min_runs: int
 ) -> dict[str, Any]:
     """One cell, in this process (meant to be a fresh one: see :func:`main`)."""
-    from tenantd.admission import rss_bytes
+    from tenantd.memory import rss_bytes
 
     _import_runtime(runtime)
     rss_before = rss_bytes()

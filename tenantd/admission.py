@@ -18,27 +18,26 @@ two submissions in flight can never both take the last free bytes.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import psutil
-
+from tenantd.catalog import Catalog
+from tenantd.config import Policy
 from tenantd.devices import DeviceProfile, MemoryModel
+from tenantd.errors import AdmissionDenied
+from tenantd.events import Event, EventLog
+from tenantd.memory import host_memory
+from tenantwire.errors import ErrorCode
+
+log = logging.getLogger("tenantd")
 
 # (total, available) bytes of host DRAM; psutil by default, injectable for tests.
 MemoryReader = Callable[[], tuple[int, int]]
-
-
-def host_memory() -> tuple[int, int]:
-    vm = psutil.virtual_memory()
-    return int(vm.total), int(vm.available)
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process: what the probe and the daemon measure footprints with."""
-    return int(psutil.Process().memory_info().rss)
 
 
 @dataclass(frozen=True)
@@ -249,3 +248,166 @@ class Admission:
         else:
             self.ledger.models[model] = previous
             self.ledger.pending_models.discard(model)
+
+
+# Budget moves smaller than this (or 5%) are noise in the host's memory use, not news.
+BUDGET_NOISE_BYTES = 16 * 1024 * 1024
+
+
+class AdmissionControl:
+    """The operator's policy applied to submissions: the tenant's quotas, the device's budget
+    (:class:`Admission`, the ledger) with the swap rule, the record of the last refusal, and the
+    events that say when the models admitted stop fitting a budget that moved (and fit again)."""
+
+    def __init__(
+        self,
+        memory: Admission,
+        catalog: Catalog,
+        events: EventLog,
+        policy: Callable[[], Policy],
+        device_context: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.memory = memory  # the device's memory ledger and budget
+        self._catalog = catalog
+        self._events = events
+        self._policy = policy
+        self._context = device_context
+        self.last_refusal: dict[str, Any] | None = None  # the memory bound met most recently, explained
+
+    @property
+    def profile(self) -> DeviceProfile:
+        return self.memory.profile
+
+    def swaps(self) -> bool:
+        """Whether served models may be unloaded: the policy says swap, or the device is a cache."""
+        return self._policy().overcommit == "swap" or self.profile.memory_model is MemoryModel.CACHE
+
+    def check_model_quota(self, name: str, tenant: str) -> None:
+        limit = self._policy().tenant(tenant).max_models
+        have = len(self._catalog.tenant_models(tenant, besides=name))
+        if limit is not None and have >= limit:
+            details = {"quota": "max_models", "limit": limit, "models": have}
+            self._events.emit(Event.MODEL_REFUSED, model=name, tenant=tenant, code="ADMISSION_DENIED", **details)
+            raise AdmissionDenied(f"tenant {tenant!r} may have {limit} model(s) and has {have}", details)
+
+    def check_memory_quota(self, name: str, tenant: str, footprint: int) -> None:
+        quota = self._policy().tenant(tenant).memory_quota_bytes
+        if quota is None:
+            return
+        used = sum(r.footprint_bytes for r in self._catalog.tenant_models(tenant, besides=name))
+        if used + footprint > quota:
+            details = {
+                "quota": "memory_quota_bytes",
+                "limit": quota,
+                "used_bytes": used,
+                "footprint_bytes": footprint,
+                "shortfall_bytes": used + footprint - quota,
+            }
+            self._events.emit(Event.MODEL_REFUSED, model=name, tenant=tenant, code="ADMISSION_DENIED", **details)
+            raise AdmissionDenied(
+                f"tenant {tenant!r} has a memory quota of {quota / 2**20:.1f} MiB with {used / 2**20:.1f} MiB "
+                f"in use; this model needs {footprint / 2**20:.1f} MiB",
+                details,
+            )
+
+    def admit(self, name: str, tenant: str, runtime: str, footprint: int, runtime_overhead: int) -> None:
+        """Decide, and charge the ledger on admission (undo with ``ledger.uncharge``); refuse
+        with ADMISSION_DENIED naming the budget, the use, the footprint and the shortfall."""
+        self.check_memory_quota(name, tenant, footprint)
+        decision = self.memory.decide(
+            name,
+            footprint,
+            runtime,
+            runtime_overhead,
+            # Swapped models are charged while loaded; admission asks only that each could be.
+            swappable=self._policy().overcommit == "swap" and self.profile.memory_model is not MemoryModel.CACHE,
+        )
+        context = {**self._context(), **decision.to_wire()}
+        if not decision.admitted:
+            reason = decision.explain()
+            self._events.emit(
+                Event.MODEL_REFUSED,
+                model=name,
+                tenant=tenant,
+                code=ErrorCode.ADMISSION_DENIED.value,
+                reason=reason,
+                **context,
+            )
+            self.last_refusal = {"ts": round(time.time(), 3), "model": name, "tenant": tenant, "reason": reason}
+            raise AdmissionDenied(reason, context)
+        self._events.emit(Event.MODEL_ADMITTED, model=name, tenant=tenant, **context)
+
+    def report_over_budget(self) -> Budget:
+        """Say (log and event) when the models admitted do not fit the budget; nothing is dropped."""
+        budget = self.memory.budget()
+        if budget.free_bytes < 0:
+            self._events.emit(Event.ADMISSION_OVER_BUDGET, **self._context(), **budget.to_wire())
+        return budget
+
+    async def watch_budget(self) -> None:
+        """A shared budget follows the host's live use: log when it moves, and when the models
+        admitted stop fitting (and fit again). Nothing is dropped either way."""
+        last = self.memory.budget()
+        over = last.free_bytes < 0
+        while True:
+            await asyncio.sleep(self._policy().budget_watch_s)
+            try:
+                budget = self.memory.budget()
+            except Exception:  # a failed reading must not stop the watcher for good
+                log.exception("reading the host's memory failed; the budget watcher tries again")
+                continue
+            if abs(budget.budget_bytes - last.budget_bytes) > max(BUDGET_NOISE_BYTES, last.budget_bytes // 20):
+                self._events.emit(
+                    Event.BUDGET_CHANGED, **self._context(), previous_budget_bytes=last.budget_bytes, **budget.to_wire()
+                )
+                log.info(
+                    "%s budget %.1f -> %.1f MiB",
+                    self.profile.name,
+                    last.budget_bytes / 2**20,
+                    budget.budget_bytes / 2**20,
+                )
+                last = budget
+            if (budget.free_bytes < 0) != over:
+                over = not over
+                kind = Event.ADMISSION_OVER_BUDGET if over else Event.ADMISSION_WITHIN_BUDGET
+                self._events.emit(kind, **self._context(), **budget.to_wire())
+
+    def consequences(self) -> list[str]:
+        """What the policy in force means for models already admitted: nothing is dropped."""
+        notes = []
+        budget = self.memory.budget()
+        if budget.free_bytes < 0:
+            note = (
+                f"the {self.profile.name} budget is now {budget.budget_bytes} bytes with {budget.used_bytes} in use: "
+                "admitted models stay; new models are refused until some are removed"
+            )
+            if self.swaps():
+                note += " (swapping unloads idle models as others are needed)"
+            notes.append(note)
+            self._events.emit(Event.ADMISSION_OVER_BUDGET, **self._context(), **budget.to_wire())
+        policy = self._policy()
+        for tenant in self._catalog.tenants():
+            rules = policy.tenant(tenant)
+            owned = self._catalog.tenant_models(tenant)
+            used = sum(r.footprint_bytes for r in owned)
+            over = []
+            if rules.max_models is not None and len(owned) > rules.max_models:
+                over.append(f"has {len(owned)} models, over its new limit of {rules.max_models}")
+            if rules.memory_quota_bytes is not None and used > rules.memory_quota_bytes:
+                over.append(f"uses {used} bytes, over its new quota of {rules.memory_quota_bytes}")
+            for what in over:
+                note = f"tenant {tenant!r} {what}: its models stay; new ones are refused"
+                notes.append(note)
+                self._events.emit(Event.QUOTA_EXCEEDED, tenant=tenant, note=note)
+        return notes
+
+    def status(self) -> dict[str, Any]:
+        budget = self.memory.budget()
+        return {
+            "profile": self.profile.name,
+            "overcommit": self._policy().overcommit,
+            **budget.to_wire(),
+            "runtime_overhead_bytes": dict(self.memory.ledger.runtime_overhead),
+            "models_admitted": len(self.memory.ledger.models),
+            "last_refusal": self.last_refusal,
+        }

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from tenantd import __version__
 from tenantd.config import ConfigError, load_policy
+from tenantd.daemon import Daemon, ServeConfig
 from tenantd.devices import PROFILES
 from tenantd.devices.detect import detect, format_table, pick_auto
-from tenantd.server import Daemon, ServeConfig
 
 log = logging.getLogger("tenantd")
 
@@ -53,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
             emulated = " emulated=true" if daemon.emulated else ""
             print(
                 f"tenantd ready endpoint={endpoint} device={args.device}{auto} profile={daemon.profile.name}"
-                f"{emulated} slots={daemon.slots}",
+                f"{emulated} slots={daemon.info.slots}",
                 flush=True,
             )
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tenantd.pipelines import Uplink
+from tenantd.pipelinespec import Uplink
 
 
 class ConfigError(Exception):
@@ -129,6 +129,17 @@ def usable_cores() -> int:
 
 
 # Fields a running daemon cannot change: they shape its threads, its device and its residency.
+class PolicyInForce:
+    """The policy the daemon runs under now, replaced whole by ``policy_set``. Everything that
+    reads the policy holds this and calls it, so a new policy reaches every part at once."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.current = policy
+
+    def __call__(self) -> Policy:
+        return self.current
+
+
 RESTART_ONLY = ("slots", "threads_per_model", "profile", "overcommit", "max_message_bytes")
 
 

@@ -14,11 +14,72 @@ import json
 import os
 import threading
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _CHUNK = 64 * 1024
+
+
+class Event(StrEnum):
+    """The kinds of event the daemon writes. Stable names: never rename, only add. Each line of
+    :data:`EVENT_TABLE` says what the event means; ``docs/protocol.md`` (section 7.7) lists them."""
+
+    START = "start"
+    STOP = "stop"
+    MODEL_SUBMITTED = "model.submitted"
+    MODEL_PROBED = "model.probed"
+    MODEL_ADMITTED = "model.admitted"
+    MODEL_REFUSED = "model.refused"
+    MODEL_LOADED = "model.loaded"
+    MODEL_LOAD_FAILED = "model.load_failed"
+    MODEL_REMOVED = "model.removed"
+    SWITCH = "switch"
+    REQUEST_ERROR = "request.error"
+    ADMISSION_OVER_BUDGET = "admission.over_budget"
+    ADMISSION_WITHIN_BUDGET = "admission.within_budget"
+    BUDGET_CHANGED = "budget.changed"
+    QUOTA_EXCEEDED = "quota.exceeded"
+    POLICY_CHANGED = "policy.changed"
+    KEYS_RELOADED = "keys.reloaded"
+    DEVICE_LOST = "device.lost"
+    DEVICE_RETRY_FAILED = "device.retry_failed"
+    DEVICE_RECOVERED = "device.recovered"
+    PIPELINE_SET = "pipeline.set"
+    PIPELINE_REMOVED = "pipeline.removed"
+    PIPELINE_NOT_RESTORED = "pipeline.not_restored"
+    PIPELINE_FAILED = "pipeline.failed"
+    PIPELINE_CLOUD_FAILED = "pipeline.cloud_failed"
+
+
+EVENT_TABLE: dict[Event, str] = {
+    Event.START: "The daemon bound its endpoint: device, profile, emulated, endpoint, pid, version.",
+    Event.STOP: "The daemon stopped after its drain: dropped_requests, requests.",
+    Event.MODEL_SUBMITTED: "A tenant sent a model file; it is stored by hash, not yet probed.",
+    Event.MODEL_PROBED: "The probe loaded the file in a throwaway process: footprint, load and first inference times.",
+    Event.MODEL_ADMITTED: "Admission accepted the model: the device's budget and use at that moment.",
+    Event.MODEL_REFUSED: "A submission was refused: code (INVALID_MODEL, ADMISSION_DENIED, ...) and the reason.",
+    Event.MODEL_LOADED: "A model is served: load_ms, and whether it replaced or was restored.",
+    Event.MODEL_LOAD_FAILED: "A stored model could not be loaded at start-up; it is kept, and requests say why.",
+    Event.MODEL_REMOVED: "A model was removed by its tenant or the operator.",
+    Event.SWITCH: "A slot ran another model than the one it ran last: the reload (if swapped) and overhead_ms.",
+    Event.REQUEST_ERROR: "A request got an error reply: op, tenant, code, message.",
+    Event.ADMISSION_OVER_BUDGET: "The models admitted no longer fit the budget (it shrank, or a policy changed it).",
+    Event.ADMISSION_WITHIN_BUDGET: "The models admitted fit the budget again.",
+    Event.BUDGET_CHANGED: "A shared budget moved with the host's memory use by more than the noise band.",
+    Event.QUOTA_EXCEEDED: "After a policy change a tenant is over its model or memory quota; its models stay.",
+    Event.POLICY_CHANGED: "The operator applied a new policy: the fields that changed.",
+    Event.KEYS_RELOADED: "The keys folder was read again (SIGHUP or reload_keys): the identities in force.",
+    Event.DEVICE_LOST: "The runtime reported the device gone; inference fails fast while it is retried.",
+    Event.DEVICE_RETRY_FAILED: "One retry of a lost device failed; the wait before the next one doubles.",
+    Event.DEVICE_RECOVERED: "The lost device is back and its models are reloaded: down_s, attempts.",
+    Event.PIPELINE_SET: "A tenant defined or redefined a pipeline.",
+    Event.PIPELINE_REMOVED: "A pipeline was removed.",
+    Event.PIPELINE_NOT_RESTORED: "A stored pipeline could not be read back at start-up.",
+    Event.PIPELINE_FAILED: "A pipeline request failed: code and details.",
+    Event.PIPELINE_CLOUD_FAILED: "A cascade's cloud stage failed and the edge answer was sent instead.",
+}
 
 
 class EventLog:

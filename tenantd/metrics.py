@@ -7,6 +7,7 @@ One function turns the status map into the text format; the daemon serves it thr
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -89,3 +90,11 @@ def render(status: Mapping[str, Any]) -> str:
     if mean is not None:
         lines += _metric("mean_switch_overhead_ms", "gauge", "mean extra cost of a switch so far", [({}, mean)])
     return "\n".join(lines) + "\n"
+
+
+class Counters:
+    """What the front doors count: requests per operation, error replies per code."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()

@@ -15,136 +15,43 @@ key, so a tenant cannot make the daemon connect anywhere the operator did not al
 call has a timeout: a cloud that is down or slow is an ``UPSTREAM_ERROR`` (or, for a cascade that
 asked for it, the edge answer flagged ``cloud_failed``), never a hang.
 
-This module owns the pipeline spec, the uplink connections, and the flow of one pipeline request
-given a way to run a local model; the daemon (``server.py``) owns where requests come from.
+This module owns the pipeline requests: defining, listing and removing pipelines (their specs
+are in :mod:`tenantd.pipelinespec`), the uplink connections, and the flow of one pipeline request,
+whose edge stage is a caller of the inference core like any other request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import zmq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tenantclient import AsyncTenantClient
+from tenantclient.errors import ClientClosed, KeyRefused, TenantError
+from tenantd.catalog import Catalog, is_operator_acting, require_tenant
+from tenantd.config import Policy
+from tenantd.errors import BadRequest, Forbidden, NotOwner, PipelineFailed, UnknownModel, UpstreamFailed
+from tenantd.events import Event, EventLog
+from tenantd.inference import Answer, InferenceCore, match_inputs
+from tenantd.lifecycle import Lifecycle
+from tenantd.pipelinespec import PipelineSpec, Uplink, parse_spec
+from tenantd.store import Store
+from tenantwire.curve import KeyFileError
 from tenantwire.errors import ErrorCode, ProtocolError
-from tenantwire.tensors import TensorEncoding
+from tenantwire.protocol import NAME_RE, Request
+
+log = logging.getLogger("tenantd")
 
 Tensors = list[tuple[str | None, np.ndarray]]
 # Runs a local model: (model name, input tensors) -> (named outputs, the local infer's timings).
 LocalInfer = Callable[[str, Sequence[np.ndarray]], Awaitable[tuple[Tensors, dict[str, Any]]]]
-
-
-class Uplink(BaseModel):
-    """``[uplinks.NAME]`` in the policy: how this daemon reaches another daemon."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    endpoint: str
-    """The other daemon's endpoint, e.g. ``tcp://cloud.example:5555`` (or a relay in front of it)."""
-
-    tenant: str | None = None
-    """The tenant this daemon acts as there, when that daemon takes header identities (ipc://)."""
-
-    key_file: str | None = None
-    """This daemon's secret certificate issued by the other daemon's operator (CurveZMQ)."""
-
-    server_key: str | None = None
-    """The other daemon's public key: a file (keys/server.key there) or the z85 text."""
-
-    timeout_ms: Annotated[float, Field(gt=0)] = 5000.0
-    """Longest wait for the other daemon's answer; a pipeline may ask for less."""
-
-    tenants: list[str] | None = None
-    """Tenants whose pipelines may use this uplink (default: every tenant). All of them act as
-    this daemon's one identity on the other daemon, and so share its models and quotas there."""
-
-    def allows(self, tenant: str) -> bool:
-        return self.tenants is None or tenant in self.tenants
-
-    @model_validator(mode="after")
-    def _identity(self) -> Uplink:
-        if (self.key_file is None) != (self.server_key is None):
-            raise ValueError("an uplink with keys needs both key_file and server_key")
-        if self.key_file is None and self.tenant is None:
-            raise ValueError("an uplink needs an identity: key_file + server_key, or tenant")
-        if not self.endpoint.startswith(("tcp://", "ipc://")):
-            raise ValueError(f"uplink endpoint {self.endpoint!r} must be tcp:// or ipc://")
-        return self
-
-
-class PipelineSpec(BaseModel):
-    """What a tenant asks for in ``pipeline_set`` (the wire form is this model's fields)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    kind: Literal["split", "cascade"]
-    edge_model: str
-    """A model of the same tenant on this daemon: the head (split) or the compact model (cascade)."""
-
-    uplink: str
-    """An uplink the operator configured (``[uplinks.NAME]``)."""
-
-    cloud_model: str
-    """The model's name on the other daemon, owned there by this daemon's identity."""
-
-    encoding: str = "none"
-    """How tensors travel up: none, zlib, lz4, float16, int8, or a lossy step + a codec
-    (e.g. ``int8+zlib``). See docs/protocol.md, tensor encodings."""
-
-    threshold: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
-    """cascade: forward to the cloud when the edge's top confidence is below this."""
-
-    confidence_output: str | None = None
-    """cascade: the edge output holding class scores (default: its first output)."""
-
-    forward_classes: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
-    """cascade: classes whose edge answers always go to the cloud, however confident (e.g. the
-    "other" class of a compact model trained only for a few frequent classes)."""
-
-    on_cloud_failure: Literal["error", "edge"] = "error"
-    """cascade: ``edge`` answers with the edge result, flagged, when the cloud fails."""
-
-    timeout_ms: Annotated[float | None, Field(gt=0)] = None
-    """Longest wait for the cloud (default: the uplink's timeout_ms)."""
-
-    @model_validator(mode="after")
-    def _shape(self) -> PipelineSpec:
-        TensorEncoding.parse(self.encoding)  # raises ValueError with the accepted forms
-        if self.kind == "cascade" and self.threshold is None:
-            raise ValueError("a cascade needs a threshold (forward when the top confidence is below it)")
-        if self.kind == "split" and (
-            self.threshold is not None or self.on_cloud_failure != "error" or self.forward_classes
-        ):
-            raise ValueError("a split has no edge answer to fall back on: threshold/on_cloud_failure are for cascades")
-        return self
-
-    @property
-    def tensor_encoding(self) -> TensorEncoding | None:
-        return TensorEncoding.parse(self.encoding)
-
-
-class PipelineError(Exception):
-    """A pipeline request failed; ``code`` is its wire error code."""
-
-    def __init__(self, code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details or {}
-
-
-def parse_spec(args: dict[str, Any]) -> PipelineSpec:
-    try:
-        return PipelineSpec.model_validate(args)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"pipeline spec is not valid: {problems}") from None
 
 
 def top_confidence(scores: np.ndarray) -> tuple[float, list[int]]:
@@ -169,11 +76,10 @@ class Uplinks:
     """One client connection per configured uplink, made on first use and kept."""
 
     def __init__(self) -> None:
-        self._clients: dict[Uplink, Any] = {}
+        self._clients: dict[Uplink, AsyncTenantClient] = {}
 
-    def client(self, uplink: Uplink) -> Any:
-        from tenantclient import AsyncTenantClient  # the daemon is a tenant of the other daemon
-
+    def client(self, uplink: Uplink) -> AsyncTenantClient:
+        """The daemon is a tenant of the other daemon."""
         client = self._clients.get(uplink)
         if client is None:
             keys: dict[str, Any] = {}
@@ -215,9 +121,6 @@ async def run_pipeline(
 ) -> PipelineResult:
     """One request through ``spec``: the edge stage here, then (split always, cascade when unsure)
     the cloud stage through ``uplink``."""
-    from tenantclient.errors import ClientClosed, KeyRefused, TenantError
-    from tenantd.auth import AuthConfigError  # a bad key file (imported here: auth imports config imports this)
-
     started = time.monotonic()
     edge_outputs, edge_timings = await run_local(spec.edge_model, inputs)
     edge_ms = (time.monotonic() - started) * 1e3
@@ -253,8 +156,8 @@ async def run_pipeline(
             encoding=spec.tensor_encoding,
             timeout=timeout_ms / 1e3,
         )
-    except (TenantError, OSError, zmq.ZMQError, AuthConfigError, ProtocolError) as exc:
-        if isinstance(exc, KeyRefused | ClientClosed | AuthConfigError):
+    except (TenantError, OSError, zmq.ZMQError, KeyFileError, ProtocolError) as exc:
+        if isinstance(exc, KeyRefused | ClientClosed | KeyFileError):
             await uplinks.drop(uplink)
         cause = getattr(exc, "code", None) or type(exc).__name__
         message = f"the cloud stage of pipeline {name!r} via uplink {spec.uplink!r} failed: {exc}"
@@ -266,7 +169,7 @@ async def run_pipeline(
                 total_ms=round((time.monotonic() - started) * 1e3, 4),
             )
             return PipelineResult(edge_outputs, timings)
-        raise PipelineError(ErrorCode.UPSTREAM_ERROR, message, {"uplink": spec.uplink, "cause": str(cause)}) from exc
+        raise PipelineFailed(ErrorCode.UPSTREAM_ERROR, message, {"uplink": spec.uplink, "cause": str(cause)}) from exc
     cloud_ms = (time.monotonic() - cloud_started) * 1e3
     cloud_total = reply.timings.get("total_ms")
     timings.update(
@@ -288,7 +191,7 @@ def _named(outputs: Tensors, name: str | None) -> np.ndarray:
     for out_name, array in outputs:
         if out_name == name:
             return array
-    raise PipelineError(
+    raise PipelineFailed(
         ErrorCode.BAD_REQUEST,
         f"the edge model has no output {name!r} (outputs: {[n for n, _ in outputs]})",
     )
@@ -300,3 +203,127 @@ async def close_quietly(uplinks: Uplinks) -> None:
         await asyncio.wait_for(uplinks.close(), 5)
     except (TimeoutError, OSError):
         pass
+
+
+class Pipelines:
+    """The pipeline operations and requests of one daemon. Pipelines share the catalog's namespace
+    with models; their edge stage goes through the inference core (same queues, quotas and
+    deadlines as any request), then the cloud stage through the pipeline's uplink."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: Store,
+        events: EventLog,
+        core: InferenceCore,
+        lifecycle: Lifecycle,
+        policy: Callable[[], Policy],
+    ) -> None:
+        self._catalog = catalog
+        self._store = store
+        self._events = events
+        self._core = core
+        self._lifecycle = lifecycle
+        self._policy = policy
+        self.uplinks = Uplinks()
+
+    def restore(self) -> None:
+        for name, owner, spec in self._store.list_pipelines():
+            try:
+                self._catalog.pipelines[name] = (owner, parse_spec(spec))
+            except ValueError as exc:  # written by an older tenantd whose spec this one reads differently
+                log.error("pipeline %r of tenant %r is not restored: %s", name, owner, exc)
+                self._events.emit(Event.PIPELINE_NOT_RESTORED, pipeline=name, tenant=owner, reason=str(exc))
+
+    def info(self, name: str) -> dict[str, Any]:
+        owner, spec = self._catalog.pipelines[name]
+        return {"name": name, "owner": owner, **spec.model_dump()}
+
+    async def define(self, request: Request) -> dict[str, Any]:
+        """A tenant defines (or with ``replace``, redefines) a pipeline: its edge model here,
+        chained through an operator's uplink to a model on another daemon."""
+        tenant = require_tenant(request)
+        name = request.args.get("name")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise BadRequest(f"args.name must be a valid name ({NAME_RE.pattern})")
+        spec_args = request.args.get("spec")
+        if not isinstance(spec_args, dict):
+            raise BadRequest("args.spec must be a map (docs/protocol.md, pipeline_set)")
+        try:
+            spec = parse_spec(spec_args)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        uplinks = self._policy().uplinks
+        if spec.uplink in uplinks and not uplinks[spec.uplink].allows(tenant):
+            raise Forbidden(f"the operator has not given tenant {tenant!r} uplink {spec.uplink!r}")
+        if spec.uplink not in uplinks:
+            raise BadRequest(f"no uplink named {spec.uplink!r}; configured: {sorted(uplinks) or 'none'}")
+        edge = self._catalog.models.get(spec.edge_model)
+        if edge is None:
+            raise UnknownModel(f"no model named {spec.edge_model!r} (the edge model)")
+        if edge.owner != tenant:
+            raise NotOwner(f"model {spec.edge_model!r} belongs to another tenant")
+        if spec.kind == "cascade" and spec.confidence_output is not None:
+            if spec.confidence_output not in [o.name for o in edge.outputs]:
+                raise BadRequest(
+                    f"{spec.edge_model!r} has no output {spec.confidence_output!r} "
+                    f"(outputs: {[o.name for o in edge.outputs]})"
+                )
+        replace = bool(request.args.get("replace", False))
+        await asyncio.get_running_loop().run_in_executor(
+            None, self._store.put_pipeline, name, tenant, spec.model_dump(exclude_defaults=True), replace
+        )
+        self._catalog.pipelines[name] = (tenant, spec)
+        self._events.emit(Event.PIPELINE_SET, pipeline=name, tenant=tenant, **spec.model_dump())
+        return {"pipeline": self.info(name)}
+
+    async def remove(self, request: Request) -> dict[str, Any]:
+        tenant = None if is_operator_acting(request) else require_tenant(request)
+        name = request.args.get("name")
+        owner, _ = self._catalog.pipeline(name, tenant)
+        assert isinstance(name, str)
+        await asyncio.get_running_loop().run_in_executor(None, self._store.remove_pipeline, name)
+        self._catalog.pipelines.pop(name, None)
+        self._events.emit(Event.PIPELINE_REMOVED, pipeline=name, tenant=owner)
+        return {"removed": name}
+
+    def list(self, request: Request) -> dict[str, Any]:
+        tenant = request.tenant
+        names = [n for n, (owner, _) in self._catalog.pipelines.items() if tenant is None or owner == tenant]
+        return {"pipelines": [self.info(n) for n in names]}
+
+    async def infer(self, request: Request) -> Answer:
+        """``infer`` on a pipeline's name; raises the refusal (a PipelineFailed also goes to the log)."""
+        self._lifecycle.check_accepting()
+        tenant = require_tenant(request)
+        name = request.args["model"]
+        _, spec = self._catalog.pipeline(name, tenant)
+        uplink = self._policy().uplinks.get(spec.uplink)
+        if uplink is None or not uplink.allows(tenant):  # the operator withdrew it by a policy reload
+            raise UpstreamFailed(f"uplink {spec.uplink!r} is no longer configured for you")
+        edge = self._catalog.models.get(spec.edge_model)
+        if edge is None or edge.owner != tenant:
+            raise UnknownModel(f"the edge model {spec.edge_model!r} is gone")
+        inputs = match_inputs(edge.inputs, request.tensors)
+
+        async def run_local(model: str, tensors: Sequence[np.ndarray]) -> tuple[Tensors, dict[str, Any]]:
+            named: Tensors = [(s.name, array) for s, array in zip(edge.inputs, tensors, strict=True)]
+            answer = await self._core.infer(tenant, model, named, request.deadline_ms)
+            return answer.outputs, answer.timings
+
+        try:
+            result = await run_pipeline(
+                name, spec, uplink, self.uplinks, inputs, [s.name for s in edge.inputs], run_local
+            )
+        except PipelineFailed as exc:
+            self._events.emit(Event.PIPELINE_FAILED, pipeline=name, code=exc.code.value, **exc.details)
+            raise
+        if result.timings.get("cloud_failed"):
+            self._events.emit(
+                Event.PIPELINE_CLOUD_FAILED, pipeline=name, cause=result.timings["cloud_failed"], answered_by="edge"
+            )
+        return Answer(result.outputs, result.timings)
+
+    async def apply_policy(self) -> None:
+        """A withdrawn uplink's connection goes."""
+        await self.uplinks.keep_only(self._policy().uplinks.values())

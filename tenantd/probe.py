@@ -40,7 +40,7 @@ class ProbeResult:
 def _measure(runtime_name: str, path: Path, threads: int, device: str = "cpu") -> dict[str, Any]:
     import numpy as np
 
-    from tenantd.admission import rss_bytes
+    from tenantd.memory import rss_bytes
 
     rss_start = rss_bytes()
     from tenantd.runtimes import get_runtime_class

@@ -28,16 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tenantd.errors import QueueFull
 from tenantwire.errors import ErrorCode
 
 log = logging.getLogger(__name__)
-
-
-class QueueFull(Exception):
-    def __init__(self, scope: str, limit: int) -> None:
-        super().__init__(f"{scope} queue is full ({limit} requests waiting)")
-        self.scope = scope
-        self.limit = limit
 
 
 @dataclass(eq=False)

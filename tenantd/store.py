@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tenantd.errors import NameTaken, NotOwner
 from tenantwire.tensors import TensorSpec
 
 SCHEMA_VERSION = 1
@@ -216,19 +217,20 @@ class Store:
     # ------------------------------------------------------------------ models
 
     def add_model(self, record: ModelRecord, replace: bool = False) -> None:
-        """Commit ``record``; its blob must already be stored. Raises PermissionError if another
-        tenant owns the name, KeyError if the owner has it and ``replace`` is false."""
+        """Commit ``record``; its blob must already be stored. Raises NotOwner if another tenant
+        owns the name, NameTaken if a pipeline has it, or the owner has it and ``replace`` is false."""
         with self._transaction() as db:
             if not self.blob_path(record.sha256).exists():
                 raise FileNotFoundError(f"blob {record.sha256} is not in the store")
             if db.execute("SELECT 1 FROM pipelines WHERE name=?", (record.name,)).fetchone():
-                raise KeyError(record.name)  # a pipeline has the name: infer could not tell them apart
+                # A pipeline has the name: infer could not tell them apart.
+                raise NameTaken(f"a pipeline named {record.name!r} exists (models and pipelines share names)")
             db.execute("INSERT OR IGNORE INTO tenants VALUES (?, ?)", (record.owner, time.time()))
             exists = db.execute("SELECT owner FROM models WHERE name=?", (record.name,)).fetchone()
             if exists and exists[0] != record.owner:
-                raise PermissionError(f"model {record.name!r} belongs to tenant {exists[0]!r}")
+                raise NotOwner(f"model name {record.name!r} belongs to another tenant")
             if exists and not replace:
-                raise KeyError(record.name)
+                raise NameTaken(f"you already have a model named {record.name!r}")
             db.execute(
                 "INSERT OR REPLACE INTO models VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -272,16 +274,16 @@ class Store:
 
     def put_pipeline(self, name: str, owner: str, spec: dict[str, Any], replace: bool = False) -> None:
         """Commit a pipeline. Pipelines and models share one namespace (``infer`` names either):
-        raises KeyError if a model has the name, or a pipeline does and ``replace`` is false,
-        PermissionError if another tenant owns it."""
+        raises NameTaken if a model has the name, or a pipeline does and ``replace`` is false,
+        NotOwner if another tenant owns it."""
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM models WHERE name=?", (name,)).fetchone():
-                raise KeyError(name)
+                raise NameTaken(f"a model named {name!r} exists")
             exists = db.execute("SELECT owner FROM pipelines WHERE name=?", (name,)).fetchone()
             if exists and exists[0] != owner:
-                raise PermissionError(f"pipeline {name!r} belongs to tenant {exists[0]!r}")
+                raise NotOwner(f"pipeline {name!r} belongs to another tenant")
             if exists and not replace:
-                raise KeyError(name)
+                raise NameTaken(f"a pipeline named {name!r} exists; pass replace to redefine it")
             db.execute("INSERT OR IGNORE INTO tenants VALUES (?, ?)", (owner, time.time()))
             db.execute(
                 "INSERT OR REPLACE INTO pipelines VALUES (?,?,?,?)", (name, owner, json.dumps(spec), time.time())

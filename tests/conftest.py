@@ -13,7 +13,7 @@ import pytest
 from models import tiny
 from tenantd import runtimes
 from tenantd.config import Policy
-from tenantd.server import Daemon
+from tenantd.daemon import Daemon
 from tests.support.daemon import FAULTY, daemon_in_thread
 
 # The faulty test runtime, in this process (in-thread daemons) and in probe subprocesses.

@@ -20,8 +20,8 @@ import pytest
 from models import tiny
 from tenantclient import TenantClient
 from tenantclient import errors as E
-from tenantd.admission import host_memory
 from tenantd.config import Policy
+from tenantd.memory import host_memory
 from tenantd.probe import ProbeResult, probe_model
 from tests.support.daemon import daemon_in_thread
 
@@ -111,7 +111,7 @@ def test_shared_budget_follows_the_hosts_memory(
     policy = shared_policy(probe, 3 * probe.footprint_bytes + 1024 * MiB)
     host = HostMemory()
     with daemon_in_thread(tmp_path / "state", endpoint, policy) as daemon, TenantClient(endpoint, tenant="a") as a:
-        daemon.admission._read_memory = host
+        daemon.admission.memory._read_memory = host
         a.submit_model(models[0], "m0")
         before = a.status()["memory"]
         assert before["memory_model"] == "shared" and before["free_bytes"] > probe.footprint_bytes

@@ -20,7 +20,7 @@ import pytest
 from tenantclient import TenantClient
 from tenantclient import errors as E
 from tenantd.config import Policy
-from tenantd.server import Daemon
+from tenantd.daemon import Daemon
 from tests.conftest import ModelFiles
 from tests.support.daemon import daemon_in_thread
 from tests.support.faulty_runtime import faulty_model
@@ -31,7 +31,7 @@ X = np.array([[1.0, -2.0, 3.0, 0.5]], np.float32)
 @pytest.fixture
 def fast_retry_daemon(tmp_path: Path, endpoint: str) -> Iterator[Daemon]:
     with daemon_in_thread(tmp_path / "state", endpoint, Policy()) as daemon:
-        daemon.device_retry_s = (0.05, 0.2)  # seconds; the production backoff starts at 1 s
+        daemon.health.retry_s = (0.05, 0.2)  # seconds; the production backoff starts at 1 s
         yield daemon
 
 

@@ -15,7 +15,7 @@ import pytest
 from tenantclient import AsyncTenantClient, TenantClient
 from tenantclient import errors as E
 from tenantd.config import Policy
-from tenantd.server import Daemon
+from tenantd.daemon import Daemon
 from tests.conftest import ModelFiles, direct_litert
 from tests.support.daemon import daemon_in_thread
 from tests.support.faulty_runtime import faulty_model
@@ -87,7 +87,7 @@ def test_deadline_exceeded_while_queued(strict_daemon: Daemon, endpoint: str) ->
     slow, late = asyncio.run(run())
     assert isinstance(slow, dict) and np.array_equal(slow["y"], X * 2)
     assert isinstance(late, E.DeadlineExceeded)
-    assert strict_daemon.errors["DEADLINE_EXCEEDED"] == 1
+    assert strict_daemon.counters.errors["DEADLINE_EXCEEDED"] == 1
 
 
 def test_queue_full_is_per_tenant(strict_daemon: Daemon, endpoint: str, model_files: ModelFiles) -> None:
@@ -168,7 +168,7 @@ def test_queued_request_never_runs_a_model_that_changed_hands(strict_daemon: Dae
             await alice.submit_model(faulty_model(), "m", runtime="faulty")
             blocker = asyncio.ensure_future(alice.infer("blocker", X))
             waiting = asyncio.ensure_future(alice.infer("m", X))
-            while strict_daemon.scheduler.queued < 1:  # the second request is queued behind the blocker
+            while strict_daemon.core.scheduler.queued < 1:  # the second request is queued behind the blocker
                 await asyncio.sleep(0)
             await alice.remove_model("m")
             await bob.submit_model(faulty_model(), "m", runtime="faulty")
@@ -185,7 +185,7 @@ def test_answered_requests_leave_no_deadline_timer_behind(strict_daemon: Daemon,
         alice.submit_model(faulty_model(), "m", runtime="faulty")
         for _ in range(50):
             alice.infer("m", X, deadline_ms=3_600_000)
-    loop = strict_daemon._loop
+    loop = strict_daemon.loop
     assert loop is not None
     scheduled = loop._scheduled  # type: ignore[attr-defined]
     deadline_timers = [h for h in scheduled if not h.cancelled() and getattr(h._callback, "__name__", "") == "_expire"]
@@ -199,11 +199,11 @@ def test_new_work_during_the_drain_is_refused_as_unavailable(tmp_path: Path, end
             async with AsyncTenantClient(endpoint, tenant="alice") as alice:
                 await alice.submit_model(faulty_model(infer="slow", sleep_ms=500), "slow", runtime="faulty")
                 running = asyncio.ensure_future(alice.infer("slow", X))
-                while daemon.scheduler.running < 1:  # the slow request holds the slot
+                while daemon.core.scheduler.running < 1:  # the slow request holds the slot
                     await asyncio.sleep(0)
-                assert daemon._loop is not None
-                daemon._loop.call_soon_threadsafe(daemon.stop)
-                while not daemon._draining:
+                assert daemon.loop is not None
+                daemon.loop.call_soon_threadsafe(daemon.stop)
+                while not daemon.lifecycle.draining:
                     await asyncio.sleep(0)
                 late = await asyncio.gather(alice.infer("slow", X), return_exceptions=True)
                 return await running, late[0]

@@ -14,7 +14,7 @@ from tenantclient import TenantClient
 from tenantclient import errors as E
 from tenantd import auth
 from tenantd.config import Policy
-from tenantd.server import Daemon
+from tenantd.daemon import Daemon
 from tests.conftest import ModelFiles
 from tests.support.daemon import daemon_in_thread
 
@@ -55,7 +55,7 @@ def test_the_key_decides_the_tenant(
     with client(endpoint, server_key, keys["bob"], tenant="alice") as bob_as_alice:
         with pytest.raises(E.Forbidden, match="belongs to tenant 'bob', not 'alice'"):
             bob_as_alice.infer("m", x)
-    assert daemon.models["m"].owner == "alice"
+    assert daemon.catalog.models["m"].owner == "alice"
 
 
 def test_unknown_keys_are_refused(keyed: tuple[Daemon, Path, dict[str, Path]], endpoint: str, tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_operator_only_commands(
         assert {m.name for m in ops.list_models()} == {"m"}  # the operator sees every tenant's models
         assert any(e["event"] == "policy.changed" for e in ops.events())
         ops.remove_model("m")  # and may remove any
-        assert "m" not in daemon.models
+        assert "m" not in daemon.catalog.models
 
 
 def test_keys_added_and_withdrawn_while_running(

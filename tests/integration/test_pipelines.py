@@ -22,7 +22,7 @@ from tenantclient import TenantClient
 from tenantclient import errors as E
 from tenantd import auth
 from tenantd.config import Policy
-from tenantd.pipelines import Uplink
+from tenantd.pipelinespec import Uplink
 from tenantd.relay import Link, RelayThread, endpoint_address
 from tenantd.runtimes.litert import LiteRTRuntime
 from tenantwire import curve
@@ -250,7 +250,7 @@ def test_a_key_registered_late_works_without_restarting_the_edge(tmp_path: Path)
             (keys / "edge-box.key").write_bytes(
                 (tmp_path / "elsewhere" / "keys" / "tenants" / "edge-box.key").read_bytes()
             )
-            cloud.authenticator.reload()
+            cloud.frontdoor.reload_keys()
             with TenantClient(cloud.endpoint, key_file=issued, server_key=server_key.encode()) as as_edge:
                 as_edge.submit_model(TAIL, "tail")
             np.testing.assert_array_equal(edge.infer("p", x)["probs"], direct(TAIL, direct(HEAD, x)))

@@ -28,8 +28,8 @@ from models import tiny, tiny_onnx
 from tenantclient import TenantClient
 from tenantclient import errors as E
 from tenantd import runtimes
+from tenantd.daemon import Daemon
 from tenantd.runtimes import get_runtime_class
-from tenantd.server import Daemon
 from tenantwire import irbundle
 from tests.conftest import direct_litert
 

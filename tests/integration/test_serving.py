@@ -13,7 +13,7 @@ import zmq
 
 from tenantclient import AsyncTenantClient, TenantClient
 from tenantclient import errors as E
-from tenantd.server import Daemon
+from tenantd.daemon import Daemon
 from tenantwire import protocol
 from tests.conftest import ModelFiles, direct_litert
 
@@ -100,7 +100,7 @@ def test_two_tenants_served_concurrently(daemon: Daemon, endpoint: str, model_fi
     for path, pairs in ((model_files.mlp, alice), (model_files.mlp_b, bob)):
         for x, y in pairs:
             assert np.array_equal(y, direct_litert(path, x)["probs"])
-    status = daemon.scheduler  # both tenants' work went through the one device queue
+    status = daemon.core.scheduler  # both tenants' work went through the one device queue
     assert status.queued == 0 and status.running == 0
     with TenantClient(endpoint) as operator:
         names = {(m.name, m.owner) for m in operator.list_models()}

@@ -122,8 +122,8 @@ def test_the_ledger_charges_exactly_the_loaded_models_through_removes_and_replac
         a.submit_model(models[3], "m1", replace=True)  # replaces a loaded model
         a.infer("m2", X)
         loaded = set(a.status()["residency"]["loaded"])
-        assert set(daemon.admission.ledger.models) == loaded
-        assert "m0" not in daemon.admission.ledger.models
+        assert set(daemon.admission.memory.ledger.models) == loaded
+        assert "m0" not in daemon.admission.memory.ledger.models
 
 
 def test_a_restart_under_the_cache_profile_counts_unloaded_models_as_pending(
@@ -134,7 +134,7 @@ def test_a_restart_under_the_cache_profile_counts_unloaded_models_as_pending(
         for i, path in enumerate(three_mib_models[:3]):
             a.submit_model(path, f"m{i}")
     with daemon_in_thread(tmp_path / "state", endpoint, policy) as daemon:
-        ledger = daemon.admission.ledger
+        ledger = daemon.admission.memory.ledger
         assert set(ledger.models) == {"m0", "m1", "m2"}  # admitted against host memory
         assert ledger.pending_models == {"m0", "m1", "m2"}  # none of them in host memory yet
         assert ledger.runtime_overhead["litert"] > 0

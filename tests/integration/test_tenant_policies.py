@@ -88,7 +88,7 @@ def switches_for(discipline: str, tmp_path: Path, endpoint: str, models: list[by
             await clients[0].submit_model(faulty_model(infer="slow", sleep_ms=200), "blocker", runtime="faulty")
             x = np.zeros((1, 256), np.float32)
             blocker = asyncio.ensure_future(clients[0].infer("blocker", X4))
-            while daemon.scheduler.running < 1:
+            while daemon.core.scheduler.running < 1:
                 await asyncio.sleep(0)
             calls = [client.infer(f"m{i}", x) for _ in range(5) for i, client in enumerate(clients)]
             await asyncio.gather(blocker, *calls)
@@ -129,7 +129,7 @@ def test_policy_hot_reload(tmp_path: Path, endpoint: str, model_files: ModelFile
             notes = " ".join(applied["consequences"])
             assert "admitted models stay" in notes and "tenant 'alice' has 1 models" in notes
             assert operator.policy_show()["policy"]["queue_depth_per_tenant"] == 7
-        assert daemon.scheduler.depth_per_tenant == 7
+        assert daemon.core.scheduler.depth_per_tenant == 7
         with TenantClient(endpoint, tenant="alice") as alice:
             # Nothing was dropped: the model still serves; new models are refused by the new rules.
             assert alice.infer("m", np.zeros((1, 32), np.float32))["probs"].shape == (1, 10)
@@ -152,7 +152,7 @@ def test_quotas_hold_under_concurrent_submissions(tmp_path: Path, endpoint: str,
         results = asyncio.run(run())
         assert sum(not isinstance(r, Exception) for r in results) == 1
         assert all(isinstance(r, E.AdmissionDenied) for r in results if isinstance(r, Exception))
-        assert len(daemon.models) == 1
+        assert len(daemon.catalog.models) == 1
 
 
 def test_remove_racing_a_replace_leaves_store_memory_and_ledger_agreeing(
@@ -172,7 +172,12 @@ def test_remove_racing_a_replace_leaves_store_memory_and_ledger_agreeing(
         for _ in range(3):
             asyncio.run(run())
             stored = {r.name for r in daemon.store.list_models()}
-            assert stored == set(daemon.models) == set(daemon.admission.ledger.models) == set(daemon.executor.resident)
+            assert (
+                stored
+                == set(daemon.catalog.models)
+                == set(daemon.admission.memory.ledger.models)
+                == set(daemon.executor.resident)
+            )
             with TenantClient(endpoint, tenant="alice") as alice:
                 for name in stored:
                     alice.remove_model(name)

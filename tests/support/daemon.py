@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tenantd.config import Policy
-from tenantd.server import Daemon, ServeConfig
+from tenantd.daemon import Daemon, ServeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tenantd.config import ConfigError, parse_policy
-from tenantd.pipelines import parse_spec, top_confidence
+from tenantd.pipelines import top_confidence
+from tenantd.pipelinespec import parse_spec
 
 SPLIT = {"kind": "split", "edge_model": "h", "uplink": "cloud", "cloud_model": "t"}
 

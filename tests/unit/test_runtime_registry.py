@@ -91,7 +91,7 @@ def test_importing_the_daemon_needs_no_vendor_package() -> None:
     code = (
         "import sys\n"
         "for m in ('tensorrt', 'pycuda', 'openvino', 'onnxruntime'): sys.modules[m] = None\n"
-        "import tenantd.server, tenantd.cli, tenantd.devices.detect\n"
+        "import tenantd.daemon, tenantd.cli, tenantd.devices.detect\n"
         "from tenantd.runtimes import get_runtime_class, RuntimeNotAvailable\n"
         "try:\n    get_runtime_class('openvino')\nexcept RuntimeNotAvailable as e:\n    print('refused:', e)\n"
     )

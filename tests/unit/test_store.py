@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tenantd.errors import NameTaken, NotOwner
 from tenantd.store import SCHEMA_VERSION, ModelRecord, Store
 from tenantwire.tensors import TensorSpec
 
@@ -145,7 +146,7 @@ def test_add_existing_name_same_owner_needs_replace(store: Store) -> None:
     sha1, _ = store.put_blob(b"v1")
     sha2, _ = store.put_blob(b"v2")
     store.add_model(make_record("m", "alice", sha1))
-    with pytest.raises(KeyError):
+    with pytest.raises(NameTaken):
         store.add_model(make_record("m", "alice", sha2))
     assert store.get_model("m").sha256 == sha1  # type: ignore[union-attr]
 
@@ -162,9 +163,10 @@ def test_add_name_owned_by_another_tenant_is_forbidden(store: Store, replace: bo
     sha1, _ = store.put_blob(b"alice's")
     sha2, _ = store.put_blob(b"bob's")
     store.add_model(make_record("m", "alice", sha1))
-    with pytest.raises(PermissionError) as info:
+    with pytest.raises(NotOwner) as info:
         store.add_model(make_record("m", "bob", sha2), replace=replace)
-    assert "alice" in str(info.value)
+    # The reply goes to bob: it says the name is taken without naming its owner.
+    assert "another tenant" in str(info.value) and "alice" not in str(info.value)
     got = store.get_model("m")
     assert got is not None and got.owner == "alice" and got.sha256 == sha1
 

@@ -1,0 +1,97 @@
+"""The daemon's refusals: one subclass of the wire's :class:`~tenantwire.errors.TenantdError` per
+thing that can go wrong with a request, each carrying its stable code.
+
+Anything in the daemon that finds a request cannot be served raises one of these (or
+``TenantdError`` itself with a code); exactly one place, the front door that received the request,
+turns it into an error reply. This is a different family from :class:`tenantd.runtimes.RuntimeFailure`
+and :class:`~tenantd.runtimes.DeviceLost`, which say that a *backend* is broken: the inference core
+turns those into RUNTIME_ERROR / DEVICE_UNAVAILABLE refusals and, for a lost device, starts
+:mod:`tenantd.devicehealth`'s recovery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from tenantwire.errors import ErrorCode, TenantdError
+
+
+class Refusal(TenantdError):
+    """A TenantdError whose code is fixed by its class."""
+
+    CODE: ClassVar[ErrorCode] = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(self.CODE, message, details)
+
+
+class BadRequest(Refusal):
+    CODE = ErrorCode.BAD_REQUEST
+
+
+class Forbidden(Refusal):
+    CODE = ErrorCode.FORBIDDEN
+
+
+class NotOwner(Forbidden):
+    """The name belongs to another tenant."""
+
+
+class UnknownModel(Refusal):
+    CODE = ErrorCode.UNKNOWN_MODEL
+
+
+class NameTaken(Refusal):
+    """The tenant already has a model (or pipeline) of that name."""
+
+    CODE = ErrorCode.ALREADY_EXISTS
+
+
+class InvalidModel(Refusal):
+    CODE = ErrorCode.INVALID_MODEL
+
+
+class RuntimeUnavailable(Refusal):
+    CODE = ErrorCode.RUNTIME_NOT_AVAILABLE
+
+
+class InputMismatch(Refusal):
+    CODE = ErrorCode.INPUT_MISMATCH
+
+
+class AdmissionDenied(Refusal):
+    CODE = ErrorCode.ADMISSION_DENIED
+
+
+class QueueFull(Refusal):
+    """A queue or in-flight quota is full; ``scope`` says whose, ``limit`` how many it holds."""
+
+    CODE = ErrorCode.QUEUE_FULL
+
+    def __init__(self, scope: str, limit: int) -> None:
+        super().__init__(f"{scope} queue is full ({limit} requests waiting)", {"scope": scope, "limit": limit})
+        self.scope = scope
+        self.limit = limit
+
+
+class Unavailable(Refusal):
+    CODE = ErrorCode.UNAVAILABLE
+
+
+class ModelFailed(Refusal):
+    """The runtime failed on this request (or the model could not be loaded); the daemon serves on."""
+
+    CODE = ErrorCode.RUNTIME_ERROR
+
+
+class UpstreamFailed(Refusal):
+    CODE = ErrorCode.UPSTREAM_ERROR
+
+
+class DeviceUnavailable(Refusal):
+    CODE = ErrorCode.DEVICE_UNAVAILABLE
+
+
+class PipelineFailed(TenantdError):
+    """A pipeline's own stage failed (the cloud, or reading the edge's answer): ``code`` says how."""

@@ -1,0 +1,218 @@
+"""Residency: which admitted models are loaded on the device right now, and how that changes.
+
+Without swapping every served model stays loaded. With swapping (the policy's ``overcommit =
+"swap"``, or a device whose memory model is a parameter cache, like the EdgeTPU's) a served model
+may be unloaded and is reloaded by the first request that needs it (:class:`~tenantd.executor.Swapping`
+tells the executor how much room there is and tells the admission ledger what was loaded or
+evicted). This module also owns the end of a model's life (a removed or replaced model is
+*retired*: unloaded once no slot is running it), the start of the daemon (stored models restored),
+and the record of each switch (a slot running another model than last time) with its overhead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tenantd.admission import Admission
+from tenantd.catalog import Catalog
+from tenantd.devices import DeviceProfile, MemoryModel
+from tenantd.events import Event, EventLog
+from tenantd.executor import Executor, Resident, RunResult, Swapping
+from tenantd.runtimes import RuntimeFailure, RuntimeNotAvailable
+from tenantd.scheduler import Job
+from tenantd.store import Store
+
+log = logging.getLogger("tenantd")
+
+
+def seed_warm(resident: Resident, probe: dict[str, Any]) -> None:
+    """Start a model's warm window with the probe's second (warm) inference, so that even its
+    first switch has an overhead to state."""
+    warm = probe.get("warm_infer_ms")
+    if isinstance(warm, (int, float)) and warm > 0 and not resident.warm_ms:
+        resident.warm_ms.append(float(warm))
+
+
+class Residency:
+    def __init__(
+        self, executor: Executor, admission: Admission, profile: DeviceProfile, swap: bool, events: EventLog
+    ) -> None:
+        self.executor = executor
+        self._admission = admission
+        self._profile = profile
+        self._events = events
+        # Whether a model is running on a slot now; set by the inference core that owns the scheduler.
+        self.busy: Callable[[str], bool] = lambda model: False
+        self._retired: list[Resident] = []  # removed or replaced, unloaded once idle
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if swap:
+            executor.swapping = self._swapping()
+
+    @property
+    def swapping(self) -> bool:
+        return self.executor.swapping is not None
+
+    def _swapping(self) -> Swapping:
+        admission = self._admission
+        if self._profile.memory_model is MemoryModel.CACHE:
+            # Residency in the on-chip cache, counted in parameter bytes; host memory (the
+            # admission ledger) holds every admitted model either way.
+            cache = self._profile.cache_bytes or 0
+            return Swapping(
+                unit="parameters",
+                room=lambda: cache - self.executor.loaded_size(),
+                loaded=lambda r: admission.loaded(r.name, 0, r.runtime),
+                evicted=lambda r: admission.unloaded(r.name),
+                busy=lambda name: self.busy(name),
+            )
+
+        # overcommit = "swap": the ledger holds the loaded models only.
+        def loaded(resident: Resident) -> None:
+            if self.executor.resident.get(resident.name) is not resident:
+                return  # removed or replaced while it loaded: not charged; unloaded once idle
+            admission.charge(resident.name, resident.size, resident.runtime, resident.runtime_overhead)
+            admission.loaded(resident.name, 0, resident.runtime)
+
+        return Swapping(
+            unit="footprint",
+            room=lambda: admission.budget().free_bytes,
+            loaded=loaded,
+            evicted=lambda r: admission.release(r.name),
+            busy=lambda name: self.busy(name),
+        )
+
+    def swappable(self, name: str, runtime: str, path: Path, footprint: int, details: dict[str, Any]) -> Resident:
+        """A served model that is not loaded yet; its size is counted in the swapping's unit."""
+        swapping = self.executor.swapping
+        assert swapping is not None
+        size = footprint
+        if swapping.unit == "parameters":
+            size = int(details.get("param_bytes") or footprint)
+        resident = Resident(
+            name=name,
+            runtime=runtime,
+            model=None,
+            path=path,
+            size=size,
+            runtime_overhead=int(details.get("runtime_overhead_bytes", 0)),
+        )
+        seed_warm(resident, details)
+        return resident
+
+    async def restore(self, store: Store, catalog: Catalog) -> None:
+        """Serve every stored model again (start-up). One that cannot be loaded keeps its record:
+        the tenant's model is not lost, and its requests say why it cannot run."""
+        self._loop = asyncio.get_running_loop()
+        for record in store.list_models():
+            path = store.blob_path(record.sha256)
+            overhead = int(record.probe.get("runtime_overhead_bytes", 0))
+            if self.swapping:
+                resident = self.swappable(record.name, record.runtime, path, record.footprint_bytes, record.probe)
+                self.executor.install(resident)
+                catalog.models[record.name] = record
+                if self._profile.memory_model is MemoryModel.CACHE:  # admitted against host memory
+                    self._admission.charge(record.name, record.footprint_bytes, record.runtime, overhead)
+                    self._admission.unloaded(record.name)  # charged, but not in host memory until loaded
+                continue
+            try:
+                resident, load_ms = await self.executor.load(record.name, record.runtime, path)
+            except (RuntimeFailure, RuntimeNotAvailable, OSError) as exc:
+                log.error("model %s of tenant %s could not be loaded: %s", record.name, record.owner, exc)
+                self._events.emit(Event.MODEL_LOAD_FAILED, model=record.name, tenant=record.owner, reason=str(exc))
+                catalog.models[record.name] = record
+                continue
+            seed_warm(resident, record.probe)
+            self.executor.install(resident)
+            catalog.models[record.name] = record
+            # Acknowledged models come back even if the budget shrank; over_budget says so.
+            self._admission.charge(record.name, record.footprint_bytes, record.runtime, overhead)
+            self._events.emit(
+                Event.MODEL_LOADED, model=record.name, tenant=record.owner, load_ms=round(load_ms, 3), restored=True
+            )
+
+    def install(self, resident: Resident) -> None:
+        """Serve ``resident`` under its name; the model it replaces is retired."""
+        self.retire(self.executor.install(resident))
+
+    def remove(self, name: str) -> None:
+        self.retire(self.executor.evict(name))
+
+    def retire(self, resident: Resident | None) -> None:
+        """A model was removed or replaced: unload it once no slot is running it."""
+        if resident is None:
+            return
+        swapping = self.executor.swapping
+        if swapping is not None and resident.model is not None:
+            # Its memory is no longer the served model's: the ledger stops charging it now (a
+            # replacement is charged when it is loaded).
+            swapping.evicted(resident)
+        self._retired.append(resident)
+        self.unload_retired()
+
+    def unload_retired(self) -> None:
+        if self._retired:
+            busy = [r for r in self._retired if self.busy(r.name)]
+            for resident in self._retired:
+                if resident not in busy:
+                    Executor.unload(resident)
+            self._retired = busy
+
+    def job_done(self, job: Job) -> None:
+        """On a slot thread, once the job's model is idle: a retired model may be unloadable now."""
+        if self._retired and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self.unload_retired)
+            except RuntimeError:  # the loop is closed: the process is exiting anyway
+                pass
+
+    def is_loaded(self, model: str) -> bool:
+        served = self.executor.resident.get(model)
+        return served is not None and served.model is not None
+
+    def loaded_models(self) -> list[str]:
+        return sorted(r.name for r in list(self.executor.resident.values()) if r.model is not None)
+
+    def record_run(self, resident: Resident, result: RunResult, model: str, slot: int) -> dict[str, Any]:
+        """On the loop, after a run: account it, and when it was a switch log the switch event.
+        Returns the switch's part of the reply's timings."""
+        switch, warm_median, overhead = self.executor.account(resident, result)
+        timings: dict[str, Any] = {"switch": switch, "slot": slot}
+        if not switch:
+            return timings
+        timings["switched_from"] = result.previous
+        reload = result.reload
+        if reload is not None:
+            timings["load_ms"] = round(reload.load_ms, 4)
+        self._events.emit(
+            Event.SWITCH,
+            slot=slot,
+            **{"from": result.previous, "to": model},
+            reload=reload is not None,
+            load_ms=None if reload is None else round(reload.load_ms, 4),
+            evicted=[] if reload is None else reload.evicted,
+            compute_ms=round(result.compute_ms, 4),
+            warm_median_ms=None if warm_median is None else round(warm_median, 4),
+            # load (if any) + this first inference - the model's warm median
+            overhead_ms=None if overhead is None else round(overhead, 4),
+        )
+        return timings
+
+    def status(self) -> dict[str, Any]:
+        ex = self.executor
+        swapping = ex.swapping
+        return {
+            "swapping": swapping.unit if swapping else None,
+            "room_bytes": swapping.room() if swapping else None,
+            "loaded": self.loaded_models(),
+            "loaded_bytes": ex.loaded_size() if swapping else None,
+            "reloads": ex.reloads,
+            "evictions": ex.evictions,
+            "switches": ex.switches,
+            "mean_switch_overhead_ms": (
+                round(ex.switch_overhead_ms / ex.switches_measured, 4) if ex.switches_measured else None
+            ),
+        }

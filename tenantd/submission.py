@@ -1,0 +1,218 @@
+"""Submission: a tenant's model file becomes a served model, or a typed refusal.
+
+The steps, in order: check the request (name, quota, device, runtime) -> store the file by its
+hash -> probe it in a throwaway process (load, specs, memory, one inference on zeros) -> admission
+(quotas, budget) -> load it on the device (or register it as swappable) -> write the durable
+record -> install it in the catalog and on the device, retiring a model it replaces. The reply goes
+out only after the record is committed, so an acknowledged model survives a kill -9. One
+submission per name at a time (so the store and the served model agree) and one per tenant at a
+time (so its quotas count every model it has, none in flight); at most ``MAX_CONCURRENT_PROBES``
+probes run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tenantd.admission import AdmissionControl
+from tenantd.catalog import Catalog, require_tenant
+from tenantd.config import Policy
+from tenantd.devicehealth import DeviceHealth
+from tenantd.errors import BadRequest, DeviceUnavailable, InvalidModel, ModelFailed, RuntimeUnavailable
+from tenantd.events import Event, EventLog
+from tenantd.executor import Executor, Resident
+from tenantd.lifecycle import Lifecycle
+from tenantd.memory import rss_bytes
+from tenantd.probe import ProbeResult, probe_model
+from tenantd.residency import Residency, seed_warm
+from tenantd.runtimes import DeviceLost, RuntimeFailure, RuntimeNotAvailable, check_device, get_runtime_class
+from tenantd.runtimes import runtime_for_file as default_runtime
+from tenantd.store import ModelRecord, Store
+from tenantwire.errors import ErrorCode
+from tenantwire.protocol import NAME_RE, Request
+from tenantwire.tensors import TensorSpec
+
+# Concurrent probes: each is a whole process; more than this only thrashes a small box.
+MAX_CONCURRENT_PROBES = 2
+
+
+class Submission:
+    def __init__(
+        self,
+        device: str,
+        catalog: Catalog,
+        admission: AdmissionControl,
+        residency: Residency,
+        store: Store,
+        events: EventLog,
+        health: DeviceHealth,
+        lifecycle: Lifecycle,
+        policy: Callable[[], Policy],
+        threads: int,
+    ) -> None:
+        self._device = device
+        self._catalog = catalog
+        self._admission = admission
+        self._residency = residency
+        self._executor = residency.executor
+        self._store = store
+        self._events = events
+        self._health = health
+        self._lifecycle = lifecycle
+        self._policy = policy
+        self._threads = threads
+        self._probe_slots = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
+        self._load_lock = asyncio.Lock()
+        self._by_name: dict[str, asyncio.Lock] = {}
+        self._by_tenant: dict[str, asyncio.Lock] = {}
+
+    def name_lock(self, name: str) -> asyncio.Lock:
+        """Held while a submission of ``name`` is between admission and install (a removal waits)."""
+        return self._by_name.setdefault(name, asyncio.Lock())
+
+    async def submit(self, request: Request) -> dict[str, Any]:
+        self._lifecycle.check_accepting()
+        tenant = require_tenant(request)
+        args = request.args
+        name = args.get("name")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise BadRequest(f"args.name {name!r} is not a valid model name ({NAME_RE.pattern})")
+        replace = args.get("replace", False)
+        filename = args.get("filename")
+        if not isinstance(replace, bool) or (filename is not None and not isinstance(filename, str)):
+            raise BadRequest("args.replace must be a bool and args.filename a string")
+        if len(request.frames) != 1 or request.tensors:
+            raise BadRequest("submit_model takes exactly one buffer frame: the model file")
+        data = memoryview(request.frames[0]).cast("B")
+        if data.nbytes == 0:
+            raise InvalidModel("the model file is empty")
+        self._catalog.check_name_free(name, tenant, replace)
+        self._admission.check_model_quota(name, tenant)
+        self._health.check()
+        runtime = args.get("runtime") or default_runtime(filename, self._device)
+        if not isinstance(runtime, str):
+            raise BadRequest("args.runtime must be a string")
+        try:
+            check_device(get_runtime_class(runtime), self._device)
+        except RuntimeNotAvailable as exc:
+            raise RuntimeUnavailable(str(exc)) from None
+
+        loop = asyncio.get_running_loop()
+        sha, path = await loop.run_in_executor(None, self._store.put_blob, data)
+        self._events.emit(
+            Event.MODEL_SUBMITTED, model=name, tenant=tenant, sha256=sha, size_bytes=data.nbytes, runtime=runtime
+        )
+        try:
+            async with self._by_tenant.setdefault(tenant, asyncio.Lock()), self.name_lock(name):
+                self._catalog.check_name_free(name, tenant, replace)
+                self._admission.check_model_quota(name, tenant)
+                probe = await self._probe(name, tenant, runtime, path)
+                previous_charge = self._admission.memory.ledger.models.get(name)
+                self._admission.admit(
+                    name, tenant, runtime, probe.footprint_bytes, int(probe.details.get("runtime_overhead_bytes", 0))
+                )
+                try:
+                    resident, load_ms = await self._load(name, tenant, runtime, path, probe)
+                    record = ModelRecord(
+                        name=name,
+                        owner=tenant,
+                        sha256=sha,
+                        size_bytes=data.nbytes,
+                        runtime=runtime,
+                        filename=filename,
+                        inputs=tuple(TensorSpec.from_wire(s) for s in probe.inputs),
+                        outputs=tuple(TensorSpec.from_wire(s) for s in probe.outputs),
+                        footprint_bytes=probe.footprint_bytes,
+                        load_ms=probe.load_ms,
+                        first_infer_ms=probe.first_infer_ms,
+                        probe=probe.details,
+                    )
+                    await self._record_and_install(record, resident, replace, load_ms)
+                except BaseException:
+                    self._admission.memory.uncharge(name, previous_charge)
+                    raise
+                return {"model": model_info(record, self._residency)}
+        finally:
+            self._store.release_blob(sha)  # deleted here if the submission failed
+
+    async def _probe(self, name: str, tenant: str, runtime: str, path: Path) -> ProbeResult:
+        async with self._probe_slots:
+            probe = await probe_model(runtime, path, self._threads, self._policy().probe_timeout_s, self._device)
+        if not probe.ok:
+            self._events.emit(
+                Event.MODEL_REFUSED, model=name, tenant=tenant, code=ErrorCode.INVALID_MODEL.value, reason=probe.reason
+            )
+            raise InvalidModel(f"{runtime} cannot use this file: {probe.reason}")
+        self._events.emit(
+            Event.MODEL_PROBED,
+            model=name,
+            tenant=tenant,
+            footprint_bytes=probe.footprint_bytes,
+            load_ms=round(probe.load_ms, 3),
+            first_infer_ms=round(probe.first_infer_ms, 3),
+            **probe.details,
+        )
+        return probe
+
+    async def _load(
+        self, name: str, tenant: str, runtime: str, path: Path, probe: ProbeResult
+    ) -> tuple[Resident, float]:
+        try:
+            if self._residency.swapping:
+                # Loaded by the first request that needs it (a measured reload), not here.
+                return self._residency.swappable(name, runtime, path, probe.footprint_bytes, probe.details), 0.0
+            async with self._load_lock:  # one load at a time, so the growth measured is this one's
+                rss_before = rss_bytes()
+                resident, load_ms = await self._executor.load(name, runtime, path)
+                self._admission.memory.loaded(name, rss_bytes() - rss_before, runtime)
+                seed_warm(resident, probe.details)
+                return resident, load_ms
+        except DeviceLost as exc:
+            self._health.mark_lost(str(exc), name)
+            raise DeviceUnavailable(f"the device was lost loading the model: {exc}") from None
+        except RuntimeFailure as exc:
+            self._events.emit(
+                Event.MODEL_REFUSED, model=name, tenant=tenant, code=ErrorCode.RUNTIME_ERROR.value, reason=str(exc)
+            )
+            raise ModelFailed(f"the probe passed but the daemon could not load it: {exc}") from None
+
+    async def _record_and_install(self, record: ModelRecord, resident: Resident, replace: bool, load_ms: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            # Durable before acknowledged: the reply goes out only after this commit.
+            await loop.run_in_executor(None, self._store.add_model, record, replace)
+        except BaseException:
+            Executor.unload(resident)
+            raise
+        replaced = self._catalog.models.get(record.name)
+        self._catalog.models[record.name] = record
+        replaced_resident = self._executor.resident.get(record.name) is not None
+        self._residency.install(resident)
+        if replaced is not None and replaced.sha256 != record.sha256:
+            await loop.run_in_executor(None, self._store.discard_blob_if_unreferenced, replaced.sha256)
+        self._events.emit(
+            Event.MODEL_LOADED,
+            model=record.name,
+            tenant=record.owner,
+            load_ms=round(load_ms, 3),
+            replaced=replaced_resident,
+        )
+
+    async def remove(self, record: ModelRecord) -> dict[str, Any]:
+        """Forget ``record``: the store first (durable), then the catalog, the ledger and the device."""
+        await asyncio.get_running_loop().run_in_executor(None, self._store.remove_model, record.name)
+        self._catalog.models.pop(record.name, None)
+        self._admission.memory.release(record.name)
+        self._residency.remove(record.name)
+        self._events.emit(Event.MODEL_REMOVED, model=record.name, tenant=record.owner)
+        return {"removed": record.name}
+
+
+def model_info(record: ModelRecord, residency: Residency) -> dict[str, Any]:
+    """A model as ``list_models`` and ``submit_model`` describe it."""
+    info = record.to_wire()
+    info["resident"] = residency.is_loaded(record.name)  # loaded right now
+    return info
