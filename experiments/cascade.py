@@ -48,8 +48,8 @@ from experiments.harness import (
     versions,
     write_json,
 )
+from experiments.relay import Link
 from experiments.tiers import Tiers, link_label, parse_links, two_tiers
-from tenantd.relay import Link
 from tenantwire.tensors import TensorEncoding
 
 DEFAULT_LINKS = ((40.0, 2.0), (20.0, 10.0), (5.0, 100.0))

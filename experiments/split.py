@@ -54,8 +54,8 @@ from experiments.harness import (
     versions,
     write_json,
 )
+from experiments.relay import Link
 from experiments.tiers import Tiers, link_label, parse_links, two_tiers
-from tenantd.relay import Link
 from tenantwire.tensors import TensorEncoding
 
 DEFAULT_MODELS = ("mobilenet_v2", "ssd_mobilenet_v2")  # inception_v4 too with --models (slow: 171 MB per split)

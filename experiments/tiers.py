@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.harness import REPO, ExperimentError, daemon_process
+from experiments.relay import Link, RelayThread, endpoint_address
 from tenantclient import TenantClient
-from tenantd.relay import Link, RelayThread, endpoint_address
 
 EDGE_TENANT = "app"  # the tenant whose pipelines run on the edge daemon
 EDGE_IDENTITY = "edge"  # who the edge daemon is on the cloud daemon

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import zmq
 
+from experiments.relay import Link, RelayThread, endpoint_address
 from models import tiny
 from tenantclient import TenantClient
 from tenantclient import errors as E
 from tenantd import auth
 from tenantd.config import Policy
 from tenantd.pipelinespec import Uplink
-from tenantd.relay import Link, RelayThread, endpoint_address
 from tenantd.runtimes.litert import LiteRTRuntime
 from tenantwire import curve
 from tests.support.daemon import daemon_in_thread

@@ -2,7 +2,7 @@
 
 Shaping only ever adds delay, so the lower bounds here (a round trip is at least twice the one-way
 latency; a transfer is no faster than the link rate) hold however busy the machine is. The upper
-bounds are loose on purpose: `python -m tenantd.relay --check` prints the precise figures.
+bounds are loose on purpose: `python -m experiments.relay --check` prints the precise figures.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments.relay import Link, RelayThread, _parse_rate, endpoint_address, measure
 from models import tiny
 from tenantclient import TenantClient
-from tenantd.relay import Link, RelayThread, _parse_rate, endpoint_address, measure
 from tests.support.daemon import daemon_in_thread
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger("tenantd.relay")
+log = logging.getLogger("experiments.relay")
 
 DEFAULT_MTU = 1500
 DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
@@ -249,7 +249,7 @@ class RelayThread:
     def __init__(self, target: tuple[str, int], up: Link, down: Link | None = None) -> None:
         self.relay = ShapingRelay(target, up, down)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tenantd-relay", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="relay", daemon=True)
 
     def __enter__(self) -> RelayThread:
         self._thread.start()
@@ -312,7 +312,7 @@ def _echo_server() -> Iterator[tuple[str, int]]:
         writer.close()
 
     server = loop.run_until_complete(asyncio.start_server(echo, "127.0.0.1", 0))
-    thread = threading.Thread(target=loop.run_forever, name="tenantd-relay-echo", daemon=True)
+    thread = threading.Thread(target=loop.run_forever, name="relay-echo", daemon=True)
     thread.start()
     try:
         host, port = server.sockets[0].getsockname()[:2]
@@ -387,7 +387,7 @@ def _parse_rate(text: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tenantd.relay",
+        prog="python -m experiments.relay",
         description="Relay TCP (e.g. a cloud daemon's tcp:// endpoint) through an emulated link.",
     )
     parser.add_argument("--target", help="where to relay to, tcp://HOST:PORT")
