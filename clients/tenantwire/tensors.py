@@ -333,7 +333,10 @@ def decode_tensors(
             f"{where} is {dtype}{shape}, which needs {expected} bytes, but frame {frame} holds {view.nbytes}",
             request_id,
         )
-        array = np.frombuffer(view, dtype=np_dtype).reshape(shape)
+        try:
+            array = np.frombuffer(view, dtype=np_dtype).reshape(shape)
+        except (ValueError, OverflowError) as exc:  # an empty tensor may still declare absurd dimensions
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{where} cannot be read: {exc}", request_id=request_id) from None
         array.flags.writeable = False
         out.append((name, array))
     return out

@@ -221,7 +221,12 @@ class ZmqFrontDoor:
         # ROUTER prepends the peer identity; REQ peers add an empty delimiter, which we echo back.
         split = 2 if len(frames) > 1 and len(frames[1]) == 0 else 1
         envelope: Envelope = list(frames[:split])
-        body = frames[split:]
+        try:
+            self._dispatch(envelope, frames[split:], frames[0])
+        except Exception as exc:  # noqa: BLE001 - a bug (logged there): the sender still gets its one reply
+            self.reply_error(envelope, exc)
+
+    def _dispatch(self, envelope: Envelope, body: Sequence[zmq.Frame], routing: zmq.Frame) -> None:
         size = sum(len(f) for f in body)
         limit = self._policy().max_message_bytes
         if size > limit:
@@ -236,7 +241,7 @@ class ZmqFrontDoor:
             self.reply_error(envelope, exc)
             return
         try:
-            self._identify(request, frames[0])
+            self._identify(request, routing)
         except TenantdError as exc:
             self.reply_error(envelope, exc, request)
             return

@@ -225,6 +225,25 @@ def test_malformed_messages_get_typed_errors(
     assert_still_serving(endpoint, model_files)
 
 
+@pytest.mark.parametrize("shape", [[0, 2**63], [0, 2**64 - 1], [0, 2**40, 2**40]], ids=str)
+def test_empty_tensors_with_absurd_dimensions_are_answered(
+    seeded: Daemon, endpoint: str, model_files: ModelFiles, shape: list[int]
+) -> None:
+    """Reliability issue item 5: these got no reply at all (a ValueError escaped decoding)."""
+    header = {
+        "v": 1,
+        "id": "r5",
+        "op": "infer",
+        "tenant": "alice",
+        "args": {"model": "alice_mlp"},
+        "tensors": [{"name": "input", "dtype": "float32", "shape": shape, "frame": 0}],
+    }
+    reply = raw_roundtrip(endpoint, [protocol._pack(header), b""], timeout_ms=5000)
+    assert not reply.ok and reply.id == "r5" and reply.error_code == "BAD_REQUEST"
+    assert "cannot be read" in reply.error_message
+    assert_still_serving(endpoint, model_files)
+
+
 def test_req_socket_clients_are_answered(seeded: Daemon, endpoint: str) -> None:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
