@@ -336,7 +336,8 @@ def decode_tensors(
         try:
             array = np.frombuffer(view, dtype=np_dtype).reshape(shape)
         except (ValueError, OverflowError) as exc:  # an empty tensor may still declare absurd dimensions
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{where} cannot be read: {exc}", request_id=request_id) from None
+            message = f"{where} cannot be read: {exc}"
+            raise ProtocolError(ErrorCode.BAD_REQUEST, message, request_id=request_id) from None
         array.flags.writeable = False
         out.append((name, array))
     return out
