@@ -164,3 +164,26 @@ def _collect(line: bytes, event: str | None, found: list[dict[str, Any]]) -> Non
         return  # a line torn by a crash mid-write
     if isinstance(record, dict) and (event is None or record.get("event") == event):
         found.append(record)
+
+
+class Sampler:
+    """Lets through at most ``burst`` occurrences of each key per ``window_s`` and counts the rest,
+    so that a flood (a fuzzing client, a peer that stopped reading) costs a few lines, not one each.
+    ``take`` returns whether to write this one, and how many were held back since the last written."""
+
+    def __init__(self, burst: int = 10, window_s: float = 10.0, clock: Any = time.monotonic) -> None:
+        self.burst = burst
+        self.window_s = window_s
+        self._clock = clock
+        self._windows: dict[str, tuple[float, int, int]] = {}  # key -> (window start, written, held back)
+
+    def take(self, key: str) -> tuple[bool, int]:
+        now = self._clock()
+        start, written, held = self._windows.get(key, (now, 0, 0))
+        if now - start >= self.window_s:
+            start, written = now, 0
+        if written < self.burst:
+            self._windows[key] = (start, written + 1, 0)
+            return True, held
+        self._windows[key] = (start, written, held + 1)
+        return False, 0

@@ -66,6 +66,12 @@ def render(status: Mapping[str, Any]) -> str:
         "error replies, per code",
         [({"code": code}, n) for code, n in sorted(status.get("errors", {}).items())],
     )
+    lines += _metric(
+        "replies_dropped_total",
+        "counter",
+        "replies dropped because the peer had gone or stopped reading, per reason",
+        [({"reason": reason}, n) for reason, n in sorted(status.get("replies_dropped", {}).items())],
+    )
     lines += _metric("models", "gauge", "models stored", [({}, status["models"])])
     lines += _metric("models_loaded", "gauge", "models loaded now", [({}, len(status.get("resident", [])))])
     for key, help_text in (
@@ -93,8 +99,10 @@ def render(status: Mapping[str, Any]) -> str:
 
 
 class Counters:
-    """What the front doors count: requests per operation, error replies per code."""
+    """What the front doors count: requests per operation, error replies per code, replies dropped
+    because the peer had gone or stopped reading."""
 
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.replies_dropped: Counter[str] = Counter()

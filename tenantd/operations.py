@@ -11,6 +11,7 @@ raise :class:`~tenantwire.errors.TenantdError` to refuse; the front door turns t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,10 @@ from tenantwire import protocol
 from tenantwire.protocol import Op, Request
 
 MAX_EVENTS_PER_REPLY = 10_000
+# An events page is cut to this many bytes (the newest events kept), so that no reply is large:
+# what one peer that stops reading can make the daemon hold is this times the front door's per-peer
+# queue (frontdoors/zeromq.py, PEER_SEND_HWM).
+MAX_EVENTS_REPLY_BYTES = 1024 * 1024
 
 Handler = Callable[[Request], Awaitable[dict[str, Any]]]
 # Who may call an operation: anyone; only the operator; only the operator where tenants are
@@ -175,6 +180,7 @@ class Operations:
             "residency": self._residency.status(),
             "requests": dict(self._counters.requests),
             "errors": dict(self._counters.errors),
+            "replies_dropped": dict(self._counters.replies_dropped),
             "runtimes": available_runtimes(),
             **self._health.status(),
         }
@@ -206,8 +212,19 @@ class Operations:
             raise BadRequest(f"args.limit must be an int in 1..{MAX_EVENTS_PER_REPLY}")
         if kind is not None and not isinstance(kind, str):
             raise BadRequest("args.event must be a string")
-        events = await asyncio.get_running_loop().run_in_executor(None, self._events.tail, limit, kind)
-        return {"events": events}
+        return await asyncio.get_running_loop().run_in_executor(None, self._events_page, limit, kind)
+
+    def _events_page(self, limit: int, kind: str | None) -> dict[str, Any]:
+        """The newest ``limit`` events that fit MAX_EVENTS_REPLY_BYTES (on a worker thread)."""
+        events = self._events.tail(limit, kind)
+        first, size = len(events), 2  # the page as a JSON array: "[", "]", and ", " between events
+        while first:
+            size += len(json.dumps(events[first - 1], default=str)) + 2
+            if size > MAX_EVENTS_REPLY_BYTES:
+                break
+            first -= 1
+        # ``omitted``: older events that matched but did not fit; ask again with a smaller limit.
+        return {"events": events[first:], "omitted": first}
 
     async def policy_show(self, request: Request) -> dict[str, Any]:
         """The policy in force (operator only under keys: it holds every tenant's quotas)."""

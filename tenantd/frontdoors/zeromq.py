@@ -27,7 +27,7 @@ from tenantd import auth
 from tenantd.catalog import Catalog, require_tenant
 from tenantd.config import ConfigError, PolicyInForce
 from tenantd.errors import Forbidden
-from tenantd.events import Event, EventLog
+from tenantd.events import Event, EventLog, Sampler
 from tenantd.inference import Answer, InferenceCore, Outcome
 from tenantd.metrics import Counters
 from tenantd.operations import Operation, Operations
@@ -44,6 +44,11 @@ TRANSPORT_SLACK_BYTES = 64 * 1024 * 1024
 READ_BATCH = 64
 # How long the socket may keep flushing replies after the drain, when closing.
 CLOSE_LINGER_MS = 2000
+# Replies queued for one peer that does not read them, beyond what its connection's kernel buffers
+# hold; past this a reply to that peer is dropped (and counted). With every reply bounded in size
+# (an events page by MAX_EVENTS_REPLY_BYTES, an inference by its model's outputs), this bounds the
+# memory one peer can make the daemon hold. A reading client never comes near it.
+PEER_SEND_HWM = 64
 
 Envelope = list[Any]
 
@@ -121,6 +126,8 @@ class ZmqFrontDoor:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._read_scheduled = False
+        self._error_events = Sampler()  # request.error lines, per code
+        self._drop_logs = Sampler(burst=1)  # dropped-reply log lines, per reason
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -135,6 +142,7 @@ class ZmqFrontDoor:
             self.authenticator.start()  # before binding: ZAP must answer the first handshake
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, PEER_SEND_HWM)
         if self.keyring is not None:
             curve.configure_server(sock, self.keyring.server_keys())
         # Replies to a peer that has gone (or stopped reading) raise instead of vanishing silently.
@@ -336,14 +344,18 @@ class ZmqFrontDoor:
             error = TenantdError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         request_id: RequestId | None = request.id if request is not None else error.request_id
         self._counters.errors[error.code.value] += 1
-        self._events.emit(
-            Event.REQUEST_ERROR,
-            id=request_id,
-            op=request.op if request else None,
-            tenant=request.tenant if request else None,
-            code=error.code.value,
-            message=error.message,
-        )
+        # Every error is counted (status, metrics); the log gets a sample of each code.
+        write, held_back = self._error_events.take(error.code.value)
+        if write:
+            self._events.emit(
+                Event.REQUEST_ERROR,
+                id=request_id,
+                op=request.op if request else None,
+                tenant=request.tenant if request else None,
+                code=error.code.value,
+                message=error.message,
+                **({"not_logged_before": held_back} if held_back else {}),
+            )
         self._send(envelope, protocol.encode_error(request_id, error.code, error.message, error.details))
 
     def _send(self, envelope: Envelope, frames: list[Any]) -> None:
@@ -354,6 +366,15 @@ class ZmqFrontDoor:
             sock.send_multipart([*envelope, *frames], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the client disconnected; EAGAIN: it stopped reading its replies.
-            log.warning("dropping a reply the client cannot take: %s", exc)
+            reason = "gone" if exc.errno == zmq.EHOSTUNREACH else "not reading"
+            self._counters.replies_dropped[reason] += 1
+            write, held_back = self._drop_logs.take(reason)
+            if write:
+                log.warning(
+                    "dropping a reply the client cannot take (%s: %s); %d more dropped since the last such line",
+                    reason,
+                    exc,
+                    held_back,
+                )
         if _has_input(sock):
             self._schedule_read()
