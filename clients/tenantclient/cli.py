@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,6 @@ from typing import Any
 
 from tenantclient.client import ModelInfo, TenantClient
 from tenantclient.errors import RequestTimeout, TenantError
-from tenantd import auth
 
 DEFAULT_ENDPOINT = os.environ.get("TENANTD_ENDPOINT", "ipc:///tmp/tenantd.sock")
 
@@ -162,15 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     policy_commands.add_parser("show", help="print the policy in force")
     policy_set = policy_commands.add_parser("set", help="apply a policy file without restarting the daemon")
     policy_set.add_argument("file", type=Path, help="policy TOML file (see policies/)")
-    keys = commands.add_parser("keys", help="issue, list and withdraw CurveZMQ keys (operator, on the daemon's host)")
+    keys = commands.add_parser("keys", help="make the daemon reload its keys (operator); 'tenantd keys' issues them")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
-    for verb, text in (("add", "issue a key; prints where the secret key file is"), ("remove", "withdraw a key")):
-        sub = keys_commands.add_parser(verb, help=text)
-        sub.add_argument("name", help="tenant (or operator) name")
-        sub.add_argument("--operator", action="store_true", help="an operator key, not a tenant's")
-        sub.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
-    keys_list = keys_commands.add_parser("list", help="list registered keys")
-    keys_list.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
+    # Still parsed, to turn them into the tenantd command that does it now.
+    for verb in ("add", "remove", "list"):
+        sub = keys_commands.add_parser(verb, help=f"moved: 'tenantd keys {verb}', on the daemon's host")
+        if verb != "list":
+            sub.add_argument("name", nargs="?", help="tenant (or operator) name")
+            sub.add_argument("--operator", action="store_true", help="an operator key, not a tenant's")
+        sub.add_argument("--state-dir", type=Path, help="the daemon's state directory")
     keys_commands.add_parser("reload", help="make the running daemon apply the keys folder (operator key)")
     remove = commands.add_parser("remove", help="remove a tenant's model")
     remove.add_argument("name", help="model name")
@@ -234,25 +234,18 @@ def _print_pipelines(found: list[dict[str, Any]]) -> None:
         )
 
 
+class UsageError(Exception):
+    """The command line asks for something tenantctl does not do (exit status 2)."""
+
+
 def run_keys(args: argparse.Namespace) -> Any:
-    """Key management works on the state directory's files; the daemon applies them on reload."""
-    role = "operator" if getattr(args, "operator", False) else "tenant"
-    if args.keys_command == "add":
-        secret = auth.add_tenant(args.state_dir, args.name, role)
-        result = {"name": args.name, "role": role, "secret_key_file": str(secret)}
-        if not args.json:
-            print(f"issued a {role} key for {args.name}: give them {secret} (keep it secret), and the server key")
-            print(f"{auth.KeyRing.load(args.state_dir).server_public_key_file}; then run 'tenantctl keys reload'")
-        return result
-    if args.keys_command == "remove":
-        auth.remove(args.state_dir, args.name, role)
-        if not args.json:
-            print(f"withdrew the {role} key of {args.name}; run 'tenantctl keys reload' to apply it")
-        return {"removed": args.name, "role": role}
-    identities = [str(i) for i in auth.KeyRing.load(args.state_dir).identities()]
-    if not args.json:
-        print("\n".join(identities) or "no keys registered")
-    return identities
+    """Issuing, withdrawing and listing keys work on the daemon's state directory, not over the
+    wire, so they are the daemon's CLI's: say so, with the command to run there."""
+    command = ["tenantd", "keys", args.keys_command]
+    if args.keys_command != "list":
+        command += [args.name or "NAME", *(["--operator"] if args.operator else [])]
+    command += ["--state-dir", str(args.state_dir or "STATE_DIR"), *(["--json"] if args.json else [])]
+    raise UsageError(f"keys {args.keys_command} works on the daemon's files; on its host, run: {shlex.join(command)}")
 
 
 def run(args: argparse.Namespace) -> Any:
@@ -331,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     except TenantError as exc:
         print(f"tenantctl: {exc}", file=sys.stderr)
         return 1
-    except (auth.AuthConfigError, ValueError) as exc:
+    except (UsageError, ValueError) as exc:  # ValueError: e.g. a key file that is not one
         print(f"tenantctl: {exc}", file=sys.stderr)
         return 2
     if args.json:
