@@ -49,3 +49,10 @@ def test_tenantctl_points_at_tenantd_keys(argv: list[str], instead: str, capsys:
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and instead in captured.err
 
+
+def test_every_tenantctl_command_is_one_entry_of_the_table() -> None:
+    paths = [command.path for command in tenantctl.COMMANDS]
+    assert len(paths) == len(set(paths))
+    for command in tenantctl.COMMANDS:
+        help_line, _ = command.help()
+        assert help_line and "\n" not in help_line, command.path
