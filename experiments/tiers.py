@@ -3,7 +3,7 @@ with CurveZMQ keys behind the link-emulating relay, and an edge daemon on ``ipc:
 policy has an uplink to the relay with a key the cloud's operator issued to it.
 
 Everything is done as users would: both daemons are ``tenantd serve`` subprocesses (started by
-:func:`experiments.harness.daemon_process`), the edge's key is issued with ``tenantctl keys add``,
+:func:`experiments.harness.daemon_process`), the edge's key is issued with ``tenantd keys add``,
 models are submitted and pipelines defined with the client library. The relay is the one piece
 in this process (a thread), so an experiment can change the link between measurements
 (:meth:`Tiers.set_link`) while the daemons' connections stay up.
@@ -57,12 +57,12 @@ class Tiers:
         self.relay.set_links(link, link)
 
 
-def _tenantctl(*args: str) -> str:
+def _tenantd(*args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "tenantclient.cli", *args], capture_output=True, text=True, cwd=REPO, check=False
+        [sys.executable, "-m", "tenantd", *args], capture_output=True, text=True, cwd=REPO, check=False
     )
     if done.returncode != 0:
-        raise ExperimentError(f"tenantctl {' '.join(args)} failed: {done.stderr.strip()}")
+        raise ExperimentError(f"tenantd {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
 
 
@@ -74,7 +74,7 @@ def two_tiers(workdir: Path, timeout_s: float = 120.0, uplink_timeout_ms: float 
         shutil.rmtree(scratch, ignore_errors=True)
     cloud_state = cloud_dir / "state"
     cloud_state.mkdir(parents=True, exist_ok=True)
-    issued = json.loads(_tenantctl("--json", "keys", "add", EDGE_IDENTITY, "--state-dir", str(cloud_state)))
+    issued = json.loads(_tenantd("keys", "add", EDGE_IDENTITY, "--state-dir", str(cloud_state), "--json"))
     edge_key = Path(issued["secret_key_file"])
     server_key = cloud_state / "keys" / "server.key"
     with ExitStack() as stack:

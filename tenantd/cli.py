@@ -1,5 +1,9 @@
 """``tenantd``: the daemon's command line. ``tenantd serve`` runs one daemon for one device;
-``tenantd devices`` lists the devices attached to this host and the runtimes that serve them.
+``tenantd devices`` lists the devices attached to this host and the runtimes that serve them;
+``tenantd keys add|remove|list`` issues, withdraws and lists CurveZMQ keys in a state directory.
+
+Everything here works on this host (its devices, a daemon's files); what a client asks of a
+running daemon over the wire is ``tenantctl``'s.
 
 The daemon prints exactly one line to stdout, beginning ``tenantd ready``, once it is serving;
 everything else (logs) goes to stderr. Scripts and tests wait for that line, never for a delay.
@@ -12,9 +16,10 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from tenantd import __version__
+from tenantd import __version__, auth
 from tenantd.config import ConfigError, load_policy
 from tenantd.daemon import Daemon, ServeConfig
 from tenantd.devices import PROFILES
@@ -80,6 +85,47 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
+# Key management works on the state directory's files, so it runs on the daemon's host; a running
+# daemon applies a change on `tenantctl keys reload` (a wire operation, operator key) or SIGHUP.
+# Each action returns its JSON result and its text.
+
+
+def _keys_add(args: argparse.Namespace) -> tuple[object, str]:
+    role = "operator" if args.operator else "tenant"
+    secret = auth.add_tenant(args.state_dir, args.name, role)
+    server_key = auth.KeyRing.load(args.state_dir).server_public_key_file
+    text = (
+        f"issued a {role} key for {args.name}: give them {secret} (keep it secret), and the server key\n"
+        f"{server_key}; then run 'tenantctl keys reload'"
+    )
+    return {"name": args.name, "role": role, "secret_key_file": str(secret)}, text
+
+
+def _keys_remove(args: argparse.Namespace) -> tuple[object, str]:
+    role = "operator" if args.operator else "tenant"
+    auth.remove(args.state_dir, args.name, role)
+    text = f"withdrew the {role} key of {args.name}; run 'tenantctl keys reload' to apply it"
+    return {"removed": args.name, "role": role}, text
+
+
+def _keys_list(args: argparse.Namespace) -> tuple[object, str]:
+    identities = [str(i) for i in auth.KeyRing.load(args.state_dir).identities()]
+    return identities, "\n".join(identities) or "no keys registered"
+
+
+def _keys(action: Callable[[argparse.Namespace], tuple[object, str]]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            result, text = action(args)
+        except auth.AuthConfigError as exc:
+            print(f"tenantd: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=2) if args.json else text)
+        return 0
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tenantd", description="Multi-tenant inference daemon for one accelerator.")
     parser.add_argument("--version", action="version", version=f"tenantd {__version__}")
@@ -128,6 +174,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--root", type=Path, default=Path("/"), help="read /sys, /proc, /dev and /etc under this directory (tests)"
     )
     devices.set_defaults(func=_devices)
+    keys = commands.add_parser(
+        "keys",
+        help="issue, list and withdraw CurveZMQ keys in a daemon's state directory (on the daemon's host)",
+        description="Work on STATE_DIR/keys; a running daemon applies a change on 'tenantctl keys reload' "
+        "(operator key) or SIGHUP.",
+    )
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    for verb, text, action in (
+        ("add", "issue a key; prints where the secret key file is", _keys_add),
+        ("remove", "withdraw a key", _keys_remove),
+    ):
+        sub = keys_commands.add_parser(verb, help=text)
+        sub.add_argument("name", help="tenant (or operator) name")
+        sub.add_argument("--operator", action="store_true", help="an operator key, not a tenant's")
+        sub.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
+        sub.add_argument("--json", action="store_true", help="print the result as JSON")
+        sub.set_defaults(func=_keys(action))
+    keys_list = keys_commands.add_parser("list", help="list registered keys")
+    keys_list.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
+    keys_list.add_argument("--json", action="store_true", help="print the result as JSON")
+    keys_list.set_defaults(func=_keys(_keys_list))
     return parser
 
 

@@ -6,25 +6,36 @@
     tenantctl submit FILE --name N --tenant T [--runtime R] [--replace]
     tenantctl remove N --tenant T
     tenantctl policy show | policy set FILE     (set: operator only)
+    tenantctl keys reload                       (operator only)
+    tenantctl pipelines [--tenant T] | pipeline set NAME ... | pipeline remove NAME --tenant T
 
-``--json`` prints the daemon's raw answer instead of a table. Exit status: 0 on success, 1 when
-the daemon refused the request (its error code is printed), 3 when no reply came in time.
+Every command is a request to the daemon over the wire; issuing and withdrawing keys works on
+the daemon's files instead, so it is ``tenantd keys add|remove|list`` on the daemon's host.
+
+Each command is one small class in :data:`COMMANDS`: its path, its arguments, the client call,
+and its text and JSON output; its docstring is its help. ``--json`` prints the daemon's raw
+answer instead of text. Exit status: 0 on success, 1 when the daemon refused the request (its
+error code is printed), 2 on a usage error, 3 when no reply came in time.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import os
+import shlex
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from tenantclient.client import ModelInfo, TenantClient
 from tenantclient.errors import RequestTimeout, TenantError
-from tenantd import auth
+
+T = TypeVar("T")
 
 DEFAULT_ENDPOINT = os.environ.get("TENANTD_ENDPOINT", "ipc:///tmp/tenantd.sock")
 
@@ -124,87 +135,6 @@ def _print_events(events: list[dict[str, Any]]) -> None:
         print(f"{ts}  {kind:<16} {fields}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tenantctl", description="Control and use a running tenantd daemon.")
-    parser.add_argument(
-        "--endpoint",
-        default=DEFAULT_ENDPOINT,
-        help=f"daemon endpoint (env TENANTD_ENDPOINT; default {DEFAULT_ENDPOINT})",
-    )
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
-    parser.add_argument(
-        "--key",
-        default=os.environ.get("TENANTD_KEY"),
-        help="your secret key file (NAME.key_secret) for a daemon run with --auth keys (env TENANTD_KEY)",
-    )
-    parser.add_argument(
-        "--server-key",
-        default=os.environ.get("TENANTD_SERVER_KEY"),
-        help="the daemon's public key file (STATE_DIR/keys/server.key) (env TENANTD_SERVER_KEY)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the daemon's raw answer as JSON")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("status", help="the daemon's device, slots, queues, models and counters")
-    commands.add_parser("metrics", help="the same figures in the Prometheus text format")
-    models = commands.add_parser("models", help="list models (all, or one tenant's)")
-    models.add_argument("--tenant", help="only this tenant's models")
-    events = commands.add_parser("events", help="print the daemon's event log, oldest first")
-    events.add_argument("--limit", type=int, default=50, help="how many of the latest events (default 50)")
-    events.add_argument("--event", help="only events of this kind, e.g. switch, model.refused")
-    submit = commands.add_parser("submit", help="upload a model file for a tenant")
-    submit.add_argument("file", type=Path, help="model file, e.g. model.tflite")
-    submit.add_argument("--name", required=True, help="model name (unique on this daemon)")
-    submit.add_argument("--tenant", required=True, help="tenant that will own the model")
-    submit.add_argument("--runtime", help="runtime to use (default: chosen from the file suffix)")
-    submit.add_argument("--replace", action="store_true", help="replace the tenant's model of the same name")
-    policy = commands.add_parser("policy", help="show the policy in force, or apply a new one (operator)")
-    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
-    policy_commands.add_parser("show", help="print the policy in force")
-    policy_set = policy_commands.add_parser("set", help="apply a policy file without restarting the daemon")
-    policy_set.add_argument("file", type=Path, help="policy TOML file (see policies/)")
-    keys = commands.add_parser("keys", help="issue, list and withdraw CurveZMQ keys (operator, on the daemon's host)")
-    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
-    for verb, text in (("add", "issue a key; prints where the secret key file is"), ("remove", "withdraw a key")):
-        sub = keys_commands.add_parser(verb, help=text)
-        sub.add_argument("name", help="tenant (or operator) name")
-        sub.add_argument("--operator", action="store_true", help="an operator key, not a tenant's")
-        sub.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
-    keys_list = keys_commands.add_parser("list", help="list registered keys")
-    keys_list.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
-    keys_commands.add_parser("reload", help="make the running daemon apply the keys folder (operator key)")
-    remove = commands.add_parser("remove", help="remove a tenant's model")
-    remove.add_argument("name", help="model name")
-    remove.add_argument("--tenant", required=True, help="tenant that owns the model")
-
-    pipelines = commands.add_parser("pipelines", help="list pipelines (all, or one tenant's)")
-    pipelines.add_argument("--tenant", help="only this tenant's")
-    pipeline = commands.add_parser("pipeline", help="define or remove a tenant's edge-to-cloud pipeline")
-    pipeline_commands = pipeline.add_subparsers(dest="pipeline_command", required=True)
-    pipe_set = pipeline_commands.add_parser(
-        "set",
-        help="chain an edge model here to a cloud model through an operator's uplink",
-        description="Then 'infer' on NAME runs the edge model, and the cloud model when needed.",
-    )
-    pipe_set.add_argument("name", help="pipeline name (shares the namespace of model names)")
-    pipe_set.add_argument("--tenant", required=True, help="tenant that owns it and the edge model")
-    pipe_set.add_argument("--kind", required=True, choices=["split", "cascade"], help="split (head/tail) or cascade")
-    pipe_set.add_argument("--edge-model", required=True, help="the head (split) or compact model (cascade) here")
-    pipe_set.add_argument("--uplink", required=True, help="an uplink the operator configured ([uplinks.NAME])")
-    pipe_set.add_argument("--cloud-model", required=True, help="the model's name on the other daemon")
-    pipe_set.add_argument("--encoding", default="none", help="none, zlib, lz4, float16, int8, or e.g. int8+zlib")
-    pipe_set.add_argument("--threshold", type=float, help="cascade: forward when the top confidence is below this")
-    pipe_set.add_argument("--confidence-output", help="cascade: the edge output holding class scores")
-    pipe_set.add_argument(
-        "--on-cloud-failure", choices=["error", "edge"], default="error", help="cascade: fall back to the edge answer"
-    )
-    pipe_set.add_argument("--timeout-ms", type=float, help="longest wait for the cloud stage")
-    pipe_set.add_argument("--replace", action="store_true", help="redefine an existing pipeline")
-    pipe_remove = pipeline_commands.add_parser("remove", help="remove a pipeline (its models stay)")
-    pipe_remove.add_argument("name", help="pipeline name")
-    pipe_remove.add_argument("--tenant", required=True, help="tenant that owns it")
-    return parser
-
-
 def _pipeline_spec(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "kind": args.kind,
@@ -234,104 +164,386 @@ def _print_pipelines(found: list[dict[str, Any]]) -> None:
         )
 
 
-def run_keys(args: argparse.Namespace) -> Any:
-    """Key management works on the state directory's files; the daemon applies them on reload."""
-    role = "operator" if getattr(args, "operator", False) else "tenant"
-    if args.keys_command == "add":
-        secret = auth.add_tenant(args.state_dir, args.name, role)
-        result = {"name": args.name, "role": role, "secret_key_file": str(secret)}
-        if not args.json:
-            print(f"issued a {role} key for {args.name}: give them {secret} (keep it secret), and the server key")
-            print(f"{auth.KeyRing.load(args.state_dir).server_public_key_file}; then run 'tenantctl keys reload'")
+class UsageError(Exception):
+    """The command line asks for something tenantctl does not do (exit status 2)."""
+
+
+class Command(ABC):
+    """One tenantctl command. The class docstring is its help: the first line in the command
+    list, the rest (if any) as the command's description."""
+
+    path: tuple[str, ...]  # ("status",), or ("policy", "show") for a command in a group
+
+    def arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the command's own arguments (the global ones are in :func:`build_parser`); none by default."""
+        return None
+
+    @abstractmethod
+    def run(self, args: argparse.Namespace) -> Any:
+        """Do the command; print its text, or return what ``--json`` prints."""
+
+    def help(self) -> tuple[str, str | None]:
+        first, _, rest = inspect.cleandoc(self.__doc__ or "").partition("\n")
+        return first, rest.strip() or None
+
+
+class ClientCommand(Command, Generic[T]):
+    """A command that is one request to the daemon."""
+
+    @abstractmethod
+    def call(self, client: TenantClient, args: argparse.Namespace) -> T:
+        """Ask the daemon; the result goes to :meth:`text` or :meth:`json`."""
+
+    @abstractmethod
+    def text(self, result: T, args: argparse.Namespace) -> None:
+        """Print the result for a person."""
+
+    def json(self, result: T) -> Any:
+        """The result for ``--json``: by default the daemon's answer as it came."""
         return result
-    if args.keys_command == "remove":
-        auth.remove(args.state_dir, args.name, role)
-        if not args.json:
-            print(f"withdrew the {role} key of {args.name}; run 'tenantctl keys reload' to apply it")
-        return {"removed": args.name, "role": role}
-    identities = [str(i) for i in auth.KeyRing.load(args.state_dir).identities()]
-    if not args.json:
-        print("\n".join(identities) or "no keys registered")
-    return identities
+
+    def run(self, args: argparse.Namespace) -> Any:
+        # --tenant, where a command has it, names whom the request is for (with keys, the key decides).
+        tenant = getattr(args, "tenant", None)
+        curve = {"key_file": args.key, "server_key": args.server_key} if args.key or args.server_key else {}
+        with TenantClient(args.endpoint, tenant=tenant, timeout=args.timeout, **curve) as client:
+            result = self.call(client, args)
+        if args.json:
+            return self.json(result)
+        self.text(result, args)
+        return None
 
 
-def run(args: argparse.Namespace) -> Any:
-    if args.command == "keys" and args.keys_command != "reload":
-        return run_keys(args)
-    tenant = getattr(args, "tenant", None)
-    curve = {"key_file": args.key, "server_key": args.server_key} if args.key or args.server_key else {}
-    with TenantClient(args.endpoint, tenant=tenant, timeout=args.timeout, **curve) as client:
-        if args.command == "keys":
-            identities = client.reload_keys()
-            return identities if args.json else print("keys reloaded: " + (", ".join(identities) or "none"))
-        if args.command == "status":
-            status = client.status()
-            return status if args.json else _print_status(status)
-        if args.command == "metrics":
-            text = client.metrics()
-            return {"text": text} if args.json else print(text, end="")
-        if args.command == "models":
-            found = client.list_models()
-            return [m.__dict__ for m in found] if args.json else _print_models(found)
-        if args.command == "events":
-            events = client.events(limit=args.limit, event=args.event)
-            return events if args.json else _print_events(events)
-        if args.command == "submit":
-            if not args.file.is_file():
-                raise SystemExit(f"tenantctl: {args.file} is not a file")
-            info = client.submit_model(args.file, args.name, runtime=args.runtime, replace=args.replace)
-            if args.json:
-                return info.__dict__
-            print(
-                f"submitted {info.name} for tenant {info.owner}: runtime {info.runtime}, "
-                f"footprint {_mib(info.footprint_bytes)}, load {info.load_ms:.1f} ms"
-            )
-            _print_models([info])
-            return None
-        if args.command == "policy" and args.policy_command == "show":
-            shown = client.policy_show()
-            if args.json:
-                return shown
-            for key, value in shown["policy"].items():
-                print(f"{key} = {value!r}")
-            print(f"# restart-only: {', '.join(shown['restart_only'])}")
-            return None
-        if args.command == "policy":
-            if not args.file.is_file():
-                raise SystemExit(f"tenantctl: {args.file} is not a file")
-            applied = client.policy_set(args.file.read_text())
-            if args.json:
-                return applied
-            print(f"policy applied; changed: {', '.join(applied['changed']) or 'nothing'}")
-            for note in applied["consequences"]:
-                print(f"  note: {note}")
-            return None
-        if args.command == "pipelines":
-            listed = client.list_pipelines()
-            return listed if args.json else _print_pipelines(listed)
-        if args.command == "pipeline" and args.pipeline_command == "set":
-            defined = client.set_pipeline(args.name, _pipeline_spec(args), replace=args.replace)
-            return defined if args.json else print(f"pipeline {defined['name']} set for tenant {defined['owner']}")
-        if args.command == "pipeline":
-            client.remove_pipeline(args.name)
-            return {"removed": args.name} if args.json else print(f"removed pipeline {args.name}")
-        if args.command == "remove":
-            client.remove_model(args.name)
-            return {"removed": args.name} if args.json else print(f"removed {args.name}")
-    raise AssertionError(args.command)
+def _existing_file(path: Path) -> Path:
+    if not path.is_file():
+        raise SystemExit(f"tenantctl: {path} is not a file")
+    return path
+
+
+# ------------------------------------------------------------------------------- commands
+
+
+class Status(ClientCommand[dict[str, Any]]):
+    """the daemon's device, slots, queues, models and counters"""
+
+    path = ("status",)
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> dict[str, Any]:
+        return client.status()
+
+    def text(self, result: dict[str, Any], args: argparse.Namespace) -> None:
+        _print_status(result)
+
+
+class Metrics(ClientCommand[str]):
+    """the same figures in the Prometheus text format"""
+
+    path = ("metrics",)
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> str:
+        return client.metrics()
+
+    def text(self, result: str, args: argparse.Namespace) -> None:
+        print(result, end="")
+
+    def json(self, result: str) -> Any:
+        return {"text": result}
+
+
+class Models(ClientCommand[list[ModelInfo]]):
+    """list models (all, or one tenant's)"""
+
+    path = ("models",)
+
+    def arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--tenant", help="only this tenant's models")
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> list[ModelInfo]:
+        return client.list_models()
+
+    def text(self, result: list[ModelInfo], args: argparse.Namespace) -> None:
+        _print_models(result)
+
+    def json(self, result: list[ModelInfo]) -> Any:
+        return [m.__dict__ for m in result]
+
+
+class Events(ClientCommand[list[dict[str, Any]]]):
+    """print the daemon's event log, oldest first"""
+
+    path = ("events",)
+
+    def arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--limit", type=int, default=50, help="how many of the latest events (default 50)")
+        parser.add_argument("--event", help="only events of this kind, e.g. switch, model.refused")
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> list[dict[str, Any]]:
+        return client.events(limit=args.limit, event=args.event)
+
+    def text(self, result: list[dict[str, Any]], args: argparse.Namespace) -> None:
+        _print_events(result)
+
+
+class Submit(ClientCommand[ModelInfo]):
+    """upload a model file for a tenant"""
+
+    path = ("submit",)
+
+    def arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("file", type=Path, help="model file, e.g. model.tflite")
+        parser.add_argument("--name", required=True, help="model name (unique on this daemon)")
+        parser.add_argument("--tenant", required=True, help="tenant that will own the model")
+        parser.add_argument("--runtime", help="runtime to use (default: chosen from the file suffix)")
+        parser.add_argument("--replace", action="store_true", help="replace the tenant's model of the same name")
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> ModelInfo:
+        model = _existing_file(args.file)
+        return client.submit_model(model, args.name, runtime=args.runtime, replace=args.replace)
+
+    def text(self, result: ModelInfo, args: argparse.Namespace) -> None:
+        print(
+            f"submitted {result.name} for tenant {result.owner}: runtime {result.runtime}, "
+            f"footprint {_mib(result.footprint_bytes)}, load {result.load_ms:.1f} ms"
+        )
+        _print_models([result])
+
+    def json(self, result: ModelInfo) -> Any:
+        return result.__dict__
+
+
+class Remove(ClientCommand[str]):
+    """remove a tenant's model"""
+
+    path = ("remove",)
+
+    def arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("name", help="model name")
+        parser.add_argument("--tenant", required=True, help="tenant that owns the model")
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> str:
+        client.remove_model(args.name)
+        return str(args.name)
+
+    def text(self, result: str, args: argparse.Namespace) -> None:
+        print(f"removed {result}")
+
+    def json(self, result: str) -> Any:
+        return {"removed": result}
+
+
+class PolicyShow(ClientCommand[dict[str, Any]]):
+    """print the policy in force"""
+
+    path = ("policy", "show")
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> dict[str, Any]:
+        return client.policy_show()
+
+    def text(self, result: dict[str, Any], args: argparse.Namespace) -> None:
+        for key, value in result["policy"].items():
+            print(f"{key} = {value!r}")
+        print(f"# restart-only: {', '.join(result['restart_only'])}")
+
+
+class PolicySet(ClientCommand[dict[str, Any]]):
+    """apply a policy file without restarting the daemon"""
+
+    path = ("policy", "set")
+
+    def arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("file", type=Path, help="policy TOML file (see policies/)")
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> dict[str, Any]:
+        return client.policy_set(_existing_file(args.file).read_text())
+
+    def text(self, result: dict[str, Any], args: argparse.Namespace) -> None:
+        print(f"policy applied; changed: {', '.join(result['changed']) or 'nothing'}")
+        for note in result["consequences"]:
+            print(f"  note: {note}")
+
+
+class KeysReload(ClientCommand[list[str]]):
+    """make the running daemon apply the keys folder (operator key)"""
+
+    path = ("keys", "reload")
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> list[str]:
+        return client.reload_keys()
+
+    def text(self, result: list[str], args: argparse.Namespace) -> None:
+        print("keys reloaded: " + (", ".join(result) or "none"))
+
+
+class KeysOnTheDaemonHost(Command):
+    """Issuing, withdrawing and listing keys work on the daemon's state directory, not over the
+    wire, so they are the daemon's CLI's: this says so, with the command to run there. It still
+    takes the arguments it used to, to turn them into that command."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.path = ("keys", verb)
+
+    def help(self) -> tuple[str, str | None]:
+        return f"moved: 'tenantd keys {self.verb}', on the daemon's host", None
+
+    def arguments(self, parser: argparse.ArgumentParser) -> None:
+        if self.verb != "list":
+            parser.add_argument("name", nargs="?", help="tenant (or operator) name")
+            parser.add_argument("--operator", action="store_true", help="an operator key, not a tenant's")
+        parser.add_argument("--state-dir", type=Path, help="the daemon's state directory")
+
+    def run(self, args: argparse.Namespace) -> Any:
+        command = ["tenantd", "keys", self.verb]
+        if self.verb != "list":
+            command += [args.name or "NAME", *(["--operator"] if args.operator else [])]
+        command += ["--state-dir", str(args.state_dir or "STATE_DIR"), *(["--json"] if args.json else [])]
+        raise UsageError(f"keys {self.verb} works on the daemon's files; on its host, run: {shlex.join(command)}")
+
+
+class Pipelines(ClientCommand[list[dict[str, Any]]]):
+    """list pipelines (all, or one tenant's)"""
+
+    path = ("pipelines",)
+
+    def arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--tenant", help="only this tenant's")
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> list[dict[str, Any]]:
+        return client.list_pipelines()
+
+    def text(self, result: list[dict[str, Any]], args: argparse.Namespace) -> None:
+        _print_pipelines(result)
+
+
+class PipelineSet(ClientCommand[dict[str, Any]]):
+    """chain an edge model here to a cloud model through an operator's uplink
+
+    Then 'infer' on NAME runs the edge model, and the cloud model when needed.
+    """
+
+    path = ("pipeline", "set")
+
+    def arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("name", help="pipeline name (shares the namespace of model names)")
+        parser.add_argument("--tenant", required=True, help="tenant that owns it and the edge model")
+        parser.add_argument("--kind", required=True, choices=["split", "cascade"], help="split (head/tail) or cascade")
+        parser.add_argument("--edge-model", required=True, help="the head (split) or compact model (cascade) here")
+        parser.add_argument("--uplink", required=True, help="an uplink the operator configured ([uplinks.NAME])")
+        parser.add_argument("--cloud-model", required=True, help="the model's name on the other daemon")
+        parser.add_argument("--encoding", default="none", help="none, zlib, lz4, float16, int8, or e.g. int8+zlib")
+        parser.add_argument("--threshold", type=float, help="cascade: forward when the top confidence is below this")
+        parser.add_argument("--confidence-output", help="cascade: the edge output holding class scores")
+        parser.add_argument(
+            "--on-cloud-failure",
+            choices=["error", "edge"],
+            default="error",
+            help="cascade: fall back to the edge answer",
+        )
+        parser.add_argument("--timeout-ms", type=float, help="longest wait for the cloud stage")
+        parser.add_argument("--replace", action="store_true", help="redefine an existing pipeline")
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> dict[str, Any]:
+        return client.set_pipeline(args.name, _pipeline_spec(args), replace=args.replace)
+
+    def text(self, result: dict[str, Any], args: argparse.Namespace) -> None:
+        print(f"pipeline {result['name']} set for tenant {result['owner']}")
+
+
+class PipelineRemove(ClientCommand[str]):
+    """remove a pipeline (its models stay)"""
+
+    path = ("pipeline", "remove")
+
+    def arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("name", help="pipeline name")
+        parser.add_argument("--tenant", required=True, help="tenant that owns it")
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> str:
+        client.remove_pipeline(args.name)
+        return str(args.name)
+
+    def text(self, result: str, args: argparse.Namespace) -> None:
+        print(f"removed pipeline {result}")
+
+    def json(self, result: str) -> Any:
+        return {"removed": result}
+
+
+# In the order of the help; a group (policy, keys, pipeline) is listed where its first command is.
+COMMANDS: tuple[Command, ...] = (
+    Status(),
+    Metrics(),
+    Models(),
+    Events(),
+    Submit(),
+    PolicyShow(),
+    PolicySet(),
+    KeysReload(),
+    KeysOnTheDaemonHost("add"),
+    KeysOnTheDaemonHost("remove"),
+    KeysOnTheDaemonHost("list"),
+    Remove(),
+    Pipelines(),
+    PipelineSet(),
+    PipelineRemove(),
+)
+
+GROUPS = {
+    "policy": "show the policy in force, or apply a new one (operator)",
+    "keys": "make the daemon reload its keys (operator); 'tenantd keys' issues them",
+    "pipeline": "define or remove a tenant's edge-to-cloud pipeline",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tenantctl", description="Control and use a running tenantd daemon.")
+    parser.add_argument(
+        "--endpoint",
+        default=DEFAULT_ENDPOINT,
+        help=f"daemon endpoint (env TENANTD_ENDPOINT; default {DEFAULT_ENDPOINT})",
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("TENANTD_KEY"),
+        help="your secret key file (NAME.key_secret) for a daemon run with --auth keys (env TENANTD_KEY)",
+    )
+    parser.add_argument(
+        "--server-key",
+        default=os.environ.get("TENANTD_SERVER_KEY"),
+        help="the daemon's public key file (STATE_DIR/keys/server.key) (env TENANTD_SERVER_KEY)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the daemon's raw answer as JSON")
+    commands = parser.add_subparsers(dest="command", required=True)
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    for command in COMMANDS:
+        *group, name = command.path
+        parent = commands
+        if group:
+            (title,) = group
+            if title not in groups:
+                grouped = commands.add_parser(title, help=GROUPS[title])
+                groups[title] = grouped.add_subparsers(dest=f"{title}_command", required=True)
+            parent = groups[title]
+        text, description = command.help()
+        sub = parent.add_parser(name, help=text, description=description)
+        command.arguments(sub)
+        sub.set_defaults(handler=command)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command: Command = args.handler
     try:
-        result = run(args)
+        result = command.run(args)
     except RequestTimeout as exc:
         print(f"tenantctl: {exc.message}", file=sys.stderr)
         return 3
     except TenantError as exc:
         print(f"tenantctl: {exc}", file=sys.stderr)
         return 1
-    except (auth.AuthConfigError, ValueError) as exc:
+    except (UsageError, ValueError) as exc:  # ValueError: e.g. a key file that is not one
         print(f"tenantctl: {exc}", file=sys.stderr)
         return 2
     if args.json:

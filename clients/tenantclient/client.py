@@ -1,4 +1,8 @@
-"""Tenant clients for tenantd: an asyncio client and a synchronous one sharing its request code.
+"""Tenant clients for tenantd: an asyncio client and a synchronous one sharing everything but I/O.
+
+What each operation sends and how its reply becomes a return value is written once, in
+:mod:`tenantclient.operations`; each client supplies only ``call`` (send one request, wait for its
+reply) and a one-line method per operation.
 
 One DEALER socket per client; every request carries a fresh id and its reply is matched back to
 the waiting call by that id, so many requests may be in flight on one client at once. A reply that
@@ -16,109 +20,40 @@ import itertools
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar
 
 import numpy as np
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message, recv_monitor_message
 
+from tenantclient import operations
 from tenantclient.errors import ClientClosed, KeyRefused, RequestTimeout, error_for
-from tenantwire import curve, irbundle, protocol
+from tenantclient.operations import (
+    DEFAULT_SUBMIT_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    Call,
+    InferResult,
+    Inputs,
+    ModelInfo,
+)
+from tenantwire import curve, protocol
 from tenantwire.errors import ProtocolError, RequestId
-from tenantwire.protocol import Op, Reply
-from tenantwire.tensors import TensorEncoding, TensorSpec
+from tenantwire.protocol import Reply
+from tenantwire.tensors import TensorEncoding
 
-Inputs = np.ndarray | Mapping[str, np.ndarray]
-DEFAULT_TIMEOUT_S = 30.0
-# Submitting a model includes the daemon's probe (a process start, a load and a first inference).
-DEFAULT_SUBMIT_TIMEOUT_S = 120.0
+__all__ = [
+    "DEFAULT_SUBMIT_TIMEOUT_S",
+    "DEFAULT_TIMEOUT_S",
+    "AsyncTenantClient",
+    "InferResult",
+    "Inputs",
+    "ModelInfo",
+    "TenantClient",
+]
 
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the daemon knows about one model."""
-
-    name: str
-    owner: str
-    runtime: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    footprint_bytes: int
-    state: str
-    resident: bool
-    size_bytes: int
-    sha256: str
-    load_ms: float
-    first_infer_ms: float
-
-    @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> ModelInfo:
-        return cls(
-            name=data["name"],
-            owner=data["owner"],
-            runtime=data["runtime"],
-            inputs=tuple(TensorSpec.from_wire(s) for s in data["inputs"]),
-            outputs=tuple(TensorSpec.from_wire(s) for s in data["outputs"]),
-            footprint_bytes=int(data["footprint_bytes"]),
-            state=data["state"],
-            resident=bool(data.get("resident", False)),
-            size_bytes=int(data["size_bytes"]),
-            sha256=data["sha256"],
-            load_ms=float(data["load_ms"]),
-            first_infer_ms=float(data["first_infer_ms"]),
-        )
-
-
-@dataclass
-class InferResult:
-    """Outputs by name (read-only arrays over the received frames) and the daemon's timings:
-    ``queue_ms``, ``compute_ms``, ``total_ms``, ``switch`` (the slot last ran another model),
-    ``switched_from`` (that model, on a switch) and ``slot``."""
-
-    outputs: dict[str, np.ndarray]
-    timings: dict[str, Any] = field(default_factory=dict)
-
-
-def _as_tensors(inputs: Inputs) -> list[tuple[str | None, np.ndarray]]:
-    if isinstance(inputs, np.ndarray):
-        return [(None, inputs)]
-    if isinstance(inputs, Mapping):
-        return [(str(name), np.asarray(value)) for name, value in inputs.items()]
-    raise TypeError("inputs must be a numpy array (single-input model) or a dict of arrays by input name")
-
-
-def _submit_args(
-    model: str | os.PathLike[str] | bytes, name: str, runtime: str | None, replace: bool
-) -> tuple[dict[str, Any], list[bytes]]:
-    if isinstance(model, bytes):
-        data, filename = model, None
-    else:
-        path = Path(model)
-        if path.suffix.lower() == ".xml":
-            # OpenVINO IR is two files; it travels as one bundle (docs/protocol.md, submit_model).
-            data, filename = irbundle.pack_files(path), path.with_suffix(irbundle.SUFFIX).name
-        else:
-            data, filename = path.read_bytes(), path.name
-    args: dict[str, Any] = {"name": name, "replace": replace}
-    if filename:
-        args["filename"] = filename
-    if runtime:
-        args["runtime"] = runtime
-    return args, [data]
-
-
-def _events_args(limit: int, event: str | None) -> dict[str, Any]:
-    return {"limit": limit, **({"event": event} if event else {})}
-
-
-def _infer_result(reply: Reply) -> InferResult:
-    outputs: dict[str, np.ndarray] = {}
-    for index, (out_name, array) in enumerate(reply.tensors):
-        outputs[out_name if out_name is not None else str(index)] = array
-    return InferResult(outputs=outputs, timings=reply.timings)
+T = TypeVar("T")
 
 
 def _curve_settings(
@@ -320,13 +255,24 @@ class AsyncTenantClient:
         reply.request_bytes = protocol.frames_bytes(frames)
         return self._requests.check(reply)
 
+    async def _run(self, call: Call[T]) -> T:
+        reply = await self.call(
+            call.op.value,
+            call.args,
+            tensors=call.tensors,
+            blobs=call.blobs,
+            deadline_ms=call.deadline_ms,
+            timeout=call.timeout,
+        )
+        return call.parse(reply)
+
     # ------------------------------------------------------------------ operations
 
     async def ping(self) -> dict[str, Any]:
-        return (await self.call(Op.PING.value)).result
+        return await self._run(operations.ping())
 
     async def status(self) -> dict[str, Any]:
-        return (await self.call(Op.STATUS.value)).result
+        return await self._run(operations.status())
 
     async def submit_model(
         self,
@@ -339,66 +285,59 @@ class AsyncTenantClient:
     ) -> ModelInfo:
         """Upload a model file (a path or its bytes) under ``name``; returns it once stored,
         probed and loaded. Raises InvalidModel, AlreadyExists, Forbidden, AdmissionDenied..."""
-        args, blobs = _submit_args(model, name, runtime, replace)
-        reply = await self.call(Op.SUBMIT_MODEL.value, args, blobs=blobs, timeout=timeout)
-        return ModelInfo.from_wire(reply.result["model"])
+        return await self._run(operations.submit_model(model, name, runtime, replace, timeout))
 
     async def list_models(self) -> list[ModelInfo]:
         """The tenant's models (every model when the client has no tenant)."""
-        reply = await self.call(Op.LIST_MODELS.value)
-        return [ModelInfo.from_wire(m) for m in reply.result["models"]]
+        return await self._run(operations.list_models())
 
     async def remove_model(self, name: str) -> None:
-        await self.call(Op.REMOVE_MODEL.value, {"model": name})
+        return await self._run(operations.remove_model(name))
 
     async def set_pipeline(self, name: str, spec: Mapping[str, Any], *, replace: bool = False) -> dict[str, Any]:
         """Define a pipeline across tiers (``spec``: kind, edge_model, uplink, cloud_model, and
         encoding, threshold, confidence_output, on_cloud_failure, timeout_ms; docs/protocol.md).
         Then ``infer(name, ...)`` runs it; ``infer_detailed`` shows its stages in ``timings``."""
-        reply = await self.call(Op.PIPELINE_SET.value, {"name": name, "spec": dict(spec), "replace": replace})
-        return cast(dict[str, Any], reply.result["pipeline"])
+        return await self._run(operations.set_pipeline(name, spec, replace))
 
     async def remove_pipeline(self, name: str) -> None:
-        await self.call(Op.PIPELINE_REMOVE.value, {"name": name})
+        return await self._run(operations.remove_pipeline(name))
 
     async def list_pipelines(self) -> list[dict[str, Any]]:
-        return cast(list[dict[str, Any]], (await self.call(Op.LIST_PIPELINES.value)).result["pipelines"])
+        return await self._run(operations.list_pipelines())
 
     async def policy_show(self) -> dict[str, Any]:
         """The daemon's policy in force, and which fields only a restart can change."""
-        return (await self.call(Op.POLICY_SHOW.value)).result
+        return await self._run(operations.policy_show())
 
     async def policy_set(self, toml_text: str) -> dict[str, Any]:
         """Operator only: apply a new policy (TOML text) without a restart; returns the changed
         fields and what they mean for models already admitted."""
-        return (await self.call(Op.POLICY_SET.value, {"toml": toml_text})).result
+        return await self._run(operations.policy_set(toml_text))
 
     async def metrics(self) -> str:
         """The daemon's status in the Prometheus text format."""
-        return str((await self.call(Op.METRICS.value)).result["text"])
+        return await self._run(operations.metrics())
 
     async def reload_keys(self) -> list[str]:
         """Operator only: make the daemon re-read its keys folder; returns who is registered."""
-        return list((await self.call(Op.RELOAD_KEYS.value)).result["identities"])
+        return await self._run(operations.reload_keys())
 
     async def events(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
-        return list((await self.call(Op.EVENTS.value, _events_args(limit, event))).result["events"])
+        return await self._run(operations.events(limit, event))
 
     async def infer_detailed(
         self, name: str, inputs: Inputs, *, deadline_ms: float | None = None, timeout: float | None = None
     ) -> InferResult:
         """Run ``name`` on ``inputs``; outputs by name plus the daemon's timings. ``deadline_ms``
         bounds how long the request may wait in the queue before it starts."""
-        reply = await self.call(
-            Op.INFER.value, {"model": name}, tensors=_as_tensors(inputs), deadline_ms=deadline_ms, timeout=timeout
-        )
-        return _infer_result(reply)
+        return await self._run(operations.infer_detailed(name, inputs, deadline_ms, timeout))
 
     async def infer(
         self, name: str, inputs: Inputs, *, deadline_ms: float | None = None, timeout: float | None = None
     ) -> dict[str, np.ndarray]:
         """Run ``name`` on ``inputs`` (one array, or a dict by input name); outputs by name."""
-        return (await self.infer_detailed(name, inputs, deadline_ms=deadline_ms, timeout=timeout)).outputs
+        return await self._run(operations.infer(name, inputs, deadline_ms, timeout))
 
 
 class TenantClient:
@@ -515,11 +454,24 @@ class TenantClient:
             self._check_refused()
         return sock in ready
 
+    def _run(self, call: Call[T]) -> T:
+        reply = self.call(
+            call.op.value,
+            call.args,
+            tensors=call.tensors,
+            blobs=call.blobs,
+            deadline_ms=call.deadline_ms,
+            timeout=call.timeout,
+        )
+        return call.parse(reply)
+
+    # ------------------------------------------------------------------ operations
+
     def ping(self) -> dict[str, Any]:
-        return self.call(Op.PING.value).result
+        return self._run(operations.ping())
 
     def status(self) -> dict[str, Any]:
-        return self.call(Op.STATUS.value).result
+        return self._run(operations.status())
 
     def submit_model(
         self,
@@ -531,54 +483,49 @@ class TenantClient:
         timeout: float = DEFAULT_SUBMIT_TIMEOUT_S,
     ) -> ModelInfo:
         """Upload a model file (a path or its bytes) under ``name``; see :meth:`AsyncTenantClient.submit_model`."""
-        args, blobs = _submit_args(model, name, runtime, replace)
-        return ModelInfo.from_wire(self.call(Op.SUBMIT_MODEL.value, args, blobs=blobs, timeout=timeout).result["model"])
+        return self._run(operations.submit_model(model, name, runtime, replace, timeout))
 
     def list_models(self) -> list[ModelInfo]:
-        return [ModelInfo.from_wire(m) for m in self.call(Op.LIST_MODELS.value).result["models"]]
+        return self._run(operations.list_models())
 
     def remove_model(self, name: str) -> None:
-        self.call(Op.REMOVE_MODEL.value, {"model": name})
+        return self._run(operations.remove_model(name))
 
     def set_pipeline(self, name: str, spec: Mapping[str, Any], *, replace: bool = False) -> dict[str, Any]:
         """See :meth:`AsyncTenantClient.set_pipeline`."""
-        reply = self.call(Op.PIPELINE_SET.value, {"name": name, "spec": dict(spec), "replace": replace})
-        return cast(dict[str, Any], reply.result["pipeline"])
+        return self._run(operations.set_pipeline(name, spec, replace))
 
     def remove_pipeline(self, name: str) -> None:
-        self.call(Op.PIPELINE_REMOVE.value, {"name": name})
+        return self._run(operations.remove_pipeline(name))
 
     def list_pipelines(self) -> list[dict[str, Any]]:
-        return cast(list[dict[str, Any]], self.call(Op.LIST_PIPELINES.value).result["pipelines"])
+        return self._run(operations.list_pipelines())
 
     def policy_show(self) -> dict[str, Any]:
-        return self.call(Op.POLICY_SHOW.value).result
+        return self._run(operations.policy_show())
 
     def policy_set(self, toml_text: str) -> dict[str, Any]:
         """Operator only: see :meth:`AsyncTenantClient.policy_set`."""
-        return self.call(Op.POLICY_SET.value, {"toml": toml_text}).result
+        return self._run(operations.policy_set(toml_text))
 
     def metrics(self) -> str:
         """The daemon's status in the Prometheus text format."""
-        return str(self.call(Op.METRICS.value).result["text"])
+        return self._run(operations.metrics())
 
     def reload_keys(self) -> list[str]:
         """Operator only: make the daemon re-read its keys folder; returns who is registered."""
-        return list(self.call(Op.RELOAD_KEYS.value).result["identities"])
+        return self._run(operations.reload_keys())
 
     def events(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
-        return list(self.call(Op.EVENTS.value, _events_args(limit, event)).result["events"])
+        return self._run(operations.events(limit, event))
 
     def infer_detailed(
         self, name: str, inputs: Inputs, *, deadline_ms: float | None = None, timeout: float | None = None
     ) -> InferResult:
-        reply = self.call(
-            Op.INFER.value, {"model": name}, tensors=_as_tensors(inputs), deadline_ms=deadline_ms, timeout=timeout
-        )
-        return _infer_result(reply)
+        return self._run(operations.infer_detailed(name, inputs, deadline_ms, timeout))
 
     def infer(
         self, name: str, inputs: Inputs, *, deadline_ms: float | None = None, timeout: float | None = None
     ) -> dict[str, np.ndarray]:
         """Run ``name`` on ``inputs`` (one array, or a dict by input name); outputs by name."""
-        return self.infer_detailed(name, inputs, deadline_ms=deadline_ms, timeout=timeout).outputs
+        return self._run(operations.infer(name, inputs, deadline_ms, timeout))

@@ -54,7 +54,7 @@ def read_certificate(path: Path) -> tuple[bytes, bytes | None]:
     except ValueError:
         raise KeyFileError(
             f"key file {path} is not a ZeroMQ certificate (no public-key line); write it with "
-            "`tenantctl keys` or zmq.auth.create_certificates"
+            "`tenantd keys add` or zmq.auth.create_certificates"
         ) from None
     if not is_z85_key(public):
         raise KeyFileError(f"key file {path}: the public-key is not a 40-character z85 CURVE key")

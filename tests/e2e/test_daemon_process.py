@@ -135,11 +135,28 @@ def test_sigterm_answers_in_flight_requests_before_exiting(tmp_path: Path) -> No
     assert last["event"] == "stop" and last["dropped_requests"] == 0
 
 
-def test_tcp_uses_keys_by_default_and_tenantctl_manages_them(tmp_path: Path, model_files: ModelFiles) -> None:
+def tenantd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tenantd", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=daemon_env(),
+        cwd=REPO,
+    )
+
+
+def test_tcp_uses_keys_by_default_and_tenantd_keys_manages_them(tmp_path: Path, model_files: ModelFiles) -> None:
     state = tmp_path / "state"
     for name, extra in (("ops", ["--operator"]), ("alice", [])):
-        issued = tenantctl("unused", "keys", "add", name, *extra, "--state-dir", str(state))
+        issued = tenantd("keys", "add", name, *extra, "--state-dir", str(state))
         assert issued.returncode == 0 and "issued a" in issued.stdout, issued.stderr
+    # The client's CLI no longer writes the daemon's files; it says which command does.
+    moved = tenantctl("unused", "keys", "add", "carol", "--state-dir", str(state))
+    assert moved.returncode == 2 and f"tenantd keys add carol --state-dir {state}" in moved.stderr
+    assert len(moved.stderr.strip().splitlines()) == 1
+    listed = tenantd("keys", "list", "--state-dir", str(state), "--json")
+    assert listed.returncode == 0 and sorted(json.loads(listed.stdout)) == ["operator:ops", "tenant:alice"]
     daemon = start_daemon_process(state, "tcp://127.0.0.1:*")
     server_key = str(state / "keys" / "server.key")
     secrets = state / "keys" / "issued"
@@ -157,7 +174,7 @@ def test_tcp_uses_keys_by_default_and_tenantctl_manages_them(tmp_path: Path, mod
         anonymous = tenantctl(daemon.endpoint, "--timeout", "1", "status")
         assert anonymous.returncode == 3
         # A key issued while the daemon runs counts once the operator reloads the keys.
-        assert tenantctl("unused", "keys", "add", "bob", "--state-dir", str(state)).returncode == 0
+        assert tenantd("keys", "add", "bob", "--state-dir", str(state)).returncode == 0
         reloaded = tenantctl(daemon.endpoint, *ops, "keys", "reload")
         assert reloaded.returncode == 0 and "tenant:bob" in reloaded.stdout
         bob = ["--key", str(secrets / "tenants" / "bob.key_secret"), "--server-key", server_key]
