@@ -47,9 +47,12 @@ def _imports(tree: ast.AST, module: str) -> list[tuple[str, ast.stmt]]:
         if isinstance(node, ast.Import):
             out += [(alias.name, node) for alias in node.names if _first_party(alias.name)]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and _first_party(node.module):
-            out.append((node.module, node))
-            # ``from tenantd import auth`` imports the submodule tenantd.auth.
-            out += [(f"{node.module}.{a.name}", node) for a in node.names if f"{node.module}.{a.name}" in MODULES]
+            # ``from tenantd import auth`` imports the submodule tenantd.auth (the package itself is
+            # already initialising when one of its modules runs, so that is no edge to it).
+            submodules = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES]
+            out += [(m, node) for m in submodules]
+            if len(submodules) < len(node.names):
+                out.append((node.module, node))
     return out
 
 
@@ -125,3 +128,29 @@ def test_the_daemon_emits_only_declared_event_kinds() -> None:
     literal = re.compile(r"\.emit\(\s*\"([^\"]+)\"")
     stray = [(n, m) for n, p in MODULES.items() for m in literal.findall(p.read_text())]
     assert not stray, f"events emitted by string, not Event: {stray}"
+
+
+def test_who_may_call_each_operation_is_what_the_protocol_says() -> None:
+    """The operations table and docs/protocol.md section 7 agree (they disagreed on policy_show)."""
+    from_docs = {}
+    for row in (ROOT / "docs/protocol.md").read_text().splitlines():
+        cells = [c.strip() for c in row.split("|")]
+        if len(cells) > 4 and re.fullmatch(r"`[a-z_]+`", cells[1]):
+            from_docs[cells[1].strip("`")] = cells[3]
+    expected = {
+        "anyone": lambda text: "operator only" not in text,
+        "operator": lambda text: text.startswith("**operator only**"),
+        "operator_under_keys": lambda text: "anyone under `header`; **operator only** under `keys`" in text,
+    }
+    table = _operations_table()
+    assert set(table) <= set(from_docs)
+    wrong = {op: from_docs[op] for op, caller in table.items() if not expected[caller](from_docs[op])}
+    assert not wrong, wrong
+
+
+def _operations_table() -> dict[str, str]:
+    """op -> caller, read from the source of tenantd/operations.py (no daemon needed)."""
+    source = (ROOT / "tenantd/operations.py").read_text()
+    rows = re.findall(r"Operation\(Op\.([A-Z_]+), [^,)]+(?:, \"([a-z_]+)\")?\)", source)
+    assert len(rows) >= 13, rows
+    return {name.lower(): caller or "anyone" for name, caller in rows}
