@@ -93,5 +93,11 @@ class DeviceUnavailable(Refusal):
     CODE = ErrorCode.DEVICE_UNAVAILABLE
 
 
+class StorageFull(Refusal):
+    """The state disk is full: nothing of this request was stored; retry after space is freed."""
+
+    CODE = ErrorCode.STORAGE_FULL
+
+
 class PipelineFailed(TenantdError):
     """A pipeline's own stage failed (the cloud, or reading the edge's answer): ``code`` says how."""

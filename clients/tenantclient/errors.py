@@ -105,6 +105,13 @@ class DeviceUnavailable(TenantError):
     code = ErrorCode.DEVICE_UNAVAILABLE.value
 
 
+class StorageFull(TenantError):
+    """The daemon's state disk is full; nothing of this request was stored. Retry once the operator
+    has freed space."""
+
+    code = ErrorCode.STORAGE_FULL.value
+
+
 class RequestTimeout(TenantError, TimeoutError):
     """No reply came within the call's timeout. The request may still run on the daemon."""
 

@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"
     UPSTREAM_ERROR = "UPSTREAM_ERROR"
     DEVICE_UNAVAILABLE = "DEVICE_UNAVAILABLE"
+    STORAGE_FULL = "STORAGE_FULL"
 
 
 # One line per code: what it means and whether retrying the same request can help.
@@ -74,6 +75,8 @@ ERROR_TABLE: dict[ErrorCode, str] = {
     "too slow (the pipeline's timeout) or refused the request; `details.cause` says which.",
     ErrorCode.DEVICE_UNAVAILABLE: "The daemon's device is gone (unplugged, or the runtime reported it "
     "lost); the daemon retries it and keeps serving other operations. `details` says since when.",
+    ErrorCode.STORAGE_FULL: "The disk holding the daemon's state is full: nothing of this request was "
+    "stored and everything stored before is intact. Retry once the operator has freed space.",
 }
 
 
