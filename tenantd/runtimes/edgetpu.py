@@ -137,7 +137,7 @@ class EdgeTPURuntime(LiteRTRuntime):
     suffixes = (".tflite",)
     device_kinds = ("edgetpu",)
 
-    def load(self, source: bytes | Path) -> EdgeTPUModel:
+    def _load(self, source: bytes | Path) -> EdgeTPUModel:
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
         log_path = source.with_name(source.stem + ".log") if isinstance(source, Path) else None
         log_text = log_path.read_text(errors="replace") if log_path is not None and log_path.is_file() else None

@@ -76,7 +76,7 @@ class LiteRTRuntime(Runtime):
     suffixes = (".tflite",)
     device_kinds = ("cpu",)
 
-    def load(self, source: bytes | Path) -> LiteRTModel:
+    def _load(self, source: bytes | Path) -> LiteRTModel:
         try:
             if isinstance(source, Path):
                 interpreter = Interpreter(model_path=str(source), num_threads=self.num_threads)

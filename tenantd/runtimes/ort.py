@@ -94,7 +94,7 @@ class ONNXRuntime(Runtime):
             return [("CUDAExecutionProvider", {"device_id": index})]
         return ["CPUExecutionProvider"]
 
-    def load(self, source: bytes | Path) -> ONNXRuntimeModel:
+    def _load(self, source: bytes | Path) -> ONNXRuntimeModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, self.num_threads)
         options.inter_op_num_threads = 1

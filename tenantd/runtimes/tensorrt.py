@@ -163,6 +163,8 @@ class TensorRTRuntime(Runtime):
     name = "tensorrt"
     suffixes = (".engine", ".plan", ".onnx")
     device_kinds = ("cuda",)
+    # A serialized engine holds everything it needs; ONNX is checked like any ONNX file.
+    own_format = "a serialized TensorRT engine"
 
     def __init__(self, device: str = "cuda:0", num_threads: int = 1, slots: int = 1) -> None:
         super().__init__(device, num_threads, slots)
@@ -190,7 +192,7 @@ class TensorRTRuntime(Runtime):
             raise RuntimeFailure("TensorRT could not build an engine from this ONNX model (see the daemon's log)")
         return serialized
 
-    def load(self, source: bytes | Path) -> TensorRTModel:
+    def _load(self, source: bytes | Path) -> TensorRTModel:
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
         try:
             with self._ctx:

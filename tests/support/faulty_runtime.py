@@ -73,8 +73,9 @@ class FaultyModel(LoadedModel):
 class FaultyRuntime(Runtime):
     name = "faulty"
     suffixes = (".faulty",)
+    own_format = "the faulty test runtime's JSON file"
 
-    def load(self, source: bytes | Path) -> FaultyModel:
+    def _load(self, source: bytes | Path) -> FaultyModel:
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
         if not data.startswith(MAGIC):
             raise RuntimeFailure("not a faulty-runtime model")
