@@ -1341,7 +1341,7 @@ class Daemon:
             self.events.emit(
                 "model.refused", model=name, tenant=tenant, code=ErrorCode.INVALID_MODEL.value, reason=probe.reason
             )
-            raise ClientError(ErrorCode.INVALID_MODEL, f"{runtime} cannot use this file: {probe.reason}")
+            raise ClientError(ErrorCode.INVALID_MODEL, f"{runtime} cannot use this file: {probe.reason}", probe.details)
         self.events.emit(
             "model.probed",
             model=name,
