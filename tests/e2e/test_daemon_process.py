@@ -287,3 +287,67 @@ def test_done_when_ncs2_stops_at_the_memory_bound_and_edgetpu_swaps(tmp_path: Pa
         assert "mean switch overhead" in tenantctl(edgetpu.endpoint, "status").stdout
     finally:
         assert edgetpu.stop() == 0
+
+
+def serve_once(state: Path, endpoint: str) -> subprocess.CompletedProcess[str]:
+    """``tenantd serve`` that is expected to stop before it is ready."""
+    return subprocess.run(
+        [sys.executable, "-m", "tenantd", "serve", "--endpoint", endpoint, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=daemon_env(),
+        cwd=REPO,
+    )
+
+
+def test_an_emptied_database_stops_the_daemon_and_every_model_file_is_kept(
+    tmp_path: Path, model_files: ModelFiles
+) -> None:
+    """The issue: tenantd.db truncated to zero bytes while the daemon was stopped. It must not start
+    with no models and garbage-collect every model file: it exits 3 with one line saying what is
+    wrong and how to recover, and restoring the database from a backup brings every model back."""
+    state, endpoint = tmp_path / "state", f"ipc://{tmp_path}/d.sock"
+    daemon = start_daemon_process(state, endpoint)
+    try:
+        with TenantClient(daemon.endpoint, tenant="alice") as alice:
+            for name, path in (("a", model_files.mlp), ("b", model_files.mlp_b), ("c", model_files.two_input)):
+                alice.submit_model(path, name)
+    finally:
+        assert daemon.stop() == 0
+    db = state / "tenantd.db"
+    backup = tmp_path / "tenantd.db.backup"
+    backup.write_bytes(db.read_bytes())  # after a clean stop the database file holds everything
+    blobs = {p: p.read_bytes() for p in (state / "blobs").rglob("*") if p.is_file()}
+    assert len(blobs) == 3
+    db.write_bytes(b"")
+
+    for _ in range(2):  # and again: the refusal itself changed nothing
+        proc = serve_once(state, endpoint)
+        assert proc.returncode == 3, proc.stderr
+        assert "Traceback" not in proc.stderr and "tenantd ready" not in proc.stdout
+        (message,) = [line for line in proc.stderr.splitlines() if line.startswith("tenantd: ")]
+        assert f"{db} is empty (0 bytes)" in message and "restore tenantd.db from a backup" in message
+        assert "the 3 model file(s) under" in message and "nothing was deleted" in message
+        assert {p: p.read_bytes() for p in (state / "blobs").rglob("*") if p.is_file()} == blobs
+        assert db.stat().st_size == 0
+
+    db.write_bytes(backup.read_bytes())  # the recovery the message names
+    again = start_daemon_process(state, endpoint)
+    try:
+        with TenantClient(again.endpoint, tenant="alice") as alice:
+            assert sorted(m.name for m in alice.list_models()) == ["a", "b", "c"]
+            x = np.full((1, 32), 0.25, np.float32)
+            assert np.array_equal(alice.infer("a", x)["probs"], direct_litert(model_files.mlp, x)["probs"])
+    finally:
+        assert again.stop() == 0
+
+
+def test_a_garbage_database_stops_the_daemon_with_a_clear_message(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "tenantd.db").write_bytes(b"\x00garbage, not SQLite\xff" * 200)
+    proc = serve_once(state, f"ipc://{tmp_path}/d.sock")
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    (message,) = [line for line in proc.stderr.splitlines() if line.startswith("tenantd: ")]
+    assert "is not a readable SQLite database (file is not a database)" in message
