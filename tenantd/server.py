@@ -452,6 +452,11 @@ class Daemon:
 
     async def _restore_models(self) -> None:
         for record in self.store.list_models():
+            if (damage := self.store.model_file_problem(record)) is not None:  # never load what was not probed
+                log.error("model %s of tenant %s is damaged, not loaded: %s", record.name, record.owner, damage)
+                self.events.emit("model.damaged", model=record.name, tenant=record.owner, reason=damage)
+                self.models[record.name] = record
+                continue
             if self.executor.swapping is not None:
                 path = self.store.blob_path(record.sha256)
                 self.executor.install(
@@ -879,6 +884,7 @@ class Daemon:
             status["resident"] = [m for m in status["resident"] if m in own]
             status["residency"]["loaded"] = [m for m in status["residency"]["loaded"] if m in own]
             status["models"] = len(own)
+            status["damaged_models"] = [d for d in status["damaged_models"] if d["tenant"] == request.tenant]
             refusal = status["memory"]["last_refusal"]
             if refusal is not None and refusal["tenant"] != request.tenant:
                 status["memory"]["last_refusal"] = None
@@ -900,6 +906,7 @@ class Daemon:
             "running": self.scheduler.running,
             "queue_depths": self.scheduler.queue_depths(),
             "models": len(self.models),
+            "damaged_models": self.store.damaged_models(),
             "resident": self._loaded_models(),
             "tenants": sorted({r.owner for r in self.models.values()}),
             "switches": self.executor.switches,

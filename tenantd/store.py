@@ -12,7 +12,8 @@ with tenantd's tables and schema version that passes SQLite's quick integrity ch
 (a new store: no database, or an empty one, and no model files). A database that is missing, empty,
 unreadable or damaged while model files exist raises :class:`StoreUnusable`, with what is wrong and
 how to recover, before anything is changed; otherwise its garbage collection would delete every
-file it no longer knows about.
+file it no longer knows about. Each stored model's file is also checked against the size recorded
+for it (:meth:`Store.model_file_problem`), so the daemon names a damaged model rather than load it.
 """
 
 from __future__ import annotations
@@ -239,8 +240,13 @@ class Store:
         return sha, path
 
     def _write_blob(self, data: bytes | memoryview, path: Path) -> None:
-        if path.exists():
-            return
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        try:
+            if path.stat().st_size == size:
+                return  # already stored
+        except FileNotFoundError:
+            pass
+        # Missing, or damaged (see model_file_problem): submitting the model again repairs it.
         new_shard = not path.parent.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
@@ -289,6 +295,31 @@ class Store:
                     path.unlink(missing_ok=True)
                     removed.append(path.name)
             return removed
+
+    def model_file_problem(self, record: ModelRecord) -> str | None:
+        """Why ``record``'s file is not the one that was submitted and probed (missing, or not the
+        size recorded then), or None. The file is not hashed: that would read every model file
+        (gigabytes in a full store) before the daemon could serve, while what crashes, full disks
+        and stray deletions leave (a missing or cut-short file) shows in its size; a changed byte
+        inside a file of the right size is left to the runtime's own checks."""
+        path = self.blob_path(record.sha256)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return f"its file {path} is missing"
+        except OSError as exc:
+            return f"its file {path} cannot be read ({exc})"
+        if size != record.size_bytes:
+            return f"its file {path} has {size} bytes, but {record.size_bytes} were stored"
+        return None
+
+    def damaged_models(self) -> list[dict[str, str]]:
+        """Every stored model whose file is missing or the wrong size: model, tenant, reason."""
+        return [
+            {"model": record.name, "tenant": record.owner, "reason": problem}
+            for record in self.list_models()
+            if (problem := self.model_file_problem(record)) is not None
+        ]
 
     # ------------------------------------------------------------------ models
 

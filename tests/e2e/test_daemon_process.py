@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tenantclient import AsyncTenantClient, TenantClient
+from tenantclient import errors as E
 from tests.conftest import ModelFiles, direct_litert
 from tests.support.daemon import REPO, daemon_env, start_daemon_process
 from tests.support.faulty_runtime import faulty_model
@@ -351,3 +352,38 @@ def test_a_garbage_database_stops_the_daemon_with_a_clear_message(tmp_path: Path
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     (message,) = [line for line in proc.stderr.splitlines() if line.startswith("tenantd: ")]
     assert "is not a readable SQLite database (file is not a database)" in message
+
+
+def test_a_damaged_model_file_is_named_at_start_up_and_in_status(tmp_path: Path, model_files: ModelFiles) -> None:
+    state, endpoint = tmp_path / "state", f"ipc://{tmp_path}/d.sock"
+    first = start_daemon_process(state, endpoint)
+    try:
+        with TenantClient(first.endpoint, tenant="alice") as alice, TenantClient(first.endpoint, tenant="bob") as bob:
+            sha = alice.submit_model(model_files.mlp, "alice_mlp").sha256
+            bob.submit_model(model_files.mlp_b, "bob_mlp")
+    finally:
+        assert first.stop() == 0
+    blob = next((state / "blobs").rglob(sha))
+    size = blob.stat().st_size
+    blob.write_bytes(blob.read_bytes()[: size // 2])  # cut short, as by a full disk
+
+    second = start_daemon_process(state, endpoint)
+    try:
+        reason = f"its file {blob} has {size // 2} bytes, but {size} were stored"
+        with TenantClient(second.endpoint) as operator:
+            assert operator.status()["damaged_models"] == [{"model": "alice_mlp", "tenant": "alice", "reason": reason}]
+            (event,) = operator.events(event="model.damaged")
+            assert (event["model"], event["tenant"], event["reason"]) == ("alice_mlp", "alice", reason)
+        x_a = np.full((1, 32), 0.5, np.float32)
+        with TenantClient(second.endpoint, tenant="alice") as alice, TenantClient(second.endpoint, tenant="bob") as bob:
+            with pytest.raises(E.RuntimeFailed, match="could not be loaded"):
+                alice.infer("alice_mlp", x_a)
+            x_b = np.full((1, 16), 0.5, np.float32)
+            assert np.array_equal(bob.infer("bob_mlp", x_b)["probs"], direct_litert(model_files.mlp_b, x_b)["probs"])
+            # Submitting it again repairs the file; the model is served and no longer listed.
+            alice.submit_model(model_files.mlp, "alice_mlp", replace=True)
+            assert np.array_equal(alice.infer("alice_mlp", x_a)["probs"], direct_litert(model_files.mlp, x_a)["probs"])
+            assert alice.status()["damaged_models"] == []
+    finally:
+        assert second.stop() == 0
+    assert f"model alice_mlp of tenant alice is damaged, not loaded: {reason}" in second.stderr()

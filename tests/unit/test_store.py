@@ -517,3 +517,31 @@ def test_garbage_collection_on_a_healthy_database_removes_only_orphans(tmp_path:
         assert [m.name for m in store.list_models()] == ["m0", "m1", "m2"]
     finally:
         store.close()
+
+
+def test_missing_or_wrong_size_model_files_are_reported(tmp_path: Path) -> None:
+    blobs = _stored(tmp_path)
+    missing, cut, intact = sorted(blobs)
+    store = Store(tmp_path)
+    try:
+        store.blob_path(missing).unlink()
+        store.blob_path(cut).write_bytes(blobs[cut][:-5])
+        problems = {r.sha256: store.model_file_problem(r) for r in store.list_models()}
+        assert problems[intact] is None
+        assert problems[missing] == f"its file {store.blob_path(missing)} is missing"
+        assert (
+            problems[cut]
+            == f"its file {store.blob_path(cut)} has {len(blobs[cut]) - 5} bytes, but {len(blobs[cut])} were stored"
+        )
+        by_sha = {r.name: r.sha256 for r in store.list_models()}
+        damaged = {d["model"]: d for d in store.damaged_models()}
+        assert {by_sha[name] for name in damaged} == {missing, cut}
+        assert all(d["tenant"] == "alice" and d["reason"] == problems[by_sha[n]] for n, d in damaged.items())
+        # Submitting the same bytes again repairs the file (it is not skipped as already stored).
+        for sha in (missing, cut):
+            store.put_blob(blobs[sha])
+            store.release_blob(sha)
+        assert store.damaged_models() == []
+        assert _blobs_on_disk(tmp_path) == blobs
+    finally:
+        store.close()
