@@ -22,6 +22,7 @@ repeated message may appear in pieces), so they see what an engine's protobuf pa
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ OPAQUE = "opaque"  # a format this module cannot inspect, accepted only where th
 # check the path the daemon takes without onnx).
 use_onnx_package = True
 
+_DIGITS = re.compile(r"[0-9]+")
 # Deeper nesting than protobuf's default recursion limit: engines refuse such a file anyway.
 _MAX_DEPTH = 100
 _SELF_CONTAINED_ONNX = "onnx.save_model(model, path, save_as_external_data=False)"
@@ -125,13 +127,13 @@ def _check_ir_bundle(data: _Data) -> None:
         raise ModelFileRefused(str(exc), where="the IR bundle") from None
     for layer, offset, size in _ir_constants(xml):
         where = f"Const layer {layer!r} of model.xml"
-        try:
-            start, length = int(offset), int(size)
-        except ValueError:
+        # Plain digits only: Python's int() also takes "1_000" or " +5", which OpenVINO reads otherwise.
+        if not (_DIGITS.fullmatch(offset) and _DIGITS.fullmatch(size)):
             raise ModelFileRefused(
                 f"{where} has offset {offset!r} and size {size!r}, which are not byte counts", where=where
-            ) from None
-        if start < 0 or length < 0 or start + length > len(weights):
+            )
+        start, length = int(offset), int(size)
+        if start + length > len(weights):
             raise ModelFileRefused(
                 f"{where} reads bytes {start}..{start + length} of the weights, but the bundle's model.bin "
                 f"holds {len(weights)} bytes: the IR does not belong to these weights",

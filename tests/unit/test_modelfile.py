@@ -431,6 +431,16 @@ def test_ir_const_outside_the_bundled_weights_is_refused(ir: tuple[bytes, bytes]
     assert info.value.where.startswith("Const layer ") and info.value.reference.startswith("model.bin[")
 
 
+def test_ir_const_range_must_be_plain_digits(ir: tuple[bytes, bytes]) -> None:
+    xml, weights = ir
+    text = xml.decode()
+    first = re.search(r'offset="(\d+)"', text)
+    assert first is not None
+    odd = text.replace(first.group(0), 'offset="1_0"', 1).encode()
+    with pytest.raises(ModelFileRefused, match="which are not byte counts"):
+        check_self_contained(irbundle.pack(odd, weights))
+
+
 def test_ir_with_a_document_type_is_refused(ir: tuple[bytes, bytes]) -> None:
     xml, weights = ir
     declared = xml.replace(b"<net ", b'<!DOCTYPE net [<!ENTITY secret SYSTEM "/etc/passwd">]>\n<net ', 1)
