@@ -55,6 +55,7 @@ from experiments.overhead import daemon_process
 from models import tiny
 from tenantclient import TenantClient
 from tenantd.runtimes import get_runtime_class
+from tenantwire import irbundle
 
 AGREEMENT = 1e-4
 QUICK_CHANNELS = (32, 128, 256, 512)
@@ -148,7 +149,9 @@ def run(args: argparse.Namespace) -> tuple[list[Row], int]:
             reference = reference_model.infer([x])[0]
             reference_model.unload()
             for runtime, kind in plan:
-                model = get_runtime_class(runtime)(num_threads=threads).load(files[kind])
+                # An IR travels as one bundle (the client builds it for submit_model too).
+                source = irbundle.pack_files(files[kind]) if kind == "ir" else files[kind]
+                model = get_runtime_class(runtime)(num_threads=threads).load(source)
                 xk = fit_layout(x, model.inputs[0].shape)  # zoo ONNX/IR take NCHW, .tflite NHWC
                 diff = float(np.abs(model.infer([xk])[0] - reference).max())
                 if diff > AGREEMENT:

@@ -34,6 +34,7 @@ __all__ = [
     "two_input",
     "two_input_scale",
     "unsupported_op_model",
+    "with_buffers_after",
 ]
 
 FILE_IDENTIFIER = b"TFL3"
@@ -587,3 +588,38 @@ def param_bytes(model: bytes) -> int:
     """Total bytes of constant data referenced by the tensors of a .tflite model (see
     :func:`tenantd.runtimes.litert.tflite_param_bytes`, which the daemon uses too)."""
     return tflite_param_bytes(model)
+
+
+def with_buffers_after(model: bytes, *, past_end: int = 0) -> bytes:
+    """``model`` with its constant buffers moved after the flatbuffer, as TFLite stores models over
+    2 GiB: each buffer is empty and gives the ``offset``/``size`` of its bytes, counted from the start
+    of the file. ``past_end`` > 0 moves the last buffer's offset that many bytes further, so it points
+    past the end of the file (a file that asks a runtime to read beyond itself)."""
+    root = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    moved = [b for b in root.buffers if b.data is not None and len(b.data)]
+    if not moved:
+        raise ValueError("the model has no constant buffers to move")
+    payloads = [bytes(np.asarray(b.data, np.uint8)) for b in moved]
+    for b in moved:
+        b.data, b.offset, b.size = None, 2, 1  # placeholders as wide as the real values (not defaults)
+
+    def pack() -> bytes:
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(root.Pack(builder), file_identifier=FILE_IDENTIFIER)
+        return bytes(builder.Output())
+
+    head = len(pack())
+    starts = []
+    position = head
+    for payload in payloads:
+        position += -position % _ALIGN
+        starts.append(position)
+        position += len(payload)
+    for b, start, payload in zip(moved, starts, payloads, strict=True):
+        b.offset, b.size = start, len(payload)
+    moved[-1].offset += past_end
+    out = bytearray(pack())
+    assert len(out) == head, "the offsets changed the flatbuffer's size"
+    for start, payload in zip(starts, payloads, strict=True):
+        out += bytes(start - len(out)) + payload
+    return bytes(out)

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models import tiny
 
-__all__ = ["cnn", "ir_bundle", "mlp", "save_ir"]
+__all__ = ["add_bytes", "add_bytes_weights", "cnn", "external_tensor", "ir_bundle", "mlp", "save_ir"]
 
 OPSET = 17
 IR_VERSION = 9
@@ -146,6 +146,45 @@ def cnn(
         helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [1, classes]),
         "tenantd tiny cnn",
     )
+
+
+def add_bytes_weights(length: int = 64, seed: int = 0) -> np.ndarray:
+    """The uint8 ``W`` that ``add_bytes(length, seed=seed)`` holds inside itself."""
+    return np.random.default_rng(seed).integers(0, 256, size=length, dtype=np.uint8)
+
+
+def external_tensor(name: str, location: str, length: int, data_type: int = TensorProto.UINT8) -> onnx.TensorProto:
+    """A 1-d tensor of ``length`` elements whose data ONNX keeps outside the model, in the file at
+    ``location`` (``data_location = EXTERNAL``), as ``onnx.save_model(..., save_as_external_data=True)``
+    writes it."""
+    tensor = TensorProto(name=name, data_type=data_type, dims=[length], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def add_bytes(length: int = 64, *, seed: int = 0, weights_location: str | None = None) -> bytes:
+    """``Y = X + W`` over ``length`` uint8 values: run on zeros it returns ``W``. ``W`` is inside the
+    model (:func:`add_bytes_weights`), or, given ``weights_location``, ONNX external data: the first
+    ``length`` bytes of the file there (a relative path resolves against the loader's directory).
+    That second form is a model asking its loader to read a file outside it; tenantd refuses it."""
+    if weights_location is None:
+        weights = numpy_helper.from_array(add_bytes_weights(length, seed), "W")
+    else:
+        weights = external_tensor("W", weights_location, length)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["X", "W"], ["Y"], name="add")],
+        "tenantd add bytes",
+        [helper.make_tensor_value_info("X", TensorProto.UINT8, [length])],
+        [helper.make_tensor_value_info("Y", TensorProto.UINT8, [length])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tenantd-tiny")
+    model.ir_version = IR_VERSION
+    if weights_location is None:  # the checker would look for the external file
+        onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
 
 
 def save_ir(onnx_model: bytes, xml_path: Path) -> Path:

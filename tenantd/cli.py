@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,8 +25,22 @@ from tenantd.config import ConfigError, load_policy
 from tenantd.daemon import Daemon, ServeConfig
 from tenantd.devices import PROFILES
 from tenantd.devices.detect import detect, format_table, pick_auto
+from tenantd.store import StoreUnusable
 
 log = logging.getLogger("tenantd")
+
+# Exit statuses of ``tenantd serve`` besides 0 (stopped cleanly), as its --help lists them.
+EXIT_CONFIG = 2  # the policy, endpoint, device or state directory is wrong or in use
+EXIT_STORE = 3  # the model store cannot be used safely (tenantd.store.StoreUnusable); nothing was changed
+SERVE_EXIT_STATUS = f"""exit status:
+  0  stopped cleanly (SIGINT/SIGTERM)
+  1  an unexpected failure (with a traceback)
+  {EXIT_CONFIG}  a configuration error: the policy, endpoint or device is wrong, or the state directory is in
+     use by another tenantd
+  {EXIT_STORE}  the model store in STATE_DIR cannot be used safely: tenantd.db is missing or empty while model
+     files exist under STATE_DIR/blobs, unreadable, damaged, or of another schema version. The one-line
+     message says which and how to recover (restore tenantd.db from a backup, or move tenantd.db and
+     blobs/ aside to start an empty store); nothing was changed or deleted."""
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -33,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
         policy = load_policy(args.policy)
     except ConfigError as exc:
         print(f"tenantd: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     auto = ""
     if args.device == "auto":
         chosen, why = pick_auto(detect())
@@ -68,7 +83,10 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(run())
     except ConfigError as exc:
         print(f"tenantd: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    except StoreUnusable as exc:
+        print(f"tenantd: {exc}", file=sys.stderr)
+        return EXIT_STORE
     return 0
 
 
@@ -134,9 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="own a device and serve tenants' models over ZeroMQ",
-        description="Own one device and serve tenants' models over a ZeroMQ ROUTER socket. "
-        "Prints 'tenantd ready endpoint=... device=...' on stdout when serving; stops cleanly on "
-        "SIGINT/SIGTERM after answering accepted requests.",
+        # Wrapped here: the raw formatter that keeps the exit-status list as written keeps this too.
+        description=textwrap.fill(
+            "Own one device and serve tenants' models over a ZeroMQ ROUTER socket. "
+            "Prints 'tenantd ready endpoint=... device=...' on stdout when serving; stops cleanly on "
+            "SIGINT/SIGTERM after answering accepted requests.",
+            79,
+        ),
+        epilog=SERVE_EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument(
         "--device",

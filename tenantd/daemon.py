@@ -145,6 +145,7 @@ class Daemon:
             self.submission,
             self.pipelines,
             self.events,
+            self.store,
             self.lifecycle,
             self.counters,
             reload_keys=self.frontdoor.reload_keys if auth_mode == "keys" else None,

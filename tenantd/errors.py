@@ -1,11 +1,11 @@
-"""The daemon's refusals: one subclass of the wire's :class:`~tenantwire.errors.TenantdError` per
-thing that can go wrong with a request, each carrying its stable code.
+"""The daemon's errors, in two families.
 
-Anything in the daemon that finds a request cannot be served raises one of these (or
-``TenantdError`` itself with a code); exactly one place, the front door that received the request,
-turns it into an error reply. This is a different family from :class:`tenantd.runtimes.RuntimeFailure`
-and :class:`~tenantd.runtimes.DeviceLost`, which say that a *backend* is broken: the inference core
-turns those into RUNTIME_ERROR / DEVICE_UNAVAILABLE refusals and, for a lost device, starts
+A refusal (:class:`Refusal`, one subclass per thing that can go wrong with a request, each with
+its stable code; all are the wire's :class:`~tenantwire.errors.TenantdError`) means *this request
+cannot be served*: anything in the daemon raises it, and exactly one place, the front door that
+received the request, turns it into an error reply. :class:`RuntimeFailure` and
+:class:`DeviceLost` (at the end) mean *a backend is broken*: the inference core turns them into
+RUNTIME_ERROR / DEVICE_UNAVAILABLE refusals and, for a lost device, starts
 :mod:`tenantd.devicehealth`'s recovery.
 """
 
@@ -101,3 +101,16 @@ class StorageFull(Refusal):
 
 class PipelineFailed(TenantdError):
     """A pipeline's own stage failed (the cloud, or reading the edge's answer): ``code`` says how."""
+
+
+# ---------------------------------------------------------------- the other family: a broken backend
+
+
+class RuntimeFailure(Exception):
+    """The runtime could not load or run a model; the message says why."""
+
+
+class DeviceLost(RuntimeFailure):
+    """The vendor's runtime reports that the device itself is gone (a USB stick unplugged, a GPU
+    fallen off the bus), not that this model or this input failed. The daemon answers it
+    differently: the device is marked unavailable and retried, rather than the request alone failing."""

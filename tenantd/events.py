@@ -34,6 +34,7 @@ class Event(StrEnum):
     MODEL_REFUSED = "model.refused"
     MODEL_LOADED = "model.loaded"
     MODEL_LOAD_FAILED = "model.load_failed"
+    MODEL_DAMAGED = "model.damaged"
     MODEL_REMOVED = "model.removed"
     SWITCH = "switch"
     REQUEST_ERROR = "request.error"
@@ -62,6 +63,7 @@ EVENT_TABLE: dict[Event, str] = {
     Event.MODEL_REFUSED: "A submission was refused: code (INVALID_MODEL, ADMISSION_DENIED, ...) and the reason.",
     Event.MODEL_LOADED: "A model is served: load_ms, and whether it replaced or was restored.",
     Event.MODEL_LOAD_FAILED: "A stored model could not be loaded at start-up; it is kept, and requests say why.",
+    Event.MODEL_DAMAGED: "A model file is missing or not its recorded size at start-up: not loaded; status lists it.",
     Event.MODEL_REMOVED: "A model was removed by its tenant or the operator.",
     Event.SWITCH: "A slot ran another model than the one it ran last: the reload (if swapped) and overhead_ms.",
     Event.REQUEST_ERROR: "A request got an error reply: op, tenant, code, message.",

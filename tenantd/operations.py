@@ -33,6 +33,7 @@ from tenantd.metrics import Counters
 from tenantd.pipelines import Pipelines
 from tenantd.residency import Residency
 from tenantd.runtimes import available_runtimes
+from tenantd.store import Store
 from tenantd.submission import Submission, model_info
 from tenantwire import protocol
 from tenantwire.protocol import Op, Request
@@ -86,6 +87,7 @@ class Operations:
         submission: Submission,
         pipelines: Pipelines,
         events: EventLog,
+        store: Store,
         lifecycle: Lifecycle,
         counters: Counters,
         reload_keys: Callable[[], list[str]] | None,
@@ -101,6 +103,7 @@ class Operations:
         self._submission = submission
         self._pipelines = pipelines
         self._events = events
+        self._store = store
         self._lifecycle = lifecycle
         self._counters = counters
         self._reload_keys = reload_keys  # None under --auth header: no keys
@@ -150,6 +153,7 @@ class Operations:
             status["resident"] = [m for m in status["resident"] if m in own]
             status["residency"]["loaded"] = [m for m in status["residency"]["loaded"] if m in own]
             status["models"] = len(own)
+            status["damaged_models"] = [d for d in status["damaged_models"] if d["tenant"] == request.tenant]
             refusal = status["memory"]["last_refusal"]
             if refusal is not None and refusal["tenant"] != request.tenant:
                 status["memory"]["last_refusal"] = None
@@ -173,6 +177,7 @@ class Operations:
             "running": scheduler.running,
             "queue_depths": scheduler.queue_depths(),
             "models": len(self._catalog.models),
+            "damaged_models": self._store.damaged_models(),
             "resident": self._residency.loaded_models(),
             "tenants": self._catalog.tenants(),
             "switches": self._residency.executor.switches,

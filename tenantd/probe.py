@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tenantd.modelfile import ModelFileRefused
+
 RESULT_MARK = "TENANTD-PROBE-RESULT "
 
 
@@ -41,6 +43,7 @@ def _measure(runtime_name: str, path: Path, threads: int, device: str = "cpu") -
     import numpy as np
 
     from tenantd.memory import rss_bytes
+    from tenantd.modelfile import check_self_contained
 
     rss_start = rss_bytes()
     from tenantd.runtimes import get_runtime_class
@@ -49,6 +52,10 @@ def _measure(runtime_name: str, path: Path, threads: int, device: str = "cpu") -
     # Where only one process may hold the device, the runtime names a stand-in to probe on.
     probe_device = cls.probe_device(device)
     runtime = cls(device=probe_device, num_threads=threads)
+    # runtime.load checks the file again; checking it here first loads the check's parser (the
+    # onnx package, where installed) before the model's own growth is measured: like the runtime
+    # library, it is paid once per process, not once per model.
+    check_self_contained(path, accept_opaque=cls.own_format is not None)
     rss_runtime = rss_bytes()
 
     t0 = time.perf_counter()
@@ -101,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = _measure(args.runtime, args.path, args.threads, args.device)
         code = 0
+    except ModelFileRefused as exc:  # said to the tenant as it is, with what was refused in details
+        result = {"ok": False, "reason": str(exc), "details": {"model_file": exc.to_wire()}}
+        code = 1
     except Exception as exc:  # noqa: BLE001 - the probe's job is to turn any failure into a reason
         result = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
         code = 1

@@ -108,6 +108,11 @@ class Residency:
         the tenant's model is not lost, and its requests say why it cannot run."""
         self._loop = asyncio.get_running_loop()
         for record in store.list_models():
+            if (damage := store.model_file_problem(record)) is not None:  # never load what was not probed
+                log.error("model %s of tenant %s is damaged, not loaded: %s", record.name, record.owner, damage)
+                self._events.emit(Event.MODEL_DAMAGED, model=record.name, tenant=record.owner, reason=damage)
+                catalog.models[record.name] = record
+                continue
             path = store.blob_path(record.sha256)
             overhead = int(record.probe.get("runtime_overhead_bytes", 0))
             if self.swapping:

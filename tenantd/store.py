@@ -6,13 +6,23 @@ state). A model counts as stored only once its file has been fsynced and renamed
 its row committed (WAL, synchronous=FULL); the daemon acknowledges a submission only after
 :meth:`Store.add_model` returns, so every acknowledged model survives a kill -9. A crash between the
 two steps leaves at most an orphaned file, which :meth:`Store.collect_garbage` removes at start-up.
+
+The database is what accounts for the files, so a store opens only on a database it can trust: one
+with tenantd's tables and schema version that passes SQLite's quick integrity check, or none at all
+(a new store: no database, or an empty one, and no model files). A database that is missing, empty,
+unreadable or damaged while model files exist raises :class:`StoreUnusable`, with what is wrong and
+how to recover, before anything is changed; otherwise its garbage collection would delete every
+file it no longer knows about. Each stored model's file is also checked against the size recorded
+for it (:meth:`Store.model_file_problem`), so the daemon names a damaged model rather than load it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import sqlite3
 import tempfile
 import threading
@@ -27,6 +37,10 @@ from tenantd.errors import NameTaken, NotOwner
 from tenantwire.tensors import TensorSpec
 
 SCHEMA_VERSION = 1
+_TABLES = ("meta", "tenants", "models", "pipelines")
+_BLOB_NAME = re.compile(r"[0-9a-f]{64}")
+
+log = logging.getLogger("tenantd.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,6 +110,12 @@ class ModelRecord:
         }
 
 
+class StoreUnusable(RuntimeError):
+    """The store cannot be used safely: its database is missing or empty while model files exist,
+    unreadable, damaged, or of another schema version. The message says what is wrong and how to
+    recover, in one line; nothing has been changed."""
+
+
 def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -117,20 +137,76 @@ class Store:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}  # sha -> submissions in progress using that file
-        self._db = sqlite3.connect(state_dir / self.DB_NAME, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        with self._transaction() as db:
-            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                db.execute(statement)
-            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        if row is not None and int(row[0]) != SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{state_dir / self.DB_NAME} has schema version {row[0]}; this tenantd reads {SCHEMA_VERSION}"
+        path = state_dir / self.DB_NAME
+        blobs = sum(1 for p in self.blob_dir.glob("*/*") if _BLOB_NAME.fullmatch(p.name))
+        # SQLite takes a missing or zero-byte file for an empty database (and drops a WAL beside a
+        # zero-byte one), so this is decided before SQLite opens it.
+        new = not path.exists()
+        if (new or path.stat().st_size == 0) and blobs:
+            what = "is missing" if new else "is empty (0 bytes)"
+            raise StoreUnusable(f"{path} {what}, so nothing accounts for the model files; {self._recovery(blobs)}")
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnusable(f"cannot open {path} ({exc}); {self._recovery(blobs)}") from exc
+        try:
+            if self._check_database(path, blobs) and not new:
+                log.warning("%s was empty and there are no model files: starting with an empty store", path)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._transaction() as db:
+                for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                    db.execute(statement)
+                if db.execute("SELECT 1 FROM meta WHERE key='schema_version'").fetchone() is None:
+                    db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreUnusable(f"{path} is not a readable SQLite database ({exc}); {self._recovery(blobs)}") from exc
+        except StoreUnusable:
+            self._db.close()
+            raise
+
+    def _recovery(self, blobs: int) -> str:
+        """How to get a daemon serving again, in words an operator can act on."""
+        db = self.state_dir / self.DB_NAME
+        if not blobs:
+            return f"restore {db.name} from a backup, or move it (with any {db.name}-wal) aside to start an empty store"
+        return (
+            f"restore {db.name} from a backup, or move {db.name} and {self.blob_dir.parent} aside to start an empty "
+            f"store; the {blobs} model file(s) under {self.blob_dir.parent} are kept, nothing was deleted"
+        )
+
+    def _check_database(self, path: Path, blobs: int) -> bool:
+        """Raise StoreUnusable unless the database is tenantd's, of this schema version and intact.
+        Returns True for an empty database (a new store)."""
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            if blobs:
+                raise StoreUnusable(
+                    f"{path} has no tables, so nothing accounts for the model files; {self._recovery(blobs)}"
+                )
+            return True
+        missing = [t for t in _TABLES if t not in tables]
+        if missing:
+            raise StoreUnusable(
+                f"{path} lacks the table(s) {', '.join(missing)}: it is not tenantd's database, or it is damaged; "
+                + self._recovery(blobs)
             )
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            raise StoreUnusable(f"{path} records no schema version: it is damaged; {self._recovery(blobs)}")
+        if str(row[0]) != str(SCHEMA_VERSION):
+            raise StoreUnusable(
+                f"{path} has schema version {row[0]}; this tenantd reads {SCHEMA_VERSION}: run the tenantd that "
+                f"wrote it, or {self._recovery(blobs)}"
+            )
+        problems = [" ".join(str(r[0]).split()) for r in self._db.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise StoreUnusable(
+                f"{path} fails SQLite's integrity check ({'; '.join(problems)}); {self._recovery(blobs)}"
+            )
+        return False
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -165,8 +241,13 @@ class Store:
         return sha, path
 
     def _write_blob(self, data: bytes | memoryview, path: Path) -> None:
-        if path.exists():
-            return
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        try:
+            if path.stat().st_size == size:
+                return  # already stored
+        except FileNotFoundError:
+            pass
+        # Missing, or damaged (see model_file_problem): submitting the model again repairs it.
         new_shard = not path.parent.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
@@ -204,7 +285,9 @@ class Store:
             return True
 
     def collect_garbage(self) -> list[str]:
-        """Remove files no model references (left by a crash mid-submit). Returns their names."""
+        """Remove files no model references (left by a crash mid-submit). Returns their names.
+        Safe because a Store exists only on a database that passed :meth:`_check_database`: one
+        that cannot account for the files never gets this far."""
         with self._lock:
             live = {r[0] for r in self._db.execute("SELECT sha256 FROM models")}
             removed = []
@@ -213,6 +296,31 @@ class Store:
                     path.unlink(missing_ok=True)
                     removed.append(path.name)
             return removed
+
+    def model_file_problem(self, record: ModelRecord) -> str | None:
+        """Why ``record``'s file is not the one that was submitted and probed (missing, or not the
+        size recorded then), or None. The file is not hashed: that would read every model file
+        (gigabytes in a full store) before the daemon could serve, while what crashes, full disks
+        and stray deletions leave (a missing or cut-short file) shows in its size; a changed byte
+        inside a file of the right size is left to the runtime's own checks."""
+        path = self.blob_path(record.sha256)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return f"its file {path} is missing"
+        except OSError as exc:
+            return f"its file {path} cannot be read ({exc})"
+        if size != record.size_bytes:
+            return f"its file {path} has {size} bytes, but {record.size_bytes} were stored"
+        return None
+
+    def damaged_models(self) -> list[dict[str, str]]:
+        """Every stored model whose file is missing or the wrong size: model, tenant, reason."""
+        return [
+            {"model": record.name, "tenant": record.owner, "reason": problem}
+            for record in self.list_models()
+            if (problem := self.model_file_problem(record)) is not None
+        ]
 
     # ------------------------------------------------------------------ models
 

@@ -145,7 +145,7 @@ class Submission:
             self._events.emit(
                 Event.MODEL_REFUSED, model=name, tenant=tenant, code=ErrorCode.INVALID_MODEL.value, reason=probe.reason
             )
-            raise InvalidModel(f"{runtime} cannot use this file: {probe.reason}")
+            raise InvalidModel(f"{runtime} cannot use this file: {probe.reason}", probe.details)
         self._events.emit(
             Event.MODEL_PROBED,
             model=name,

@@ -100,6 +100,8 @@ def _print_status(status: dict[str, Any]) -> None:
     for key in ("queue_depths", "requests", "errors"):
         value = status.get(key) or {}
         print(f"{key.ljust(width)}  {', '.join(f'{k}={v}' for k, v in value.items()) or '-'}")
+    for damaged in status.get("damaged_models") or []:  # absent from daemons older than the list
+        print(f"DAMAGED  model {damaged['model']} of tenant {damaged['tenant']}: {damaged['reason']}")
     memory = status.get("memory")
     if memory:
         emulated = " (emulated on this device)" if memory["emulated"] else ""

@@ -1,6 +1,6 @@
 """Client-side exceptions: one class per wire error code, plus the client's own failures.
 
-The daemon's stable codes (``tenantd.protocol.ErrorCode``) come back as instances of these classes,
+The daemon's stable codes (``tenantwire.errors.ErrorCode``) come back as instances of these classes,
 so callers can ``except QueueFull`` rather than compare strings. Every exception carries ``code``,
 ``message``, ``details`` and the ``request_id`` it answers.
 """

@@ -20,7 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, device_kind
+from tenantd.errors import DeviceLost, RuntimeFailure
+from tenantd.runtimes.base import LoadedModel, Runtime, device_kind
 
 __all__ = [
     "DeviceLost",

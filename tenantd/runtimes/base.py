@@ -2,9 +2,12 @@
 
 A :class:`Runtime` loads model files (from bytes or a path) into :class:`LoadedModel` objects that
 report their input/output specs, run one inference at a time, and can be unloaded. ``release`` frees
-what the runtime holds for the whole process (a delegate, a device handle). Runtimes are looked up
-by name in :mod:`tenantd.runtimes` and imported only when used, so a missing vendor package never
-breaks import of the daemon.
+what the runtime holds for the whole process (a delegate, a device handle). :meth:`Runtime.load`
+first checks that the file refers to nothing outside its own bytes (:mod:`tenantd.modelfile`), then
+hands it to the engine's own loader, ``_load``: every load (the probe's and the daemon's) is
+checked, and a runtime cannot skip the check by overriding ``load``. Runtimes are looked up by name
+in :mod:`tenantd.runtimes` and imported only when used, so a missing vendor package never breaks
+import of the daemon.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from tenantd.modelfile import check_self_contained
 from tenantwire.tensors import TensorSpec
 
 
@@ -22,16 +26,6 @@ def device_kind(device: str) -> str:
     """The kind of a device name: ``cpu``, ``edgetpu`` (``edgetpu:usb:0``), ``ncs2`` (``ncs2:0``),
     ``cuda`` (``cuda:0``), ``npu``, ``gpu``."""
     return device.split(":", 1)[0].lower()
-
-
-class RuntimeFailure(Exception):
-    """The runtime could not load or run a model; the message says why."""
-
-
-class DeviceLost(RuntimeFailure):
-    """The vendor's runtime reports that the device itself is gone (a USB stick unplugged, a GPU
-    fallen off the bus), not that this model or this input failed. The daemon answers it
-    differently: the device is marked unavailable and retried, rather than the request alone failing."""
 
 
 class LoadedModel(abc.ABC):
@@ -64,6 +58,18 @@ class Runtime(abc.ABC):
     # Device kinds (the part of a device name before any ':', e.g. "cpu", "edgetpu", "ncs2",
     # "cuda") this runtime can run on. Empty: any (test doubles).
     device_kinds: ClassVar[tuple[str, ...]] = ()
+    # tenantd checks ONNX, TFLite and OpenVINO IR bundles for references outside the file and
+    # refuses files in any other format, unless the engine's own format is one that keeps
+    # everything in the file: then it is named here (TensorRT: a serialized engine).
+    own_format: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "load" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__} overrides Runtime.load; implement _load instead, so that every model file "
+                "is checked before the engine reads it"
+            )
 
     def __init__(self, device: str = "cpu", num_threads: int = 1, slots: int = 1) -> None:
         self.device = device
@@ -72,9 +78,19 @@ class Runtime(abc.ABC):
         # parallelism (OpenVINO streams) sizes it to this; the others ignore it.
         self.slots = slots
 
-    @abc.abstractmethod
     def load(self, source: bytes | Path) -> LoadedModel:
-        """Load a model from its bytes or a file path. Raises :class:`RuntimeFailure`."""
+        """Load a model from its bytes or a file path. Raises :class:`RuntimeFailure`, and
+        :class:`tenantd.modelfile.ModelFileRefused` for a file that refers to anything outside its
+        own bytes (external tensor data, a weights file, a range past its end), or whose format
+        tenantd cannot check."""
+        # A path is checked and then opened again by the engine; the daemon's paths are store
+        # blobs, which are named by their hash and never rewritten, so both see the same bytes.
+        check_self_contained(source, accept_opaque=self.own_format is not None)
+        return self._load(source)
+
+    @abc.abstractmethod
+    def _load(self, source: bytes | Path) -> LoadedModel:
+        """The engine's own loader, given a file that passed the check. Raises :class:`RuntimeFailure`."""
 
     def release(self) -> None:  # noqa: B027 - most runtimes hold nothing process-wide
         """Free whatever the runtime holds for the process (delegates, device handles)."""

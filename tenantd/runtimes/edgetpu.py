@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tenantd.runtimes.base import DeviceLost, RuntimeFailure
+from tenantd.errors import DeviceLost, RuntimeFailure
 from tenantd.runtimes.litert import LiteRTModel, LiteRTRuntime, tflite_param_bytes
 
 try:
@@ -137,7 +137,7 @@ class EdgeTPURuntime(LiteRTRuntime):
     suffixes = (".tflite",)
     device_kinds = ("edgetpu",)
 
-    def load(self, source: bytes | Path) -> EdgeTPUModel:
+    def _load(self, source: bytes | Path) -> EdgeTPUModel:
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
         log_path = source.with_name(source.stem + ".log") if isinstance(source, Path) else None
         log_text = log_path.read_text(errors="replace") if log_path is not None and log_path.is_file() else None

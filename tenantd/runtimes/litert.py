@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from tenantd.runtimes.base import LoadedModel, Runtime, RuntimeFailure
+from tenantd.errors import RuntimeFailure
+from tenantd.runtimes.base import LoadedModel, Runtime
 from tenantwire.tensors import TensorSpec
 
 try:
@@ -77,7 +78,7 @@ class LiteRTRuntime(Runtime):
     suffixes = (".tflite",)
     device_kinds = ("cpu",)
 
-    def load(self, source: bytes | Path) -> LiteRTModel:
+    def _load(self, source: bytes | Path) -> LiteRTModel:
         try:
             if isinstance(source, Path):
                 interpreter = Interpreter(model_path=str(source), num_threads=self.num_threads)

@@ -4,11 +4,11 @@ Devices: ``cpu`` (OpenVINO's ``CPU`` plugin), ``ncs2:N`` (the ``MYRIAD`` plugin,
 in OpenVINO 2022.3 LTS and older; the Nth stick found), ``npu`` and ``gpu[:N]`` where present. A
 model is read from the store's blob, whose format is told by its first bytes (the blob has no file
 suffix): a ZIP is an IR bundle (:mod:`tenantwire.irbundle`), ``TFL3`` a TFLite flatbuffer,
-anything else goes to OpenVINO's ONNX and other front ends. A compiled model serves requests
-through a pool of OpenVINO's asynchronous infer requests, one per concurrent caller, so one
-compiled model may run on several slots at once; on the CPU it is compiled with as many streams as
-the daemon has slots and full f32 precision (the CPU plugin would otherwise pick bf16 on CPUs that
-have it, and outputs would drift from the other runtimes').
+anything else (which :mod:`tenantd.modelfile` has found to be ONNX) goes to the ONNX front end. A
+compiled model serves requests through a pool of OpenVINO's asynchronous infer requests, one per
+concurrent caller, so one compiled model may run on several slots at once; on the CPU it is
+compiled with as many streams as the daemon has slots and full f32 precision (the CPU plugin would
+otherwise pick bf16 on CPUs that have it, and outputs would drift from the other runtimes').
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ try:
 except ImportError:  # pragma: no cover - OpenVINO 2022.3 LTS (the last with MYRIAD) has them only here
     from openvino.runtime import Core, Tensor
 
-from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, device_kind
+from tenantd.errors import DeviceLost, RuntimeFailure
+from tenantd.runtimes.base import LoadedModel, Runtime, device_kind
 from tenantwire import irbundle
 
 # Phrases with which OpenVINO's plugins report that the device itself went away (MYRIAD's XLink
@@ -146,12 +147,14 @@ class OpenVINORuntime(Runtime):
                 path.write_bytes(data)
                 return core.read_model(str(path))
         if data.lstrip()[:5] in (b"<?xml", b"<net "):
-            if isinstance(source, Path) and source.with_suffix(".bin").is_file():
-                return core.read_model(str(source))
+            # Never a .bin found beside the path: that file is not part of what was submitted (the
+            # check in Runtime.load refuses a lone .xml before it gets here).
             raise RuntimeFailure(f"an IR .xml alone has no weights: submit it as an {irbundle.SUFFIX} bundle")
+        # ONNX, the only other format the check lets through (OpenVINO's other front ends, such as
+        # PaddlePaddle's, could read files beside the model).
         return core.read_model(model=data)
 
-    def load(self, source: bytes | Path) -> OpenVINOModel:
+    def _load(self, source: bytes | Path) -> OpenVINOModel:
         try:
             target = ov_device(self.device, list(self._core.available_devices))
             model = self._read(source)

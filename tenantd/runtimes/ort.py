@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, device_kind
+from tenantd.errors import DeviceLost, RuntimeFailure
+from tenantd.runtimes.base import LoadedModel, Runtime, device_kind
 from tenantwire.tensors import TensorSpec
 
 # ONNX tensor type strings as ONNX Runtime reports them -> numpy dtype names.
@@ -95,7 +96,7 @@ class ONNXRuntime(Runtime):
             return [("CUDAExecutionProvider", {"device_id": index})]
         return ["CPUExecutionProvider"]
 
-    def load(self, source: bytes | Path) -> ONNXRuntimeModel:
+    def _load(self, source: bytes | Path) -> ONNXRuntimeModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, self.num_threads)
         options.inter_op_num_threads = 1

@@ -30,7 +30,8 @@ import numpy as np
 import pycuda.driver as cuda
 import tensorrt as trt
 
-from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure, device_kind
+from tenantd.errors import DeviceLost, RuntimeFailure
+from tenantd.runtimes.base import LoadedModel, Runtime, device_kind
 from tenantwire.tensors import TensorSpec
 
 # Per-process CUDA + cuDNN + TensorRT cost in a Jetson's shared DRAM (DESIGN.md's anchors).
@@ -164,6 +165,8 @@ class TensorRTRuntime(Runtime):
     name = "tensorrt"
     suffixes = (".engine", ".plan", ".onnx")
     device_kinds = ("cuda",)
+    # A serialized engine holds everything it needs; ONNX is checked like any ONNX file.
+    own_format = "a serialized TensorRT engine"
 
     def __init__(self, device: str = "cuda:0", num_threads: int = 1, slots: int = 1) -> None:
         super().__init__(device, num_threads, slots)
@@ -191,7 +194,7 @@ class TensorRTRuntime(Runtime):
             raise RuntimeFailure("TensorRT could not build an engine from this ONNX model (see the daemon's log)")
         return serialized
 
-    def load(self, source: bytes | Path) -> TensorRTModel:
+    def _load(self, source: bytes | Path) -> TensorRTModel:
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
         try:
             with self._ctx:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tenantclient import AsyncTenantClient, TenantClient
+from tenantclient import errors as E
 from tests.conftest import ModelFiles, direct_litert
 from tests.support.daemon import REPO, daemon_env, start_daemon_process
 from tests.support.faulty_runtime import faulty_model
@@ -304,3 +305,102 @@ def test_done_when_ncs2_stops_at_the_memory_bound_and_edgetpu_swaps(tmp_path: Pa
         assert "mean switch overhead" in tenantctl(edgetpu.endpoint, "status").stdout
     finally:
         assert edgetpu.stop() == 0
+
+
+def serve_once(state: Path, endpoint: str) -> subprocess.CompletedProcess[str]:
+    """``tenantd serve`` that is expected to stop before it is ready."""
+    return subprocess.run(
+        [sys.executable, "-m", "tenantd", "serve", "--endpoint", endpoint, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=daemon_env(),
+        cwd=REPO,
+    )
+
+
+def test_an_emptied_database_stops_the_daemon_and_every_model_file_is_kept(
+    tmp_path: Path, model_files: ModelFiles
+) -> None:
+    """The issue: tenantd.db truncated to zero bytes while the daemon was stopped. It must not start
+    with no models and garbage-collect every model file: it exits 3 with one line saying what is
+    wrong and how to recover, and restoring the database from a backup brings every model back."""
+    state, endpoint = tmp_path / "state", f"ipc://{tmp_path}/d.sock"
+    daemon = start_daemon_process(state, endpoint)
+    try:
+        with TenantClient(daemon.endpoint, tenant="alice") as alice:
+            for name, path in (("a", model_files.mlp), ("b", model_files.mlp_b), ("c", model_files.two_input)):
+                alice.submit_model(path, name)
+    finally:
+        assert daemon.stop() == 0
+    db = state / "tenantd.db"
+    backup = tmp_path / "tenantd.db.backup"
+    backup.write_bytes(db.read_bytes())  # after a clean stop the database file holds everything
+    blobs = {p: p.read_bytes() for p in (state / "blobs").rglob("*") if p.is_file()}
+    assert len(blobs) == 3
+    db.write_bytes(b"")
+
+    for _ in range(2):  # and again: the refusal itself changed nothing
+        proc = serve_once(state, endpoint)
+        assert proc.returncode == 3, proc.stderr
+        assert "Traceback" not in proc.stderr and "tenantd ready" not in proc.stdout
+        (message,) = [line for line in proc.stderr.splitlines() if line.startswith("tenantd: ")]
+        assert f"{db} is empty (0 bytes)" in message and "restore tenantd.db from a backup" in message
+        assert "the 3 model file(s) under" in message and "nothing was deleted" in message
+        assert {p: p.read_bytes() for p in (state / "blobs").rglob("*") if p.is_file()} == blobs
+        assert db.stat().st_size == 0
+
+    db.write_bytes(backup.read_bytes())  # the recovery the message names
+    again = start_daemon_process(state, endpoint)
+    try:
+        with TenantClient(again.endpoint, tenant="alice") as alice:
+            assert sorted(m.name for m in alice.list_models()) == ["a", "b", "c"]
+            x = np.full((1, 32), 0.25, np.float32)
+            assert np.array_equal(alice.infer("a", x)["probs"], direct_litert(model_files.mlp, x)["probs"])
+    finally:
+        assert again.stop() == 0
+
+
+def test_a_garbage_database_stops_the_daemon_with_a_clear_message(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "tenantd.db").write_bytes(b"\x00garbage, not SQLite\xff" * 200)
+    proc = serve_once(state, f"ipc://{tmp_path}/d.sock")
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    (message,) = [line for line in proc.stderr.splitlines() if line.startswith("tenantd: ")]
+    assert "is not a readable SQLite database (file is not a database)" in message
+
+
+def test_a_damaged_model_file_is_named_at_start_up_and_in_status(tmp_path: Path, model_files: ModelFiles) -> None:
+    state, endpoint = tmp_path / "state", f"ipc://{tmp_path}/d.sock"
+    first = start_daemon_process(state, endpoint)
+    try:
+        with TenantClient(first.endpoint, tenant="alice") as alice, TenantClient(first.endpoint, tenant="bob") as bob:
+            sha = alice.submit_model(model_files.mlp, "alice_mlp").sha256
+            bob.submit_model(model_files.mlp_b, "bob_mlp")
+    finally:
+        assert first.stop() == 0
+    blob = next((state / "blobs").rglob(sha))
+    size = blob.stat().st_size
+    blob.write_bytes(blob.read_bytes()[: size // 2])  # cut short, as by a full disk
+
+    second = start_daemon_process(state, endpoint)
+    try:
+        reason = f"its file {blob} has {size // 2} bytes, but {size} were stored"
+        with TenantClient(second.endpoint) as operator:
+            assert operator.status()["damaged_models"] == [{"model": "alice_mlp", "tenant": "alice", "reason": reason}]
+            (event,) = operator.events(event="model.damaged")
+            assert (event["model"], event["tenant"], event["reason"]) == ("alice_mlp", "alice", reason)
+        x_a = np.full((1, 32), 0.5, np.float32)
+        with TenantClient(second.endpoint, tenant="alice") as alice, TenantClient(second.endpoint, tenant="bob") as bob:
+            with pytest.raises(E.RuntimeFailed, match="could not be loaded"):
+                alice.infer("alice_mlp", x_a)
+            x_b = np.full((1, 16), 0.5, np.float32)
+            assert np.array_equal(bob.infer("bob_mlp", x_b)["probs"], direct_litert(model_files.mlp_b, x_b)["probs"])
+            # Submitting it again repairs the file; the model is served and no longer listed.
+            alice.submit_model(model_files.mlp, "alice_mlp", replace=True)
+            assert np.array_equal(alice.infer("alice_mlp", x_a)["probs"], direct_litert(model_files.mlp, x_a)["probs"])
+            assert alice.status()["damaged_models"] == []
+    finally:
+        assert second.stop() == 0
+    assert f"model alice_mlp of tenant alice is damaged, not loaded: {reason}" in second.stderr()

@@ -23,6 +23,7 @@ import pytest
 from models import tiny
 from tenantd.devices.detect import Detected, detect
 from tenantd.runtimes import get_runtime_class, runtime_installed
+from tenantwire import irbundle
 from tests.conftest import direct_litert
 
 CNN = {"image": 32, "channels": (8, 16, 32), "classes": 10, "seed": 7}
@@ -95,7 +96,7 @@ def test_ncs2_runs_ir_through_myriad(cnn_files: dict[str, Path], tmp_path: Path)
     from models import tiny_onnx
 
     xml = tiny_onnx.save_ir(cnn_files["onnx"].read_bytes(), tmp_path / "cnn.xml")
-    model = get_runtime_class("openvino")(device=device.device).load(xml)
+    model = get_runtime_class("openvino")(device=device.device).load(irbundle.pack_files(xml))  # IR travels bundled
     compare(model, cnn_files["tflite"], FP16_TOLERANCE)
 
 

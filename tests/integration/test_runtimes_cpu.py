@@ -29,6 +29,7 @@ from tenantclient import TenantClient
 from tenantclient import errors as E
 from tenantd import runtimes
 from tenantd.daemon import Daemon
+from tenantd.modelfile import ModelFileRefused
 from tenantd.runtimes import get_runtime_class
 from tenantwire import irbundle
 from tests.conftest import direct_litert
@@ -41,7 +42,7 @@ CNN = {"image": 32, "channels": (8, 16, 32), "classes": 10, "seed": 7}
 class Formats:
     tflite: Path
     onnx: Path
-    xml: Path  # with its .bin beside it
+    xml: Path  # with its .bin beside it, as OpenVINO saves it (the client bundles the two)
     ovir: Path
     mlp_tflite: Path
     mlp_onnx: Path
@@ -74,7 +75,7 @@ def image(seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("runtime", "fmt"),
-    [("onnxruntime", "onnx"), ("openvino", "onnx"), ("openvino", "xml"), ("openvino", "ovir"), ("openvino", "tflite")],
+    [("onnxruntime", "onnx"), ("openvino", "onnx"), ("openvino", "ovir"), ("openvino", "tflite")],
 )
 def test_runtime_agrees_with_litert(formats: Formats, runtime: str, fmt: str) -> None:
     model = get_runtime_class(runtime)(device="cpu", num_threads=1).load(getattr(formats, fmt))
@@ -143,12 +144,19 @@ def test_broken_ir_bundles_are_refused_clearly(formats: Formats, tmp_path: Path)
         archive.writestr("evil.txt", b"x")
     with pytest.raises(runtimes.RuntimeFailure, match=r"exactly model\.xml and model\.bin"):
         rt.load(extra.getvalue())
-    with pytest.raises(runtimes.RuntimeFailure, match="cannot load"):
+    with pytest.raises(runtimes.RuntimeFailure, match=r"model\.bin holds \d+ bytes"):
         rt.load(irbundle.pack(xml, weights[: len(weights) // 2]))  # weights cut short
     lonely = tmp_path / "lonely.xml"
     lonely.write_bytes(xml)
     with pytest.raises(irbundle.BundleError, match="weights file"):
         irbundle.pack_files(lonely)
+
+
+def test_openvino_never_reads_a_bin_beside_an_ir_xml(formats: Formats) -> None:
+    """The .bin beside a path is not part of what was submitted: an IR travels as one bundle."""
+    assert formats.xml.with_suffix(".bin").is_file()
+    with pytest.raises(ModelFileRefused, match=r"submit the \.xml and \.bin together"):
+        get_runtime_class("openvino")().load(formats.xml)
 
 
 def test_daemon_serves_one_network_in_three_formats(daemon: Daemon, endpoint: str, formats: Formats) -> None:

@@ -296,7 +296,7 @@ def test_input_mismatch(seeded: Daemon, endpoint: str, model_files: ModelFiles, 
 @pytest.mark.parametrize(
     ("make", "fragment"),
     [
-        (lambda files: b"this is not a model at all" * 10, "not a valid Flatbuffer"),
+        (lambda files: b"this is not a model at all" * 10, "not an ONNX model, a TFLite model or an OpenVINO IR"),
         (lambda files: files.mlp.read_bytes()[:600], ""),
         (lambda files: b"", "empty"),
     ],

@@ -91,14 +91,15 @@ class DaemonProcess:
 
 
 def start_daemon_process(
-    state_dir: Path, endpoint: str, policy: Path | None = None, extra: list[str] | None = None
+    state_dir: Path, endpoint: str, policy: Path | None = None, extra: list[str] | None = None, cwd: Path = REPO
 ) -> DaemonProcess:
-    """Start ``tenantd serve`` as a subprocess and return once it printed its ready line."""
+    """Start ``tenantd serve`` as a subprocess, in working directory ``cwd``, and return once it
+    printed its ready line."""
     cmd = [sys.executable, "-m", "tenantd", "serve", "--endpoint", endpoint, "--state-dir", str(state_dir)]
     if policy is not None:
         cmd += ["--policy", str(policy)]
     cmd += extra or []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env(), cwd=REPO)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env(), cwd=cwd)
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:

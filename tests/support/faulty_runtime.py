@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tenantd.runtimes.base import DeviceLost, LoadedModel, Runtime, RuntimeFailure
+from tenantd.errors import DeviceLost, RuntimeFailure
+from tenantd.runtimes.base import LoadedModel, Runtime
 from tenantwire.tensors import TensorSpec
 
 MAGIC = b"FAULTY"
@@ -74,8 +75,9 @@ class FaultyModel(LoadedModel):
 class FaultyRuntime(Runtime):
     name = "faulty"
     suffixes = (".faulty",)
+    own_format = "the faulty test runtime's JSON file"
 
-    def load(self, source: bytes | Path) -> FaultyModel:
+    def _load(self, source: bytes | Path) -> FaultyModel:
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
         if not data.startswith(MAGIC):
             raise RuntimeFailure("not a faulty-runtime model")

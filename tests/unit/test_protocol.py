@@ -1,4 +1,4 @@
-"""Unit tests for tenantd.protocol: the wire format, the tensor codec and the error table."""
+"""Unit tests for tenantwire.protocol: the wire format, the tensor codec and the error table."""
 
 from __future__ import annotations
 

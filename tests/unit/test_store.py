@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tenantd.errors import NameTaken, NotOwner
-from tenantd.store import SCHEMA_VERSION, ModelRecord, Store
+from tenantd.store import SCHEMA_VERSION, ModelRecord, Store, StoreUnusable
 from tenantwire.tensors import TensorSpec
 
 REPO_ROOT = Path(__file__).parents[2]
@@ -334,7 +334,7 @@ def test_schema_version_mismatch_raises(tmp_path: Path) -> None:
     with db:
         db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
     db.close()
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(StoreUnusable) as info:
         Store(tmp_path)
     assert f"schema version {SCHEMA_VERSION + 1}" in str(info.value)
 
@@ -377,5 +377,174 @@ def test_remove_racing_a_submit_of_the_same_file_never_commits_a_dangling_model(
         store.put_blob(data)
         store.add_model(make_record("new", "bob", sha))
         assert path.exists() and store.get_model("new") is not None
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- a database to trust
+
+
+def _stored(tmp_path: Path, models: int = 3) -> dict[str, bytes]:
+    """A store with ``models`` models, closed; returns its blobs (name -> content)."""
+    store = Store(tmp_path)
+    blobs = {}
+    for i in range(models):
+        data = f"model file {i}".encode() * 10
+        sha, _ = store.put_blob(data)
+        store.add_model(make_record(f"m{i}", "alice", sha, size=len(data)))
+        store.release_blob(sha)
+        blobs[sha] = data
+    store.close()
+    return blobs
+
+
+def _blobs_on_disk(tmp_path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (tmp_path / "blobs" / "sha256").glob("*/*")}
+
+
+def _refused(tmp_path: Path, *fragments: str) -> str:
+    """Opening the store is refused with a one-line message holding ``fragments``; the database
+    file and every model file are as they were."""
+    db = tmp_path / Store.DB_NAME
+    before = (db.read_bytes() if db.exists() else None, _blobs_on_disk(tmp_path))
+    with pytest.raises(StoreUnusable) as info:
+        Store(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+    assert (db.read_bytes() if db.exists() else None, _blobs_on_disk(tmp_path)) == before
+    return message
+
+
+def test_zero_byte_database_with_model_files_is_refused_and_nothing_is_deleted(tmp_path: Path) -> None:
+    blobs = _stored(tmp_path, models=5)
+    (tmp_path / Store.DB_NAME).write_bytes(b"")  # the issue: truncated while the daemon was stopped
+    message = _refused(tmp_path, "tenantd.db is empty (0 bytes)", "restore tenantd.db from a backup", "5 model file(s)")
+    assert "nothing was deleted" in message
+    assert _blobs_on_disk(tmp_path) == blobs
+
+
+def test_missing_database_with_model_files_is_refused_and_not_created(tmp_path: Path) -> None:
+    _stored(tmp_path)
+    (tmp_path / Store.DB_NAME).unlink()
+    _refused(tmp_path, "tenantd.db is missing", "3 model file(s)")
+    assert not (tmp_path / Store.DB_NAME).exists()
+
+
+@pytest.mark.parametrize("with_blobs", [True, False], ids=["with model files", "without"])
+def test_garbage_database_is_refused_clearly(tmp_path: Path, with_blobs: bool) -> None:
+    if with_blobs:
+        _stored(tmp_path)
+    else:
+        (tmp_path / "blobs" / "sha256").mkdir(parents=True)
+    (tmp_path / Store.DB_NAME).write_bytes(b"this is not an SQLite database, just bytes " * 100)
+    _refused(tmp_path, "is not a readable SQLite database", "file is not a database", "restore tenantd.db")
+
+
+def test_database_cut_short_is_refused(tmp_path: Path) -> None:
+    _stored(tmp_path, models=300)
+    db = tmp_path / Store.DB_NAME
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 3])
+    _refused(tmp_path, "tenantd.db", "restore tenantd.db from a backup")
+
+
+def test_database_failing_the_integrity_check_is_refused(tmp_path: Path) -> None:
+    _stored(tmp_path, models=300)
+    db = tmp_path / Store.DB_NAME
+    with sqlite3.connect(db) as conn:
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name='models'").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(db.read_bytes())
+    data[(root - 1) * page_size] = 0x07  # the models table's root page: no longer a b-tree page
+    db.write_bytes(bytes(data))
+    _refused(tmp_path, "fails SQLite's integrity check", "restore tenantd.db")
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        ("DROP TABLE models", "lacks the table(s) models"),
+        ("DELETE FROM meta", "records no schema version"),
+        (f"UPDATE meta SET value='{SCHEMA_VERSION + 1}'", f"schema version {SCHEMA_VERSION + 1}"),
+    ],
+    ids=["no models table", "no schema version", "another schema version"],
+)
+def test_database_without_tenantds_schema_is_refused(tmp_path: Path, damage: str, fragment: str) -> None:
+    _stored(tmp_path)
+    with sqlite3.connect(tmp_path / Store.DB_NAME) as conn:
+        conn.execute(damage)
+    conn.close()
+    _refused(tmp_path, fragment)
+
+
+def test_another_programs_database_is_refused_when_model_files_exist(tmp_path: Path) -> None:
+    _stored(tmp_path)
+    (tmp_path / Store.DB_NAME).unlink()
+    with sqlite3.connect(tmp_path / Store.DB_NAME) as conn:
+        conn.execute("PRAGMA user_version=7")  # a valid SQLite file with no tables at all
+    conn.close()
+    _refused(tmp_path, "has no tables")
+
+
+def test_new_or_empty_database_without_model_files_starts_fresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    Store(tmp_path / "new").close()  # a brand-new state directory
+    assert "empty" not in caplog.text
+    (tmp_path / "zero").mkdir()
+    (tmp_path / "zero" / Store.DB_NAME).write_bytes(b"")
+    store = Store(tmp_path / "zero")
+    try:
+        assert store.list_models() == [] and store.collect_garbage() == []
+        sha, _ = store.put_blob(b"a first model")
+        store.add_model(make_record("m", "alice", sha, size=13))
+    finally:
+        store.close()
+    assert "was empty and there are no model files" in caplog.text
+    Store(tmp_path / "zero").close()  # and it is a healthy store now
+
+
+def test_garbage_collection_on_a_healthy_database_removes_only_orphans(tmp_path: Path) -> None:
+    blobs = _stored(tmp_path)
+    orphans = {hashlib.sha256(b"orphan %d" % i).hexdigest(): b"orphan %d" % i for i in range(2)}
+    for sha, data in orphans.items():
+        path = tmp_path / "blobs" / "sha256" / sha[:2] / sha
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    store = Store(tmp_path)
+    try:
+        assert sorted(store.collect_garbage()) == sorted(orphans)
+        assert _blobs_on_disk(tmp_path) == blobs
+        assert [m.name for m in store.list_models()] == ["m0", "m1", "m2"]
+    finally:
+        store.close()
+
+
+def test_missing_or_wrong_size_model_files_are_reported(tmp_path: Path) -> None:
+    blobs = _stored(tmp_path)
+    missing, cut, intact = sorted(blobs)
+    store = Store(tmp_path)
+    try:
+        store.blob_path(missing).unlink()
+        store.blob_path(cut).write_bytes(blobs[cut][:-5])
+        problems = {r.sha256: store.model_file_problem(r) for r in store.list_models()}
+        assert problems[intact] is None
+        assert problems[missing] == f"its file {store.blob_path(missing)} is missing"
+        assert (
+            problems[cut]
+            == f"its file {store.blob_path(cut)} has {len(blobs[cut]) - 5} bytes, but {len(blobs[cut])} were stored"
+        )
+        by_sha = {r.name: r.sha256 for r in store.list_models()}
+        damaged = {d["model"]: d for d in store.damaged_models()}
+        assert {by_sha[name] for name in damaged} == {missing, cut}
+        assert all(d["tenant"] == "alice" and d["reason"] == problems[by_sha[n]] for n, d in damaged.items())
+        # Submitting the same bytes again repairs the file (it is not skipped as already stored).
+        for sha in (missing, cut):
+            store.put_blob(blobs[sha])
+            store.release_blob(sha)
+        assert store.damaged_models() == []
+        assert _blobs_on_disk(tmp_path) == blobs
     finally:
         store.close()
