@@ -11,12 +11,15 @@ cannot fill an edge box's disk. Reading the tail reads from the end of the files
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("tenantd")
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _CHUNK = 64 * 1024
@@ -92,12 +95,15 @@ class EventLog:
         self.rotated = state_dir / (self.FILENAME + ".1")
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._file = self.path.open("a", encoding="utf-8", buffering=1)
+        # Unbuffered: each line is one write() that either reaches the file or fails now, so a full
+        # disk loses that line (counted in ``lost``) instead of leaving it in a buffer to tear later.
+        self._file = self.path.open("ab", buffering=0)
         self._size = self.path.stat().st_size
+        self.lost = 0
         self._pid = os.getpid()
         # A crash mid-write leaves a torn last line; start on a fresh one so no event is lost.
         if self.path.stat().st_size and not self._ends_with_newline():
-            self._file.write("\n")
+            self._file.write(b"\n")
 
     def _ends_with_newline(self) -> bool:
         with self.path.open("rb") as f:
@@ -106,16 +112,31 @@ class EventLog:
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         record = {"ts": round(time.time(), 6), "event": event, "pid": self._pid, **fields}
-        line = json.dumps(record, default=str, separators=(",", ":")) + "\n"
+        line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            if self._size + len(line) > self.max_bytes and self._size > 0:
-                self._file.close()
-                os.replace(self.path, self.rotated)
-                self._file = self.path.open("a", encoding="utf-8", buffering=1)
-                self._size = 0
-            self._file.write(line)
-            self._size += len(line)
+            try:
+                if self._size + len(line) > self.max_bytes and self._size > 0:
+                    self._file.close()
+                    os.replace(self.path, self.rotated)
+                    self._file = self.path.open("ab", buffering=0)
+                    self._size = 0
+                written = self._file.write(line) or 0
+            except OSError as exc:  # a full disk: the log loses a line, the daemon serves on
+                self._lost(exc)
+                return record
+            self._size += written
+            if written < len(line):  # the disk filled mid-line: end it, so the next line is whole
+                self._lost(OSError("short write"))
         return record
+
+    def _lost(self, exc: OSError) -> None:
+        if self.lost == 0 or self.lost % 1000 == 0:
+            log.warning("the event log cannot be written (%s); %d event line(s) lost so far", exc, self.lost + 1)
+        self.lost += 1
+        try:
+            self._size += self._file.write(b"\n") or 0
+        except OSError:
+            pass  # still full: the next whole line starts after the torn one, which readers skip
 
     def tail(self, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
         """The last ``limit`` events (of one kind, if ``event`` is given), oldest first."""

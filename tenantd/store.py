@@ -18,6 +18,7 @@ for it (:meth:`Store.model_file_problem`), so the daemon names a damaged model r
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tenantd.errors import NameTaken, NotOwner
+from tenantd.errors import NameTaken, NotOwner, StorageFull
 from tenantwire.tensors import TensorSpec
 
 SCHEMA_VERSION = 1
@@ -210,14 +211,15 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, _full_disk_refused("the model store's database"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")  # may fail too (a full disk): then nothing was committed
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     # ------------------------------------------------------------------ blobs
 
@@ -234,7 +236,8 @@ class Store:
         with self._lock:
             self._held[sha] = self._held.get(sha, 0) + 1
         try:
-            self._write_blob(data, path)
+            with _full_disk_refused("the model file"):
+                self._write_blob(data, path)
         except BaseException:
             self.release_blob(sha)
             raise
@@ -453,3 +456,20 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+@contextmanager
+def _full_disk_refused(what: str) -> Iterator[None]:
+    """A full disk (or quota) is the operator's to fix, and nothing was stored: say so with a code
+    the client can retry on, rather than INTERNAL."""
+    message = f"the daemon's state disk is full: {what} could not be written; retry after space is freed"
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StorageFull(message) from None
+    except sqlite3.OperationalError as exc:
+        if "disk is full" not in str(exc):  # SQLITE_FULL: "database or disk is full"
+            raise
+        raise StorageFull(message) from None

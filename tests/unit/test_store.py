@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantd.errors import NameTaken, NotOwner
+from tenantd.errors import NameTaken, NotOwner, StorageFull
 from tenantd.store import SCHEMA_VERSION, ModelRecord, Store, StoreUnusable
 from tenantwire.tensors import TensorSpec
 
@@ -548,3 +548,18 @@ def test_missing_or_wrong_size_model_files_are_reported(tmp_path: Path) -> None:
         assert _blobs_on_disk(tmp_path) == blobs
     finally:
         store.close()
+
+
+def test_a_full_database_is_storage_full_and_the_store_stays_usable(store: Store) -> None:
+    """SQLite's own SQLITE_FULL ("database or disk is full"), made real with max_page_count."""
+    sha, _ = store.put_blob(b"model bytes")
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    big = make_record("m", "alice", sha)
+    big = ModelRecord(**{**big.__dict__, "probe": {"pad": "x" * 100_000}})  # needs new pages
+    with pytest.raises(StorageFull, match="state disk is full"):
+        store.add_model(big)
+    assert store.list_models() == []  # nothing half-written
+    store._db.execute("PRAGMA max_page_count = 1073741823")  # space freed
+    store.add_model(big)  # the connection is not left inside a failed transaction
+    assert [r.name for r in store.list_models()] == ["m"]
