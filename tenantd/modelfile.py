@@ -34,7 +34,15 @@ from tenantd import onnxrefs
 from tenantd.errors import RuntimeFailure
 from tenantwire import irbundle
 
-__all__ = ["IR_BUNDLE", "ONNX", "OPAQUE", "TFLITE", "ModelFileRefused", "check_self_contained"]
+__all__ = [
+    "IR_BUNDLE",
+    "ONNX",
+    "OPAQUE",
+    "TFLITE",
+    "ModelFileRefused",
+    "check_self_contained",
+    "largest_declared_tensor",
+]
 
 ONNX = "onnx"
 TFLITE = "tflite"
@@ -216,6 +224,14 @@ class _Flat:
         vector = self.ref(pos)
         return [self.ref(vector + 4 + 4 * i) for i in range(self._read("<I", vector))]
 
+    def ints(self, table: int, index: int) -> list[int]:
+        """The int32s of a vector-of-int32 field."""
+        pos = self.field(table, index)
+        if pos is None:
+            return []
+        vector = self.ref(pos)
+        return [self._read("<i", vector + 4 + 4 * i) for i in range(self._read("<I", vector))]
+
     def string(self, table: int, index: int) -> str:
         pos = self.field(table, index)
         if pos is None:
@@ -234,7 +250,10 @@ def _malformed_tflite(why: str) -> ModelFileRefused:
 # Field indices in TFLite's schema.fbs (the generated code's vtable slots, (slot - 4) / 2).
 _MODEL_SUBGRAPHS, _MODEL_BUFFERS, _MODEL_EXTERNAL_GROUPS, _MODEL_EXTERNAL_BUFFERS = 2, 4, 8, 9
 _SUBGRAPH_TENSORS, _SUBGRAPH_OPERATORS, _SUBGRAPH_NAME = 0, 3, 4
-_TENSOR_BUFFER, _TENSOR_NAME, _TENSOR_EXTERNAL_BUFFER = 2, 3, 10
+_TENSOR_SHAPE, _TENSOR_TYPE, _TENSOR_BUFFER, _TENSOR_NAME, _TENSOR_EXTERNAL_BUFFER = 0, 1, 2, 3, 10
+# Bytes per element of TFLite's TensorType values (schema.fbs); strings, resources and variants,
+# whose size the shape does not say, count as one byte.
+_TENSOR_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8, 15: 4, 16: 2}
 _BUFFER_OFFSET, _BUFFER_SIZE = 1, 2
 _OPERATOR_LARGE_OPTIONS_OFFSET, _OPERATOR_LARGE_OPTIONS_SIZE = 9, 10
 
@@ -280,6 +299,25 @@ def _check_tflite(data: _Data) -> None:
             flat.scalar(buffer, _BUFFER_SIZE, "<Q"),
             f"buffer {b}" + (f" ({users[b]})" if b in users else ""),
         )
+
+
+def largest_declared_tensor(source: bytes | Path) -> tuple[str, int] | None:
+    """The largest tensor a TFLite model declares, as (name, bytes), from its shapes alone (a
+    dimension left open counts as 1); None for other formats. Whatever else a runtime needs, it
+    needs at least this much memory to run the model, so the probe can refuse before loading it."""
+    with _contents(source) as data:
+        if data[4:8] != b"TFL3":
+            return None
+        flat = _Flat(data)
+        largest: tuple[str, int] | None = None
+        for subgraph in flat.tables(flat.ref(0), _MODEL_SUBGRAPHS):
+            for tensor in flat.tables(subgraph, _SUBGRAPH_TENSORS):
+                size = _TENSOR_TYPE_BYTES.get(flat.scalar(tensor, _TENSOR_TYPE, "<b"), 1)
+                for dim in flat.ints(tensor, _TENSOR_SHAPE):
+                    size *= max(dim, 1)
+                if largest is None or size > largest[1]:
+                    largest = (flat.string(tensor, _TENSOR_NAME), size)
+        return largest
 
 
 def _check_range(data: _Data, offset: int, size: int, what: str) -> None:

@@ -7,6 +7,11 @@ and measures the resident-memory growth (psutil) of the load and of that first i
 runtime library's own cost (importing it) is measured separately, because it is paid once per
 process, not once per model. The result travels back as one JSON line on stdout.
 
+The probe may use at most ``--memory-limit`` bytes beyond the runtime library (the device budget's
+free memory, from the daemon): a model whose largest declared tensor is bigger is refused before it
+is loaded, and the process's address space is capped (RLIMIT_AS) once the runtime is imported, so a
+model that asks for more fails to allocate instead of exhausting the host.
+
 Run by hand: ``python -m tenantd.probe litert model.tflite``.
 """
 
@@ -30,6 +35,8 @@ RESULT_MARK = "TENANTD-PROBE-RESULT "
 @dataclass
 class ProbeResult:
     ok: bool
+    # The model needs more memory than the probe was allowed (the device budget's free memory).
+    over_memory_limit: bool = False
     reason: str = ""
     inputs: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -39,11 +46,33 @@ class ProbeResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _measure(runtime_name: str, path: Path, threads: int, device: str = "cpu") -> dict[str, Any]:
+class OverMemoryLimit(Exception):
+    """The model needs more memory than the probe may use."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _cap_address_space(limit: int) -> None:
+    """From now on the process may map at most ``limit`` more bytes than it has mapped now."""
+    import resource
+
+    import psutil
+
+    mapped = int(psutil.Process().memory_info().vms)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = mapped + limit
+    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+
+
+def _measure(
+    runtime_name: str, path: Path, threads: int, device: str = "cpu", memory_limit: int | None = None
+) -> dict[str, Any]:
     import numpy as np
 
     from tenantd.memory import rss_bytes
-    from tenantd.modelfile import check_self_contained
+    from tenantd.modelfile import check_self_contained, largest_declared_tensor
 
     rss_start = rss_bytes()
     from tenantd.runtimes import get_runtime_class
@@ -57,11 +86,27 @@ def _measure(runtime_name: str, path: Path, threads: int, device: str = "cpu") -
     # library, it is paid once per process, not once per model.
     check_self_contained(path, accept_opaque=cls.own_format is not None)
     rss_runtime = rss_bytes()
+    if memory_limit is not None:
+        largest = largest_declared_tensor(path)
+        if largest is not None and largest[1] > memory_limit:
+            raise OverMemoryLimit(
+                f"tensor {largest[0]!r} alone needs {_mib(largest[1])}, more than the {_mib(memory_limit)} "
+                "the device's budget has free"
+            )
+        _cap_address_space(memory_limit)
 
     t0 = time.perf_counter()
     model = runtime.load(path)
     load_ms = (time.perf_counter() - t0) * 1e3
     rss_loaded = rss_bytes()
+    if memory_limit is not None:  # other formats: their inputs and outputs, before running anything
+        for spec in [*model.inputs, *model.outputs]:
+            size = int(np.dtype(spec.dtype).itemsize) * int(np.prod([max(d, 1) for d in spec.shape]))
+            if size > memory_limit:
+                raise OverMemoryLimit(
+                    f"tensor {spec.name!r} alone needs {_mib(size)}, more than the {_mib(memory_limit)} "
+                    "the device's budget has free"
+                )
 
     zeros = [np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=spec.dtype) for spec in model.inputs]
     t0 = time.perf_counter()
@@ -104,10 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", type=Path, help="model file")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="the daemon's device, e.g. cpu, edgetpu:usb:0")
+    parser.add_argument("--memory-limit", type=int, help="bytes the model may use beyond the runtime library")
     args = parser.parse_args(argv)
     try:
-        result = _measure(args.runtime, args.path, args.threads, args.device)
+        result = _measure(args.runtime, args.path, args.threads, args.device, args.memory_limit)
         code = 0
+    except OverMemoryLimit as exc:
+        result = {"ok": False, "over_memory_limit": True, "reason": str(exc)}
+        code = 1
+    except MemoryError:  # an allocation past the address-space cap, in Python or a runtime's binding
+        capped = args.memory_limit is not None
+        limit = f" of {_mib(args.memory_limit)} (the device budget's free memory)" if capped else ""
+        result = {"ok": False, "over_memory_limit": capped, "reason": f"the model ran out of the probe's memory{limit}"}
+        code = 1
     except ModelFileRefused as exc:  # said to the tenant as it is, with what was refused in details
         result = {"ok": False, "reason": str(exc), "details": {"model_file": exc.to_wire()}}
         code = 1
@@ -126,8 +180,11 @@ def _signal_name(returncode: int) -> str:
         return f"signal {-returncode}"
 
 
-async def probe_model(runtime: str, path: Path, threads: int, timeout_s: float, device: str = "cpu") -> ProbeResult:
+async def probe_model(
+    runtime: str, path: Path, threads: int, timeout_s: float, device: str = "cpu", memory_limit: int | None = None
+) -> ProbeResult:
     """Probe ``path`` with ``runtime`` in a child process; never raises for a bad model."""
+    limit = [] if memory_limit is None else ["--memory-limit", str(memory_limit)]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -138,6 +195,7 @@ async def probe_model(runtime: str, path: Path, threads: int, timeout_s: float, 
         str(threads),
         "--device",
         device,
+        *limit,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -21,7 +21,7 @@ from tenantd.admission import AdmissionControl
 from tenantd.catalog import Catalog, require_tenant
 from tenantd.config import Policy
 from tenantd.devicehealth import DeviceHealth
-from tenantd.errors import BadRequest, DeviceUnavailable, InvalidModel, ModelFailed, RuntimeUnavailable
+from tenantd.errors import AdmissionDenied, BadRequest, DeviceUnavailable, InvalidModel, ModelFailed, RuntimeUnavailable
 from tenantd.events import Event, EventLog
 from tenantd.executor import Executor, Resident
 from tenantd.lifecycle import Lifecycle
@@ -37,6 +37,8 @@ from tenantwire.tensors import TensorSpec
 
 # Concurrent probes: each is a whole process; more than this only thrashes a small box.
 MAX_CONCURRENT_PROBES = 2
+# The least memory a probe is given, so that it can start (and refuse) even when the budget is full.
+MIN_PROBE_MEMORY = 256 * 1024 * 1024
 
 
 class Submission:
@@ -139,8 +141,28 @@ class Submission:
             self._store.release_blob(sha)  # deleted here if the submission failed
 
     async def _probe(self, name: str, tenant: str, runtime: str, path: Path) -> ProbeResult:
+        # The probe may use what the device's budget has free (counting the model this one would
+        # replace as free): a model that needs more could not be admitted, and must not get to
+        # exhaust the host finding that out.
+        memory = self._admission.memory
+        limit = max(memory.budget().free_bytes + memory.ledger.models.get(name, 0), MIN_PROBE_MEMORY)
         async with self._probe_slots:
-            probe = await probe_model(runtime, path, self._threads, self._policy().probe_timeout_s, self._device)
+            probe = await probe_model(
+                runtime, path, self._threads, self._policy().probe_timeout_s, self._device, memory_limit=limit
+            )
+        if probe.over_memory_limit:
+            details = {"memory_limit_bytes": limit}
+            self._events.emit(
+                Event.MODEL_REFUSED,
+                model=name,
+                tenant=tenant,
+                code=ErrorCode.ADMISSION_DENIED.value,
+                reason=probe.reason,
+                **details,
+            )
+            raise AdmissionDenied(
+                f"{runtime} cannot run this model within the device's budget: {probe.reason}", details
+            )
         if not probe.ok:
             self._events.emit(
                 Event.MODEL_REFUSED, model=name, tenant=tenant, code=ErrorCode.INVALID_MODEL.value, reason=probe.reason

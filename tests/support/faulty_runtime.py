@@ -29,8 +29,12 @@ from tenantwire.tensors import TensorSpec
 MAGIC = b"FAULTY"
 
 
-def faulty_model(load: str = "ok", infer: str = "ok", sleep_ms: float = 0.0, flag: str = "") -> bytes:
-    spec: dict[str, object] = {"load": load, "infer": infer, "sleep_ms": sleep_ms}
+def faulty_model(
+    load: str = "ok", infer: str = "ok", sleep_ms: float = 0.0, flag: str = "", hog_bytes: int = 0
+) -> bytes:
+    """``load="hog"`` allocates and touches ``hog_bytes`` while loading, as a runtime building a
+    model whose declared tensors are small but whose working memory is not."""
+    spec: dict[str, object] = {"load": load, "infer": infer, "sleep_ms": sleep_ms, "hog_bytes": hog_bytes}
     if flag:
         spec["flag"] = flag
     return MAGIC + json.dumps(spec).encode()
@@ -88,6 +92,8 @@ class FaultyRuntime(Runtime):
         if spec["load"] == "hang":
             while True:
                 time.sleep(1)  # ok: a runtime that never returns
+        if spec["load"] == "hog":
+            self.hog = np.ones(int(spec["hog_bytes"]), np.uint8)  # kept: the memory stays in use
         if spec["load"] == "error":
             raise RuntimeFailure("the faulty runtime refused this model on purpose")
         if spec["load"] == "abort":
