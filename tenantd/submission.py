@@ -13,7 +13,11 @@ probes run at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,72 @@ MAX_CONCURRENT_PROBES = 2
 MIN_PROBE_MEMORY = 256 * 1024 * 1024
 
 
+class ProbeSlots:
+    """Who probes next when every probe slot is busy: fair across tenants, not first come.
+
+    A tenant probes one model at a time (its submissions are serialised anyway). Among the waiting,
+    a tenant whose recent probes failed (crashed, hung until the timeout, were refused) goes after
+    every tenant whose did not, by the seconds of slot time those failures took (halved every
+    ``FORGET_S``); then a tenant with a model probed successfully before goes first; then arrival.
+    So tenants that keep submitting models that hang the runtime delay an established tenant by
+    at most the probes already running, not by the whole queue they built."""
+
+    FORGET_S = 600.0
+
+    @dataclass
+    class Turn:
+        ok: bool = False
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiting: list[tuple[str, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+        self._failed_s: dict[str, tuple[float, float]] = {}  # tenant -> (seconds, when last updated)
+        self._proven: set[str] = set()
+
+    def _penalty(self, tenant: str, now: float) -> float:
+        seconds, since = self._failed_s.get(tenant, (0.0, now))
+        return float(seconds * 0.5 ** ((now - since) / self.FORGET_S))
+
+    @contextlib.asynccontextmanager
+    async def turn(self, tenant: str) -> AsyncIterator[ProbeSlots.Turn]:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+        else:
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append((tenant, next(self._arrivals), ready))
+            try:
+                await ready
+            except asyncio.CancelledError:
+                if ready.done() and not ready.cancelled():
+                    self._release()  # the slot came just as the wait was cancelled: pass it on
+                else:
+                    self._waiting = [w for w in self._waiting if w[2] is not ready]
+                raise
+        turn = ProbeSlots.Turn()
+        started = time.monotonic()
+        try:
+            yield turn
+        finally:
+            now = time.monotonic()
+            if turn.ok:
+                self._proven.add(tenant)
+            else:
+                self._failed_s[tenant] = (self._penalty(tenant, now) + (now - started), now)
+            self._release()
+
+    def _release(self) -> None:
+        if not self._waiting:
+            self._free += 1
+            return
+        now = time.monotonic()
+        tenant, arrival, ready = min(
+            self._waiting, key=lambda w: (self._penalty(w[0], now), w[0] not in self._proven, w[1])
+        )
+        self._waiting.remove((tenant, arrival, ready))
+        ready.set_result(None)
+
+
 class Submission:
     def __init__(
         self,
@@ -66,7 +136,7 @@ class Submission:
         self._lifecycle = lifecycle
         self._policy = policy
         self._threads = threads
-        self._probe_slots = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
+        self._probe_slots = ProbeSlots(MAX_CONCURRENT_PROBES)
         self._load_lock = asyncio.Lock()
         self._by_name: dict[str, asyncio.Lock] = {}
         self._by_tenant: dict[str, asyncio.Lock] = {}
@@ -146,10 +216,11 @@ class Submission:
         # exhaust the host finding that out.
         memory = self._admission.memory
         limit = max(memory.budget().free_bytes + memory.ledger.models.get(name, 0), MIN_PROBE_MEMORY)
-        async with self._probe_slots:
+        async with self._probe_slots.turn(tenant) as turn:
             probe = await probe_model(
                 runtime, path, self._threads, self._policy().probe_timeout_s, self._device, memory_limit=limit
             )
+            turn.ok = probe.ok
         if probe.over_memory_limit:
             details = {"memory_limit_bytes": limit}
             self._events.emit(

@@ -6,6 +6,8 @@ runtime class loaded through the registry, in the daemon and in the probe subpro
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,3 +213,34 @@ def test_new_work_during_the_drain_is_refused_as_unavailable(tmp_path: Path, end
         accepted, late = asyncio.run(run())
         assert isinstance(accepted, dict) and np.array_equal(accepted["y"], 2 * X)  # answered before exit
         assert isinstance(late, E.Unavailable)
+
+
+def test_tenants_hanging_the_probe_cannot_starve_an_established_tenant(
+    strict_daemon: Daemon, endpoint: str, model_files: ModelFiles
+) -> None:
+    """Reliability issue item 6: four tenants submitting models that hang the runtime held both
+    probe slots for two timeouts before another tenant's valid model was probed. Now the
+    established tenant's probe takes the first slot that frees."""
+    submit_good_model(endpoint, model_files)  # bob is established: a model probed before
+    hostile = [f"h{i}" for i in range(4)]
+
+    def submit_hanging(tenant: str) -> None:
+        with TenantClient(endpoint, tenant=tenant) as client, pytest.raises(E.InvalidModel, match="did not finish"):
+            client.submit_model(faulty_model(load="hang"), f"stuck-{tenant}", runtime="faulty")
+
+    threads = [threading.Thread(target=submit_hanging, args=(t,)) for t in hostile]
+    for thread in threads:
+        thread.start()
+    # All four are in: two probing, two waiting for a slot.
+    while len(strict_daemon.events.tail(event="model.submitted")) < 1 + len(hostile):
+        time.sleep(0.01)  # ok: polling the daemon's own log for a condition
+    with TenantClient(endpoint, tenant="bob") as bob:
+        bob.submit_model(model_files.mlp, "second")
+    for thread in threads:
+        thread.join()
+    events = strict_daemon.events.tail(limit=200)
+    probed_at = next(e["ts"] for e in events if e["event"] == "model.probed" and e["model"] == "second")
+    refused_at = sorted(e["ts"] for e in events if e["event"] == "model.refused" and e["tenant"] in hostile)
+    assert len(refused_at) == 4
+    # Bob's probe ran in the first round of freed slots, before the last two hanging probes ended.
+    assert probed_at < refused_at[2], (probed_at, refused_at)
