@@ -9,8 +9,9 @@ process, not once per model. The result travels back as one JSON line on stdout.
 
 The probe may use at most ``--memory-limit`` bytes beyond the runtime library (the device budget's
 free memory, from the daemon): a model whose largest declared tensor is bigger is refused before it
-is loaded, and the process's address space is capped (RLIMIT_AS) once the runtime is imported, so a
-model that asks for more fails to allocate instead of exhausting the host.
+is loaded, and the process's address space is capped (RLIMIT_AS, at twice the limit plus 512 MiB
+for what runtimes reserve without touching) once the runtime is imported, so a model that asks for
+far more fails to allocate instead of exhausting the host.
 
 Run by hand: ``python -m tenantd.probe litert model.tflite``.
 """
@@ -30,6 +31,7 @@ from typing import Any
 from tenantd.modelfile import ModelFileRefused
 
 RESULT_MARK = "TENANTD-PROBE-RESULT "
+ADDRESS_SPACE_SLACK = 512 * 1024 * 1024
 
 
 @dataclass
@@ -93,7 +95,9 @@ def _measure(
                 f"tensor {largest[0]!r} alone needs {_mib(largest[1])}, more than the {_mib(memory_limit)} "
                 "the device's budget has free"
             )
-        _cap_address_space(memory_limit)
+        # Address space is not resident memory: runtimes reserve more than they touch (thread
+        # stacks, allocator arenas), so the cap leaves room for that and still bounds the host's risk.
+        _cap_address_space(2 * memory_limit + ADDRESS_SPACE_SLACK)
 
     t0 = time.perf_counter()
     model = runtime.load(path)
