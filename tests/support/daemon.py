@@ -72,6 +72,15 @@ def daemon_in_thread(
             raise failure[0]
 
 
+class DaemonDidNotStart(RuntimeError):
+    """``tenantd serve`` exited (or was killed) before its ready line: its status and stderr."""
+
+    def __init__(self, message: str, returncode: int, stderr: str) -> None:
+        super().__init__(f"{message}; exit status {returncode}; stderr: {stderr}")
+        self.returncode = returncode
+        self.stderr = stderr
+
+
 @dataclass
 class DaemonProcess:
     proc: subprocess.Popen[str]
@@ -133,12 +142,12 @@ def start_daemon_process(
     try:
         line = lines.get(timeout=READY_TIMEOUT_S)
     except queue.Empty:
-        proc.kill()
-        raise RuntimeError("daemon printed no ready line in time") from None
+        line = "no ready line in time"
     if line is None or not line.startswith("tenantd ready"):
-        proc.kill()
-        proc.wait(READY_TIMEOUT_S)
+        if line is not None:  # still running, not ready: stop it (at EOF it is exiting with its own status)
+            proc.kill()
+        returncode = proc.wait(READY_TIMEOUT_S)
         err = proc.stderr.read() if proc.stderr else log.read_text() if log else ""
-        raise RuntimeError(f"daemon failed to start: {line!r}; stderr: {err}")
+        raise DaemonDidNotStart(f"daemon failed to start: {line!r}", returncode, err)
     bound = line.split("endpoint=", 1)[1].split()[0]
     return DaemonProcess(proc=proc, endpoint=bound, ready_line=line, state_dir=state_dir, lines=lines, log=log)
