@@ -7,6 +7,7 @@ operation. The properties, for every run:
 * every message gets exactly one reply, matched by request id (nil where the id cannot be read);
 * no reply is INTERNAL (bar the known bugs, each a strict xfail test below until it is fixed);
 * the daemon stays up, and its resident memory stops growing once warmed up (RSS_GROWTH_BOUND_*);
+* the daemon logs no traceback (bar one per known bug's INTERNAL reply);
 * afterwards a well-behaved client is served exactly as before: the same models, the same
   outputs as LiteRT run directly, a new submission and removal.
 
@@ -189,6 +190,10 @@ def fuzz_and_check(fuzzed: Fuzzed, seed: int, count: int, rss_bound: int) -> Fuz
     assert not unserved, f"no message of {unserved} was served: the fuzzer does not reach them\n{run.summary()}"
     assert_served_as_before(fuzzed)
     assert daemon.stop() == 0
+    # A traceback in the log is a bug even where the sender was answered; the known bugs' INTERNAL
+    # replies each log one.
+    tracebacks = daemon.stderr().count("Traceback (most recent call last)")
+    assert tracebacks == sum(warm_up.known.values()) + sum(run.known.values()), daemon.stderr()[-5000:]
     return run
 
 
