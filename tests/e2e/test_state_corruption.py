@@ -34,7 +34,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +59,12 @@ class State:
     dir: Path
     endpoint: str
     logs: Iterator[Path]
+    started: list[DaemonProcess] = field(default_factory=list)  # killed at teardown if still running
 
     def start(self, *extra: str) -> DaemonProcess:
-        return start_daemon_process(self.dir, self.endpoint, extra=list(extra), log=next(self.logs))
+        daemon = start_daemon_process(self.dir, self.endpoint, extra=list(extra), log=next(self.logs))
+        self.started.append(daemon)
+        return daemon
 
     def refused(self, *extra: str) -> DaemonDidNotStart:
         """Start the daemon, expecting it to refuse; returns its exit status and stderr."""
@@ -77,9 +80,14 @@ class State:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> State:
+def state(tmp_path: Path) -> Iterator[State]:
     logs = (tmp_path / f"daemon{i}.log" for i in range(1000))
-    return State(tmp_path / "state", f"ipc://{tmp_path}/d.sock", logs)
+    state = State(tmp_path / "state", f"ipc://{tmp_path}/d.sock", logs)
+    yield state
+    for daemon in state.started:  # a test that failed before stopping its daemon
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
 
 
 def assert_refused_clearly(refusal: DaemonDidNotStart, status: int, fragment: str) -> None:
