@@ -72,6 +72,15 @@ def daemon_in_thread(
             raise failure[0]
 
 
+class DaemonDidNotStart(RuntimeError):
+    """``tenantd serve`` exited (or was killed) before its ready line: its status and stderr."""
+
+    def __init__(self, message: str, returncode: int, stderr: str) -> None:
+        super().__init__(f"{message}; exit status {returncode}; stderr: {stderr}")
+        self.returncode = returncode
+        self.stderr = stderr
+
+
 @dataclass
 class DaemonProcess:
     proc: subprocess.Popen[str]
@@ -79,6 +88,7 @@ class DaemonProcess:
     ready_line: str
     state_dir: Path
     lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    log: Path | None = None  # where its stderr goes, when not to a pipe
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
@@ -86,20 +96,40 @@ class DaemonProcess:
         return self.proc.wait(timeout)
 
     def stderr(self) -> str:
+        if self.log is not None:
+            return self.log.read_text(errors="replace")
         assert self.proc.stderr is not None
         return self.proc.stderr.read()
 
 
 def start_daemon_process(
-    state_dir: Path, endpoint: str, policy: Path | None = None, extra: list[str] | None = None, cwd: Path = REPO
+    state_dir: Path,
+    endpoint: str,
+    policy: Path | None = None,
+    extra: list[str] | None = None,
+    cwd: Path = REPO,
+    log: Path | None = None,
 ) -> DaemonProcess:
     """Start ``tenantd serve`` as a subprocess, in working directory ``cwd``, and return once it
-    printed its ready line."""
+    printed its ready line. Its stderr goes to a pipe read when it has stopped, or to the file
+    ``log``: a daemon that may log more than a pipe holds (64 KiB) would block writing to one."""
     cmd = [sys.executable, "-m", "tenantd", "serve", "--endpoint", endpoint, "--state-dir", str(state_dir)]
     if policy is not None:
         cmd += ["--policy", str(policy)]
     cmd += extra or []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon_env(), cwd=cwd)
+    log_file = None if log is None else log.open("w")
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if log_file is None else log_file,
+            text=True,
+            env=daemon_env(),
+            cwd=cwd,
+        )
+    finally:
+        if log_file is not None:
+            log_file.close()  # the child holds its own copy
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:
@@ -112,10 +142,12 @@ def start_daemon_process(
     try:
         line = lines.get(timeout=READY_TIMEOUT_S)
     except queue.Empty:
-        proc.kill()
-        raise RuntimeError("daemon printed no ready line in time") from None
+        line = "no ready line in time"
     if line is None or not line.startswith("tenantd ready"):
-        proc.kill()
-        raise RuntimeError(f"daemon failed to start: {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}")
+        if line is not None:  # still running, not ready: stop it (at EOF it is exiting with its own status)
+            proc.kill()
+        returncode = proc.wait(READY_TIMEOUT_S)
+        err = proc.stderr.read() if proc.stderr else log.read_text() if log else ""
+        raise DaemonDidNotStart(f"daemon failed to start: {line!r}", returncode, err)
     bound = line.split("endpoint=", 1)[1].split()[0]
-    return DaemonProcess(proc=proc, endpoint=bound, ready_line=line, state_dir=state_dir, lines=lines)
+    return DaemonProcess(proc=proc, endpoint=bound, ready_line=line, state_dir=state_dir, lines=lines, log=log)
