@@ -184,9 +184,18 @@ class Daemon:
             pid=os.getpid(),
             version=__version__,
         )
-        removed = self.store.collect_garbage()
-        if removed:
-            log.info("removed %d orphaned model file(s) left by an interrupted submission", len(removed))
+        set_aside = self.store.collect_garbage()
+        if set_aside:
+            log.warning(
+                "%d model file(s) no stored model uses were moved to %s: left by a submission interrupted "
+                "before its reply, or by commits lost from a damaged tenantd.db-wal. If a model acknowledged "
+                "before a crash is missing, its file is there under its sha256 (%s): submit it again; "
+                "otherwise the folder may be emptied",
+                len(set_aside),
+                self.store.orphan_dir,
+                ", ".join(sorted(set_aside)[:5]) + (", ..." if len(set_aside) > 5 else ""),
+            )
+            self.events.emit(Event.MODEL_FILES_SET_ASIDE, sha256=sorted(set_aside), folder=str(self.store.orphan_dir))
         self.loop = asyncio.get_running_loop()
         await self.residency.restore(self.store, self.catalog)
         self.pipelines.restore()
@@ -296,7 +305,12 @@ class Daemon:
 def lock_state_dir(state_dir: Path) -> TextIO:
     """Hold an exclusive lock on the state directory for the daemon's lifetime: two daemons
     writing one store and one event log would corrupt each other's view."""
-    handle = (state_dir / "lock").open("a+")
+    try:
+        handle = (state_dir / "lock").open("a+")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use {state_dir / 'lock'} as the state directory's lock: {exc.strerror or exc}"
+        ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ log = logging.getLogger("tenantd")
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _CHUNK = 64 * 1024
+MAX_LINE_BYTES = 1024 * 1024
 
 
 class Event(StrEnum):
@@ -38,6 +40,7 @@ class Event(StrEnum):
     MODEL_LOADED = "model.loaded"
     MODEL_LOAD_FAILED = "model.load_failed"
     MODEL_DAMAGED = "model.damaged"
+    MODEL_FILES_SET_ASIDE = "model.files_set_aside"
     MODEL_REMOVED = "model.removed"
     SWITCH = "switch"
     REQUEST_ERROR = "request.error"
@@ -67,6 +70,7 @@ EVENT_TABLE: dict[Event, str] = {
     Event.MODEL_LOADED: "A model is served: load_ms, and whether it replaced or was restored.",
     Event.MODEL_LOAD_FAILED: "A stored model could not be loaded at start-up; it is kept, and requests say why.",
     Event.MODEL_DAMAGED: "A model file is missing or not its recorded size at start-up: not loaded; status lists it.",
+    Event.MODEL_FILES_SET_ASIDE: "At start-up, model files no stored model uses were moved to orphans/, not deleted.",
     Event.MODEL_REMOVED: "A model was removed by its tenant or the operator.",
     Event.SWITCH: "A slot ran another model than the one it ran last: the reload (if swapped) and overhead_ms.",
     Event.REQUEST_ERROR: "A request got an error reply: op, tenant, code, message.",
@@ -153,23 +157,35 @@ class EventLog:
 
 def read_events(path: Path, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
     """The last ``limit`` events in ``path`` (of one kind, if ``event``), oldest first, reading the
-    file backwards in chunks until enough are found."""
+    file backwards in chunks until enough are found. A line longer than ``MAX_LINE_BYTES`` is no
+    event this daemon wrote (a page is at most 1 MiB): it is skipped without being held whole."""
     found: list[dict[str, Any]] = []  # newest first
     if limit <= 0:
         return found
     try:
         with path.open("rb") as f:
             end = f.seek(0, os.SEEK_END)
-            carry = b""
+            # The line that continues into the chunks already read, as pieces (joined once, when
+            # its start is found: joining at every chunk would cost the square of its length).
+            carry: deque[bytes] = deque()
+            carry_bytes, overlong = 0, False
             while end > 0 and len(found) < limit:
                 start = max(0, end - _CHUNK)
                 f.seek(start)
-                block = f.read(end - start) + carry
+                parts = f.read(end - start).split(b"\n")
                 end = start
-                lines = block.split(b"\n")
-                # The first piece may be the end of a line that starts in an earlier chunk.
-                carry = lines.pop(0) if start > 0 else b""
-                for line in reversed(lines):
+                carry.appendleft(parts[-1])
+                carry_bytes += len(parts[-1])
+                if carry_bytes > MAX_LINE_BYTES:
+                    carry, overlong = deque(), True
+                if len(parts) == 1 and start > 0:
+                    continue  # no newline in this chunk: the line goes on
+                lines = [b"".join(carry) if not overlong else b"", *reversed(parts[1:-1])]
+                if len(parts) > 1:
+                    carry, carry_bytes, overlong = deque([parts[0]]), len(parts[0]), False
+                    if start == 0:
+                        lines.append(parts[0])  # the file's first line
+                for line in lines:
                     _collect(line, event, found)
                     if len(found) >= limit:
                         break
@@ -183,8 +199,8 @@ def _collect(line: bytes, event: str | None, found: list[dict[str, Any]]) -> Non
         return
     try:
         record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return  # a line torn by a crash mid-write
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return  # a line torn by a crash mid-write, or anything else that is no event
     if isinstance(record, dict) and (event is None or record.get("event") == event):
         found.append(record)
 

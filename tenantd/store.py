@@ -135,6 +135,7 @@ class Store:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.blob_dir = state_dir / "blobs" / "sha256"
+        self.orphan_dir = state_dir / "orphans"  # model files no row references: kept, never deleted
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}  # sha -> submissions in progress using that file
@@ -288,17 +289,24 @@ class Store:
             return True
 
     def collect_garbage(self) -> list[str]:
-        """Remove files no model references (left by a crash mid-submit). Returns their names.
-        Safe because a Store exists only on a database that passed :meth:`_check_database`: one
-        that cannot account for the files never gets this far."""
+        """Clear the model-file folder of what no model references. Returns the hashes set aside.
+
+        Half-written files (``.incoming-*``) are deleted: no reply ever acknowledged them. A whole
+        file no row references is left by a crash between its rename and its row's commit, or by
+        commits the database lost (a damaged ``tenantd.db-wal``: SQLite drops a WAL whose checksums
+        do not match, silently). The two cannot be told apart here, so such a file is never deleted:
+        it is moved to ``orphans/`` beside ``blobs/`` and the caller says so, with how to recover."""
         with self._lock:
             live = {r[0] for r in self._db.execute("SELECT sha256 FROM models")}
-            removed = []
+            set_aside = []
             for path in self.blob_dir.glob("*/*"):
-                if path.name not in live and path.name not in self._held:
+                if path.name.startswith(".incoming-"):
                     path.unlink(missing_ok=True)
-                    removed.append(path.name)
-            return removed
+                elif path.name not in live and path.name not in self._held:
+                    self.orphan_dir.mkdir(exist_ok=True)
+                    os.replace(path, self.orphan_dir / path.name)
+                    set_aside.append(path.name)
+            return set_aside
 
     def model_file_problem(self, record: ModelRecord) -> str | None:
         """Why ``record``'s file is not the one that was submitted and probed (missing, or not the

@@ -238,6 +238,8 @@ def test_collect_garbage_removes_orphans_and_temp_files(tmp_path: Path) -> None:
     assert kept not in removed
     assert kept_path.read_bytes() == b"referenced"
     assert not orphan_path.exists()
+    # Set aside, not deleted: a lost commit and a crash mid-submit look the same from here.
+    assert (tmp_path / "orphans" / orphan).read_bytes() == b"orphaned by a crash mid-submit"
     assert not temp.exists()
     assert not other_temp.exists()
     assert _blob_files(store) == {kept}
