@@ -307,7 +307,12 @@ class ZmqFrontDoor:
 
     def _answer(self, envelope: Envelope, request: Request, outcome: Outcome) -> None:
         if isinstance(outcome, Answer):
-            self._send(envelope, protocol.encode_reply(request.id, tensors=outcome.outputs, timings=outcome.timings))
+            try:  # outputs of a dtype the wire cannot carry, say
+                reply = protocol.encode_reply(request.id, tensors=outcome.outputs, timings=outcome.timings)
+            except Exception as exc:  # noqa: BLE001 - answered as INTERNAL, and logged there
+                self.reply_error(envelope, exc, request)
+                return
+            self._send(envelope, reply)
         else:
             self.reply_error(envelope, outcome, request)
 
@@ -315,10 +320,11 @@ class ZmqFrontDoor:
         assert self.operations is not None
         try:
             result = await self.operations.run(operation, request)
+            reply = protocol.encode_reply(request.id, result)  # a result the wire cannot carry is a bug too
         except Exception as exc:  # noqa: BLE001 - a refusal, or a bug (logged there): either way it is answered
             self.reply_error(envelope, exc, request)
             return
-        self._send(envelope, protocol.encode_reply(request.id, result))
+        self._send(envelope, reply)
 
     async def _run_pipeline(self, request: Request, envelope: Envelope) -> None:
         try:
