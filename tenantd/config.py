@@ -160,6 +160,8 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib on arrays or tables nested thousands deep
+        raise ConfigError(f"{source} nests arrays or tables too deeply to be a policy") from None
     try:
         return Policy(**data)
     except ValidationError as exc:

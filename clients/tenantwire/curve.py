@@ -51,7 +51,7 @@ def read_certificate(path: Path) -> tuple[bytes, bytes | None]:
         public, secret = zmq.auth.load_certificate(path)
     except OSError as exc:
         raise KeyFileError(f"key file {path} cannot be read: {exc.strerror or exc}") from None
-    except ValueError:
+    except (ValueError, IndexError):  # IndexError: a key line cut short ("public-key" and nothing)
         raise KeyFileError(
             f"key file {path} is not a ZeroMQ certificate (no public-key line); write it with "
             "`tenantd keys add` or zmq.auth.create_certificates"
