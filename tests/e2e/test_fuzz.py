@@ -213,11 +213,6 @@ def test_long_fuzz_runs(fuzzed: Fuzzed, seed: int) -> None:
 # fails as strict, and its marker and its KNOWN_BUGS entry in tests/support/fuzz.py go).
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="policy_set parses the TOML with tomllib, whose RecursionError on deeply nested arrays is not "
-    "caught (only TOMLDecodeError is): the reply is INTERNAL and the log gets a ~200 KB traceback",
-)
 def test_deeply_nested_policy_toml_is_a_bad_request(tmp_path: Path) -> None:
     daemon = start_daemon_process(tmp_path / "state", f"ipc://{tmp_path}/d.sock", log=tmp_path / "daemon.log")
     try:

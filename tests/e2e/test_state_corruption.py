@@ -19,8 +19,10 @@ Where each file is covered (the daemon's handling, as a process, is tested here 
   ``test_store.py``; the right size with bytes changed, here.
 * ``blobs/**/.incoming-*``, left by a crash mid-write (``test_store.py``: the collection itself).
 
-Cases the daemon gets wrong are strict xfails with the minimal repro in their reason; they pass,
-and then fail as strict, once the daemon is fixed.
+Cases the daemon got wrong when these tests were written (a damaged WAL costing acknowledged
+models' files, events replies lost or INTERNAL, a huge log line stalling the daemon, a key file
+cut short, a directory at ``lock``) were strict xfails with their repro until fixed; a new one is
+added the same way.
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ class State:
         daemon.stop()
         raise AssertionError(f"the daemon started: {daemon.ready_line}")
 
-    def model_files(self) -> dict[Path, bytes]:
-        return {p: p.read_bytes() for p in (self.dir / "blobs").rglob("*") if p.is_file()}
+    def model_files(self) -> dict[str, bytes]:
+        """Every model file in the state directory by name: in blobs/, or set aside in orphans/."""
+        folders = [self.dir / "blobs", self.dir / "orphans"]
+        return {p.name: p.read_bytes() for folder in folders for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture
@@ -149,15 +153,7 @@ def new_store_killed(state: State, model_files: ModelFiles) -> dict[Path, bytes]
     return state.model_files()
 
 
-WAL_ON_A_NEW_STORE_TORN = pytest.mark.xfail(
-    strict=True,
-    reason="a WAL cut short after its first commit (the schema) leaves tables but no models: the daemon "
-    "starts with none and deletes every model file as an orphan. Repro: submit two models, kill -9, cut "
-    "tenantd.db-wal inside the frame after its first commit frame, start: 'removed 2 orphaned model file(s)'",
-)
-
-
-@pytest.mark.parametrize("damage", ["emptied", "garbage", pytest.param("torn", marks=WAL_ON_A_NEW_STORE_TORN)])
+@pytest.mark.parametrize("damage", ["emptied", "garbage", "torn"])
 def test_a_damaged_wal_of_a_new_store_stops_the_daemon_and_keeps_the_model_files(
     state: State, model_files: ModelFiles, damage: str
 ) -> None:
@@ -172,13 +168,6 @@ def test_a_damaged_wal_of_a_new_store_stops_the_daemon_and_keeps_the_model_files
     assert state.model_files() == files
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="commits that were only in a damaged WAL are lost (SQLite drops a WAL whose header or "
-    "checksums do not match), and the daemon then deletes those models' files as orphans, with no "
-    "word but 'removed 1 orphaned model file(s)'. Repro: submit a, stop (checkpoint), start, submit c, "
-    "kill -9, empty tenantd.db-wal (or garbage, or cut it), start: c is gone and so is its file",
-)
 @pytest.mark.parametrize("damage", ["emptied", "garbage", "torn"])
 def test_a_damaged_wal_never_costs_an_acknowledged_models_file(
     state: State, model_files: ModelFiles, damage: str
@@ -234,27 +223,20 @@ def test_a_damaged_event_log_is_read_past(state: State, file: str, damage: str) 
     stop_cleanly(daemon)
 
 
-def test_a_huge_event_is_left_out_of_a_page_and_counted(state: State) -> None:
-    """A valid event too big for a page (1 MiB) is left out, as are the older ones behind it, and
-    ``omitted`` says how many: the damage shows where the events are read."""
+def test_a_line_longer_than_any_event_is_skipped_without_hiding_older_ones(state: State) -> None:
+    """A line over 1 MiB (events.MAX_LINE_BYTES) is no event this daemon wrote: reading skips it
+    without holding it whole, and the events before it are still served (when it was read as an
+    event, it filled the page and hid every older one until it rotated out)."""
     state.dir.mkdir()
     lines = [event_line(0), event_line(1, pad="p" * (2 * 2**20)), event_line(2)]
     (state.dir / "events.jsonl").write_text("\n".join(lines) + "\n")
     daemon = state.start()
     with TenantClient(daemon.endpoint) as operator:
         page = operator.call("events", {"limit": 100, "event": "model.removed"}).result
-        assert [e["model"] for e in page["events"]] == ["intact2"] and page["omitted"] == 2
+        assert [e["model"] for e in page["events"]] == ["intact0", "intact2"] and page["omitted"] == 0
     stop_cleanly(daemon)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an event line holding an integer past 64 bits is read back by json but cannot be packed "
-    "by msgpack; the events reply is encoded outside the handler's error handling "
-    "(frontdoors/zeromq.py _run_operation), so the OverflowError escapes the task and the request gets "
-    'NO reply. Repro: a line {"ts": 1, "event": "start", "pid": 1000000000000000000000} in events.jsonl, '
-    "then events",
-)
 @pytest.mark.parametrize("file", ["events.jsonl", "events.jsonl.1"])
 def test_an_event_the_wire_cannot_carry_is_still_answered(state: State, file: str) -> None:
     state.dir.mkdir()
@@ -268,12 +250,6 @@ def test_an_event_the_wire_cannot_carry_is_still_answered(state: State, file: st
         stop_cleanly(daemon)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="json.loads raises RecursionError (not JSONDecodeError) on a deeply nested line, which "
-    "events.read_events does not catch: every events request answers INTERNAL until the line rotates "
-    "out. Repro: a line of 100,000 '[' in events.jsonl, then events",
-)
 @pytest.mark.parametrize("file", ["events.jsonl", "events.jsonl.1"])
 def test_a_deeply_nested_event_line_is_read_past(state: State, file: str) -> None:
     state.dir.mkdir()
@@ -287,14 +263,6 @@ def test_a_deeply_nested_event_line_is_read_past(state: State, file: str) -> Non
         stop_cleanly(daemon)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events.read_events joins each 64 KiB chunk onto the unfinished line it carries (block = read + "
-    "carry), so a line of n bytes costs O(n^2 / 64 KiB): a 48 MiB line, 13 s. EventLog.tail holds the "
-    "log's lock all that time, and every emit on the event loop (a request.error, for one) waits for it: "
-    "the whole daemon stops answering. Repro: events.jsonl ending in 48 MiB of NULs; one client asks for "
-    "events, another sends remove_model for a name that does not exist: answered after 13 s",
-)
 def test_a_huge_line_in_the_event_log_does_not_stall_the_daemon(state: State) -> None:
     state.dir.mkdir()
     (state.dir / "events.jsonl").write_bytes(event_line(0).encode() + b"\n" + b"\0" * (32 * 2**20))
@@ -366,21 +334,6 @@ def damage_keys(keys: Path, damage: str) -> Path:
 
 
 UNREADABLE_AS_ROOT = pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 000")
-KEY_LINE_CUT = (
-    "a key file cut short inside its 'public-key' (or 'secret-key') line, with no '=' after it, makes "
-    "zmq.auth.load_certificate raise IndexError, which tenantwire.curve.read_certificate does not turn "
-    "into a KeyFileError"
-)
-KEY_LINE_CUT_AT_START = pytest.mark.xfail(
-    strict=True,
-    reason=f"{KEY_LINE_CUT}: tenantd serve --auth keys dies with a traceback (exit 1). Repro: a file "
-    "keys/tenants/bob.key holding just 'public-key', then tenantd serve --auth keys",
-)
-KEY_LINE_CUT_ON_RELOAD = pytest.mark.xfail(
-    strict=True,
-    reason=f"{KEY_LINE_CUT}: reload_keys answers INTERNAL (and SIGHUP logs a traceback). Repro: a running "
-    "daemon under --auth keys, a file keys/tenants/bob.key holding just 'public-key', then reload_keys",
-)
 KEY_DAMAGE = [
     ("garbage", "is not a ZeroMQ certificate"),
     ("binary junk", "is not a ZeroMQ certificate"),
@@ -395,8 +348,8 @@ KEY_DAMAGE = [
     ("damage", "fragment"),
     [
         *KEY_DAMAGE,
-        pytest.param("cut short in its key line", "bob.key", marks=KEY_LINE_CUT_AT_START),
-        pytest.param("the daemon's own secret key cut short", "server.key_secret", marks=KEY_LINE_CUT_AT_START),
+        ("cut short in its key line", "bob.key"),
+        ("the daemon's own secret key cut short", "server.key_secret"),
     ],
 )
 def test_a_damaged_key_file_stops_the_daemon_naming_it(state: State, damage: str, fragment: str) -> None:
@@ -417,7 +370,7 @@ def keys_reload(daemon: DaemonProcess, keys: Path) -> list[str]:
 
 @pytest.mark.parametrize(
     ("damage", "fragment"),
-    [*KEY_DAMAGE, pytest.param("cut short in its key line", "bob.key", marks=KEY_LINE_CUT_ON_RELOAD)],
+    [*KEY_DAMAGE, ("cut short in its key line", "bob.key")],
 )
 def test_a_damaged_key_file_is_not_reloaded_and_the_old_keys_stay(state: State, damage: str, fragment: str) -> None:
     keys = keyed_state(state)
@@ -461,12 +414,6 @@ def test_a_lock_file_left_behind_does_not_stop_the_daemon(state: State, model_fi
     stop_cleanly(daemon)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon.lock_state_dir opens STATE/lock without handling OSError: a directory (or an unwritable "
-    "file) there kills tenantd serve with an IsADirectoryError traceback (exit 1) instead of a one-line "
-    "message. Repro: mkdir STATE/lock, then tenantd serve",
-)
 def test_a_lock_that_is_not_a_file_stops_the_daemon_with_one_line(state: State) -> None:
     (state.dir / "lock").mkdir(parents=True)
     assert_refused_clearly(state.refused(), EXIT_CONFIG, "lock")
