@@ -279,7 +279,7 @@ def test_a_huge_line_in_the_event_log_does_not_stall_the_daemon(state: State) ->
             # Polling the daemon's counter: the events request is being read (status writes no event).
             deadline = time.monotonic() + 10
             while not alice.status()["requests"].get("events") and time.monotonic() < deadline:
-                time.sleep(0.01)
+                time.sleep(0.01)  # ok: polling a daemon counter (the comment above)
             with pytest.raises(E.UnknownModel):  # an error reply writes request.error to the log
                 alice.remove_model("no-such-model")
     finally:
