@@ -39,7 +39,7 @@ from tenantd.catalog import Catalog, is_operator_acting, require_tenant
 from tenantd.config import Policy
 from tenantd.errors import BadRequest, Forbidden, NotOwner, PipelineFailed, UnknownModel, UpstreamFailed
 from tenantd.events import Event, EventLog
-from tenantd.inference import Answer, InferenceCore, match_inputs
+from tenantd.inference import Answer, InferenceCore, Tensors, match_inputs
 from tenantd.lifecycle import Lifecycle
 from tenantd.pipelinespec import PipelineSpec, Uplink, parse_spec
 from tenantd.store import Store
@@ -49,7 +49,6 @@ from tenantwire.protocol import NAME_RE, Request
 
 log = logging.getLogger("tenantd")
 
-Tensors = list[tuple[str | None, np.ndarray]]
 # Runs a local model: (model name, input tensors) -> (named outputs, the local infer's timings).
 LocalInfer = Callable[[str, Sequence[np.ndarray]], Awaitable[tuple[Tensors, dict[str, Any]]]]
 
