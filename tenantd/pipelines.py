@@ -71,15 +71,24 @@ class PipelineResult:
     timings: dict[str, Any]
 
 
+Connection = tuple[str, str | None, str | None, str | None, float]
+
+
+def _connection(uplink: Uplink) -> Connection:
+    """What a client connection depends on: not the uplink's ``tenants``, which only says who may
+    use it (and, being a list, would make the uplink unusable as a dictionary key)."""
+    return (uplink.endpoint, uplink.tenant, uplink.key_file, uplink.server_key, uplink.timeout_ms)
+
+
 class Uplinks:
     """One client connection per configured uplink, made on first use and kept."""
 
     def __init__(self) -> None:
-        self._clients: dict[Uplink, AsyncTenantClient] = {}
+        self._clients: dict[Connection, AsyncTenantClient] = {}
 
     def client(self, uplink: Uplink) -> AsyncTenantClient:
         """The daemon is a tenant of the other daemon."""
-        client = self._clients.get(uplink)
+        client = self._clients.get(_connection(uplink))
         if client is None:
             keys: dict[str, Any] = {}
             if uplink.key_file is not None:
@@ -88,20 +97,23 @@ class Uplinks:
                 server_key: bytes | Path = Path(text) if Path(text).exists() else text.encode()
                 keys = {"key_file": uplink.key_file, "server_key": server_key}
             client = AsyncTenantClient(uplink.endpoint, tenant=uplink.tenant, timeout=uplink.timeout_ms / 1e3, **keys)
-            self._clients[uplink] = client
+            self._clients[_connection(uplink)] = client
         return client
 
     async def drop(self, uplink: Uplink) -> None:
         """Forget ``uplink``'s client: a refused key is final for a client, and the next request
         should try with a new one (the other daemon's operator may have registered the key since)."""
-        client = self._clients.pop(uplink, None)
+        await self._drop(_connection(uplink))
+
+    async def _drop(self, connection: Connection) -> None:
+        client = self._clients.pop(connection, None)
         if client is not None:
             await client.close()
 
     async def keep_only(self, uplinks: Iterable[Uplink]) -> None:
         """Close the clients of uplinks no longer configured (after a policy reload)."""
-        for uplink in set(self._clients) - set(uplinks):
-            await self.drop(uplink)
+        for connection in set(self._clients) - {_connection(u) for u in uplinks}:
+            await self._drop(connection)
 
     async def close(self) -> None:
         for client in self._clients.values():
