@@ -342,9 +342,38 @@ class PolicyShow(ClientCommand[dict[str, Any]]):
         return client.policy_show()
 
     def text(self, result: dict[str, Any], args: argparse.Namespace) -> None:
-        for key, value in result["policy"].items():
-            print(f"{key} = {value!r}")
+        """As a policy file: what it prints, ``policy set`` accepts (fields left unset are comments)."""
+        print(policy_toml(result["policy"]), end="")
         print(f"# restart-only: {', '.join(result['restart_only'])}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if value == value and abs(value) != float("inf") else str(value).lower()
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ValueError(f"cannot write {value!r} as TOML")
+
+
+def policy_toml(policy: dict[str, Any]) -> str:
+    """The policy map ``policy_show`` returns, as the TOML of a policy file."""
+    lines = []
+    tables = {k: v for k, v in policy.items() if isinstance(v, dict)}
+    for key, value in policy.items():
+        if key in tables:
+            continue
+        lines.append(f"# {key}: unset (the default applies)" if value is None else f"{key} = {_toml_value(value)}")
+    for group, entries in tables.items():
+        for name, fields in entries.items():
+            lines.append(f"\n[{group}.{json.dumps(name)}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in fields.items() if v is not None]
+    return "\n".join(lines) + "\n"
 
 
 class PolicySet(ClientCommand[dict[str, Any]]):
