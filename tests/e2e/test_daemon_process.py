@@ -60,7 +60,7 @@ def test_tenantctl_drives_the_daemon(tmp_path: Path, model_files: ModelFiles) ->
         applied = tenantctl(daemon.endpoint, "policy", "set", str(new_policy))
         assert applied.returncode == 0 and "changed: discipline, tenants" in applied.stdout, applied.stderr
         shown = tenantctl(daemon.endpoint, "policy", "show")
-        assert "discipline = 'weighted-fair'" in shown.stdout
+        assert 'discipline = "weighted-fair"' in shown.stdout  # as TOML, which policy set takes back
 
         removed = tenantctl(daemon.endpoint, "remove", "kws", "--tenant", "alice")
         assert removed.returncode == 0 and "removed kws" in removed.stdout
