@@ -330,6 +330,15 @@ class Metrics:
         return generate_latest(self.registry).decode()
 
 
+def markdown_table() -> str:
+    """The README's table of every metric (tests/unit/test_metrics_doc.py checks it is there)."""
+    rows = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
+    for family in (*FAMILIES, *PROCESS_FAMILIES):
+        labels = ", ".join(f"`{label}`" for label in family.labels) or "none"
+        rows.append(f"| `{family.name}` | {family.kind} | {labels} | {family.help} |")
+    return "\n".join(rows) + "\n"
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT``, ``[V6]:PORT`` or a bare ``PORT`` (loopback) -> (host, port); ConfigError if not."""
     host, sep, port_text = value.rpartition(":")
