@@ -155,7 +155,8 @@ class Daemon:
             self.metrics,
             reload_keys=self.frontdoor.reload_keys if auth_mode == "keys" else None,
         )
-        self.metrics.set_status(self.frontdoor.operations.status_map)
+        operations = self.frontdoor.operations
+        self.metrics.set_status(lambda: operations.status_map(runtimes=False))
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
 

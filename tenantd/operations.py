@@ -162,7 +162,9 @@ class Operations:
                 status["memory"]["last_refusal"] = None
         return status
 
-    def status_map(self) -> dict[str, Any]:
+    def status_map(self, runtimes: bool = True) -> dict[str, Any]:
+        """The status; without ``runtimes`` (which runtimes are importable: slow to find out, as
+        finding a vendor library may run a subprocess) for every metrics scrape."""
         scheduler = self._core.scheduler
         memory = self._admission.status()
         return {
@@ -187,7 +189,7 @@ class Operations:
             "memory": {"profile": memory.pop("profile"), "emulated": self.info.emulated, **memory},
             "residency": self._residency.status(),
             **self._metrics.counts(),  # requests, errors, replies_dropped
-            "runtimes": available_runtimes(),
+            **({"runtimes": available_runtimes()} if runtimes else {}),
             **self._health.status(),
         }
 
