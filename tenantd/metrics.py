@@ -307,11 +307,12 @@ class Metrics:
     def prune(self) -> None:
         """Drop the label sets of models no longer in the catalog and of tenants no longer known."""
 
+        models = self._catalog.models
+        tenants = {r.owner for r in models.values()} | set(self._policy().tenants)
+
         def gone(labels: tuple[str, str]) -> bool:
             tenant, model = labels
-            return (model != "" and model not in self._catalog.models) or (
-                tenant != "" and not self._known_tenant(tenant)
-            )
+            return (model != "" and model not in models) or (tenant != "" and tenant not in tenants)
 
         for labels in [k for k in self._outcomes if gone(k)]:
             for code in self._outcomes.pop(labels):
