@@ -163,7 +163,7 @@ class StatusCollector(Collector):
             yield self._empty(family, ())
 
     @staticmethod
-    def _empty(family: Family, labels: tuple[str, ...]) -> Metric:
+    def _empty(family: Family, labels: tuple[str, ...]) -> CounterMetricFamily | GaugeMetricFamily:
         if family.kind == "counter":
             return CounterMetricFamily(_bare(family.name), family.help, labels=labels)
         return GaugeMetricFamily(family.name, family.help, labels=labels)
@@ -171,7 +171,7 @@ class StatusCollector(Collector):
     def _one(self, name: str, value: float, **labels: str) -> Metric:
         family = _family(name)
         metric = self._empty(family, tuple(labels))
-        metric.add_metric(list(labels.values()), value)  # type: ignore[attr-defined]
+        metric.add_metric(list(labels.values()), value)
         return metric
 
     def collect(self) -> Iterator[Metric]:
