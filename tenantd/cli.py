@@ -65,15 +65,17 @@ def _serve(args: argparse.Namespace) -> int:
                 policy=policy,
                 profile=args.profile,
                 auth=args.auth,
+                metrics=args.metrics,
             )
         )
         daemon.install_signal_handlers()
 
         def ready(endpoint: str) -> None:
             emulated = " emulated=true" if daemon.emulated else ""
+            metrics = f" metrics={daemon.metrics_server.address}" if daemon.metrics_server else ""
             print(
                 f"tenantd ready endpoint={endpoint} device={args.device}{auto} profile={daemon.profile.name}"
-                f"{emulated} slots={daemon.info.slots}",
+                f"{emulated} slots={daemon.info.slots}{metrics}",
                 flush=True,
             )
 
@@ -180,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["keys", "header"],
         help="who a request is from: 'keys' (CurveZMQ keys registered in STATE_DIR/keys) or 'header' "
         "(the request names its tenant; ipc:// and loopback only). Default: header on ipc://, keys on tcp://",
+    )
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (classic text, or OpenMetrics "
+        "when asked for); a bare PORT binds 127.0.0.1, PORT 0 a free port. Unauthenticated, as Prometheus "
+        "expects: they name every tenant and model, so bind loopback unless the network is trusted. Default: off",
     )
     serve.add_argument(
         "--profile",

@@ -32,7 +32,7 @@ from tenantd.executor import Executor
 from tenantd.frontdoors.zeromq import ZmqFrontDoor, check_auth_mode
 from tenantd.inference import InferenceCore
 from tenantd.lifecycle import Lifecycle
-from tenantd.metrics import Counters
+from tenantd.metrics import Metrics, MetricsServer, parse_listen
 from tenantd.operations import DaemonInfo, Operations
 from tenantd.pipelines import Pipelines, close_quietly
 from tenantd.residency import Residency
@@ -52,6 +52,7 @@ class ServeConfig:
     # "keys": CurveZMQ keys say who a request is from; "header": the request says (local endpoints
     # only). Default: "header" on ipc://, "keys" on tcp://.
     auth: str | None = None
+    metrics: str | None = None  # HOST:PORT to serve /metrics on over HTTP; None: not served
 
 
 class Daemon:
@@ -63,6 +64,7 @@ class Daemon:
             raise ConfigError(str(exc)) from None
         auth_mode = config.auth or ("header" if config.endpoint.startswith("ipc://") else "keys")
         check_auth_mode(auth_mode, config.endpoint)
+        metrics_listen = None if config.metrics is None else parse_listen(config.metrics)
         self.config = config
         self.policy = PolicyInForce(config.policy)
         policy = config.policy
@@ -91,10 +93,11 @@ class Daemon:
         self.profile = profile
         self.emulated = emulated
         self.lifecycle = Lifecycle()
-        self.counters = Counters()
         self.store = Store(config.state_dir)
         self.events = EventLog(config.state_dir, policy.event_log_max_bytes)
         self.catalog = Catalog()
+        self.metrics = Metrics(self.catalog, self.policy)
+        self.metrics_server = None if metrics_listen is None else MetricsServer(self.metrics, *metrics_listen)
         self.executor = Executor(config.device, slots, threads)
         memory = Admission(profile, capacity_bytes=policy.capacity_bytes, reserve_bytes=policy.reserve_bytes)
         self.admission = AdmissionControl(memory, self.catalog, self.events, self.policy, self.device_context)
@@ -107,7 +110,9 @@ class Daemon:
             model_path=lambda name: self.store.blob_path(self.catalog.models[name].sha256),
             running=lambda: self.core.scheduler.running,
         )
-        self.core = InferenceCore(self.catalog, self.residency, self.health, self.lifecycle, self.policy, slots)
+        self.core = InferenceCore(
+            self.catalog, self.residency, self.health, self.lifecycle, self.policy, slots, self.metrics
+        )
         self.submission = Submission(
             config.device,
             self.catalog,
@@ -130,7 +135,7 @@ class Daemon:
             self.core,
             self.pipelines,
             self.events,
-            self.counters,
+            self.metrics,
         )
         self.info = DaemonInfo(config.device, profile.name, emulated, auth_mode, slots, threads)
         self.frontdoor.operations = Operations(
@@ -147,9 +152,11 @@ class Daemon:
             self.events,
             self.store,
             self.lifecycle,
-            self.counters,
+            self.metrics,
             reload_keys=self.frontdoor.reload_keys if auth_mode == "keys" else None,
         )
+        operations = self.frontdoor.operations
+        self.metrics.set_status(lambda: operations.status_map(runtimes=False))
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
 
@@ -175,6 +182,13 @@ class Daemon:
         except ConfigError:
             self._close_state()
             raise
+        if self.metrics_server is not None:
+            try:
+                await self.metrics_server.start()
+            except ConfigError:
+                self.frontdoor.close()
+                self._close_state()
+                raise
         self.events.emit(
             Event.START,
             device=self.config.device,
@@ -291,8 +305,11 @@ class Daemon:
         await self.frontdoor.cancel_tasks(deadline - time.monotonic())
         await close_quietly(self.pipelines.uplinks)
         self.frontdoor.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         self.executor.close()
-        self.events.emit(Event.STOP, dropped_requests=dropped, requests=sum(self.counters.requests.values()))
+        requests = sum(self.metrics.counts()["requests"].values())
+        self.events.emit(Event.STOP, dropped_requests=dropped, requests=requests)
         self._close_state()
         log.info("stopped")
 

@@ -26,6 +26,7 @@ from tenantd.devicehealth import DeviceHealth
 from tenantd.errors import DeviceUnavailable, InputMismatch, ModelFailed, UnknownModel
 from tenantd.executor import Resident, RunResult
 from tenantd.lifecycle import Lifecycle
+from tenantd.metrics import Metrics
 from tenantd.residency import Residency
 from tenantd.runtimes import DeviceLost, RuntimeFailure
 from tenantd.scheduler import Job, Scheduler
@@ -65,8 +66,10 @@ class InferenceCore:
         lifecycle: Lifecycle,
         policy: Callable[[], Policy],
         slots: int,
+        metrics: Metrics,
     ) -> None:
         self._catalog = catalog
+        self.metrics = metrics  # every request's outcome is counted here, whichever door it came by
         self._residency = residency
         self._executor = residency.executor
         self._health = health
@@ -98,6 +101,14 @@ class InferenceCore:
     def submit(self, tenant: str, model: Any, tensors: Tensors, deadline_ms: float | None, done: Done) -> None:
         """Check and queue one request; ``done`` gets its outcome later, on the loop. A request
         refused before it is queued raises here instead (``done`` is then never called)."""
+        self.metrics.request("infer")
+        try:
+            self._queue(tenant, model, tensors, deadline_ms, done)
+        except TenantdError as exc:
+            self.metrics.refused(tenant, model, exc.code.value)
+            raise
+
+    def _queue(self, tenant: str, model: Any, tensors: Tensors, deadline_ms: float | None, done: Done) -> None:
         self._lifecycle.check_accepting()
         record = self._catalog.owned_model(tenant, model)
         inputs = match_inputs(record.inputs, tensors)
@@ -134,12 +145,22 @@ class InferenceCore:
         self._residency.unload_retired()
         if not self.scheduler.settle(job):
             return  # already answered (the drain gave up on it)
+        queue_s, total_s = job.started - job.enqueued, time.monotonic() - job.enqueued
+        switch, overhead_ms = self._residency.record_run(work.resident, result, job.model, slot)
         timings: dict[str, Any] = {
-            "queue_ms": round((job.started - job.enqueued) * 1e3, 4),
+            "queue_ms": round(queue_s * 1e3, 4),
             "compute_ms": round(result.compute_ms, 4),
-            "total_ms": round((time.monotonic() - job.enqueued) * 1e3, 4),
-            **self._residency.record_run(work.resident, result, job.model, slot),
+            "total_ms": round(total_s * 1e3, 4),
+            **switch,
         }
+        self.metrics.served(
+            job.tenant,
+            job.model,
+            queue_s,
+            result.compute_ms / 1e3,
+            total_s,
+            None if overhead_ms is None else max(0.0, overhead_ms) / 1e3,  # below 0: noise
+        )
         names = [spec.name for spec in work.record.outputs]
         work.done(Answer(list(zip(names, result.outputs, strict=True)), timings))
 
@@ -148,6 +169,7 @@ class InferenceCore:
         if not self.scheduler.settle(job):
             return  # already answered (the drain gave up on it)
         work: _Work = job.payload
+        self.metrics.refused(job.tenant, job.model, code.value)
         work.done(TenantdError(code, message, {"tenant": job.tenant}))
 
     def _device_lost(self, job: Job, reason: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from tenantd import __version__, metrics
+from tenantd import __version__
 from tenantd.admission import AdmissionControl
 from tenantd.auth import AuthConfigError
 from tenantd.catalog import Catalog, is_operator_acting, require_tenant
@@ -31,7 +31,7 @@ from tenantd.errors import BadRequest, Forbidden
 from tenantd.events import Event, EventLog
 from tenantd.inference import InferenceCore
 from tenantd.lifecycle import Lifecycle
-from tenantd.metrics import Counters
+from tenantd.metrics import Metrics
 from tenantd.pipelines import Pipelines
 from tenantd.residency import Residency
 from tenantd.runtimes import available_runtimes
@@ -91,7 +91,7 @@ class Operations:
         events: EventLog,
         store: Store,
         lifecycle: Lifecycle,
-        counters: Counters,
+        metrics: Metrics,
         reload_keys: Callable[[], list[str]] | None,
     ) -> None:
         self.info = info
@@ -107,7 +107,7 @@ class Operations:
         self._events = events
         self._store = store
         self._lifecycle = lifecycle
-        self._counters = counters
+        self._metrics = metrics
         self._reload_keys = reload_keys  # None under --auth header: no keys
         self.table: dict[str, Operation] = {
             o.op.value: o
@@ -133,6 +133,7 @@ class Operations:
         return self._reload_keys is not None
 
     async def run(self, operation: Operation, request: Request) -> dict[str, Any]:
+        self._metrics.request(operation.op.value)
         if operation.caller == "operator" or (operation.caller == "operator_under_keys" and self.keys):
             if not request.operator:
                 raise Forbidden(f"only the operator may use {request.op!r}; tenants may not")
@@ -161,7 +162,9 @@ class Operations:
                 status["memory"]["last_refusal"] = None
         return status
 
-    def status_map(self) -> dict[str, Any]:
+    def status_map(self, runtimes: bool = True) -> dict[str, Any]:
+        """The status; without ``runtimes`` (which runtimes are importable: slow to find out, as
+        finding a vendor library may run a subprocess) for every metrics scrape."""
         scheduler = self._core.scheduler
         memory = self._admission.status()
         return {
@@ -185,10 +188,8 @@ class Operations:
             "switches": self._residency.executor.switches,
             "memory": {"profile": memory.pop("profile"), "emulated": self.info.emulated, **memory},
             "residency": self._residency.status(),
-            "requests": dict(self._counters.requests),
-            "errors": dict(self._counters.errors),
-            "replies_dropped": dict(self._counters.replies_dropped),
-            "runtimes": available_runtimes(),
+            **self._metrics.counts(),  # requests, errors, replies_dropped
+            **({"runtimes": available_runtimes()} if runtimes else {}),
             **self._health.status(),
         }
 
@@ -282,8 +283,8 @@ class Operations:
             raise BadRequest(f"keys not reloaded, the old ones stay: {exc}") from None
 
     async def metrics(self, request: Request) -> dict[str, Any]:
-        """The status as Prometheus text (operator only under keys: it names every tenant)."""
-        return {"text": metrics.render(self.status_map())}
+        """The metrics as Prometheus text, as /metrics serves them (operator only under keys: names every tenant)."""
+        return {"text": self._metrics.text()}
 
     async def list_pipelines(self, request: Request) -> dict[str, Any]:
         """The pipelines of every tenant, or of the one named."""

@@ -305,6 +305,7 @@ class Pipelines:
 
     async def infer(self, request: Request) -> Answer:
         """``infer`` on a pipeline's name; raises the refusal (a PipelineFailed also goes to the log)."""
+        self._core.metrics.request("pipeline_infer")  # its edge stage is counted again, as an infer
         self._lifecycle.check_accepting()
         tenant = require_tenant(request)
         name = request.args["model"]

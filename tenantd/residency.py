@@ -181,13 +181,16 @@ class Residency:
     def loaded_models(self) -> list[str]:
         return sorted(r.name for r in list(self.executor.resident.values()) if r.model is not None)
 
-    def record_run(self, resident: Resident, result: RunResult, model: str, slot: int) -> dict[str, Any]:
+    def record_run(
+        self, resident: Resident, result: RunResult, model: str, slot: int
+    ) -> tuple[dict[str, Any], float | None]:
         """On the loop, after a run: account it, and when it was a switch log the switch event.
-        Returns the switch's part of the reply's timings."""
+        Returns the switch's part of the reply's timings, and the switch's overhead in ms (None
+        when the run was no switch, or its overhead cannot be stated yet)."""
         switch, warm_median, overhead = self.executor.account(resident, result)
         timings: dict[str, Any] = {"switch": switch, "slot": slot}
         if not switch:
-            return timings
+            return timings, None
         timings["switched_from"] = result.previous
         reload = result.reload
         if reload is not None:
@@ -204,7 +207,7 @@ class Residency:
             # load (if any) + this first inference - the model's warm median
             overhead_ms=None if overhead is None else round(overhead, 4),
         )
-        return timings
+        return timings, overhead
 
     def status(self) -> dict[str, Any]:
         ex = self.executor

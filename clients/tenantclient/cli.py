@@ -238,7 +238,7 @@ class Status(ClientCommand[dict[str, Any]]):
 
 
 class Metrics(ClientCommand[str]):
-    """the same figures in the Prometheus text format"""
+    """the daemon's Prometheus metrics, as 'tenantd serve --metrics' serves them over HTTP"""
 
     path = ("metrics",)
 

@@ -29,7 +29,7 @@ from tenantd.config import ConfigError, PolicyInForce
 from tenantd.errors import Forbidden
 from tenantd.events import Event, EventLog, Sampler
 from tenantd.inference import Answer, InferenceCore, Outcome
-from tenantd.metrics import Counters
+from tenantd.metrics import Metrics
 from tenantd.operations import Operation, Operations
 from tenantd.pipelines import Pipelines
 from tenantwire import curve, protocol
@@ -107,7 +107,7 @@ class ZmqFrontDoor:
         core: InferenceCore,
         pipelines: Pipelines,
         events: EventLog,
-        counters: Counters,
+        metrics: Metrics,
     ) -> None:
         check_auth_mode(auth_mode, endpoint)
         self.endpoint = endpoint
@@ -118,7 +118,7 @@ class ZmqFrontDoor:
         self._core = core
         self._pipelines = pipelines
         self._events = events
-        self._counters = counters
+        self._metrics = metrics
         self.operations: Operations | None = None  # set by the daemon before start()
         self.keyring: auth.KeyRing | None = None
         self.authenticator: auth.Authenticator | None = None
@@ -262,7 +262,6 @@ class ZmqFrontDoor:
             error = TenantdError(ErrorCode.UNKNOWN_OP, f"unknown operation {request.op!r}", {"ops": known})
             self.reply_error(envelope, error, request)
             return
-        self._counters.requests[request.op] += 1
         self._spawn(self._run_operation(operation, request, envelope))
 
     def _identify(self, request: Request, frame: zmq.Frame) -> None:
@@ -293,10 +292,8 @@ class ZmqFrontDoor:
     def _infer(self, request: Request, envelope: Envelope) -> None:
         model = request.args.get("model")
         if isinstance(model, str) and model in self._catalog.pipelines:
-            self._counters.requests["pipeline_infer"] += 1
             self._spawn(self._run_pipeline(request, envelope))
             return
-        self._counters.requests[request.op] += 1
         try:
             tenant = require_tenant(request)
             self._core.submit(
@@ -349,7 +346,7 @@ class ZmqFrontDoor:
             log.exception("%s failed", request.op if request else "a request", exc_info=exc)
             error = TenantdError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         request_id: RequestId | None = request.id if request is not None else error.request_id
-        self._counters.errors[error.code.value] += 1
+        self._metrics.error_reply(error.code.value)
         # Every error is counted (status, metrics); the log gets a sample of each code.
         write, held_back = self._error_events.take(error.code.value)
         if write:
@@ -373,7 +370,7 @@ class ZmqFrontDoor:
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the client disconnected; EAGAIN: it stopped reading its replies.
             reason = "gone" if exc.errno == zmq.EHOSTUNREACH else "not reading"
-            self._counters.replies_dropped[reason] += 1
+            self._metrics.reply_dropped(reason)
             write, held_back = self._drop_logs.take(reason)
             if write:
                 log.warning(

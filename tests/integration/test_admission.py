@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from models import tiny
 from tenantclient import TenantClient
@@ -216,7 +217,7 @@ def test_metrics_expose_the_emulated_profile_and_the_budget(
     assert float(samples['tenantd_requests_total{op="infer"}']) == 1
     assert float(samples["tenantd_memory_budget_bytes"]) == memory["budget_bytes"]
     assert float(samples["tenantd_models"]) == 1
-    for line in text.splitlines():  # every sample has HELP and TYPE lines before it
-        if line and not line.startswith("#"):
-            name = line.split("{")[0].split(" ")[0]
-            assert f"# TYPE {name} " in text
+    # Valid exposition, every family typed: prometheus_client's own parser reads it back.
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["tenantd_models"].type == "gauge" and families["tenantd_requests"].type == "counter"
+    assert all(f.type != "unknown" for f in families.values())

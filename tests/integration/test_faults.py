@@ -89,7 +89,9 @@ def test_deadline_exceeded_while_queued(strict_daemon: Daemon, endpoint: str) ->
     slow, late = asyncio.run(run())
     assert isinstance(slow, dict) and np.array_equal(slow["y"], X * 2)
     assert isinstance(late, E.DeadlineExceeded)
-    assert strict_daemon.counters.errors["DEADLINE_EXCEEDED"] == 1
+    assert strict_daemon.metrics.counts()["errors"]["DEADLINE_EXCEEDED"] == 1
+    labels = {"tenant": "alice", "model": "slow", "code": "DEADLINE_EXCEEDED"}  # dropped from the queue: counted too
+    assert strict_daemon.metrics.registry.get_sample_value("tenantd_inference_requests_total", labels) == 1
 
 
 def test_queue_full_is_per_tenant(strict_daemon: Daemon, endpoint: str, model_files: ModelFiles) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import numpy as np
 import pytest
 import zmq
+from prometheus_client.parser import text_string_to_metric_families
 
 from tenantclient import AsyncTenantClient, TenantClient
 from tenantclient import errors as E
@@ -356,6 +357,13 @@ def test_error_replies_are_all_counted_and_only_sampled_into_the_log(seeded: Dae
         logged = [e for e in alice.events(limit=2000, event="request.error") if e["code"] == "INPUT_MISMATCH"]
         metrics = alice.metrics()
     assert errors["INPUT_MISMATCH"] == 500
-    assert 'tenantd_errors_total{code="INPUT_MISMATCH"} 500' in metrics
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+    }
+    assert samples[("tenantd_errors_total", (("code", "INPUT_MISMATCH"),))] == 500
+    by_tenant = (("code", "INPUT_MISMATCH"), ("model", "alice_mlp"), ("tenant", "alice"))
+    assert samples[("tenantd_inference_requests_total", by_tenant)] == 500
     assert 1 <= len(logged) <= 20  # a sample: the first of each window, then a count of the rest
     assert logged[0]["tenant"] == "alice" and "needs shape" in logged[0]["message"]
