@@ -29,7 +29,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message, recv_monitor_message
 
 from tenantclient import operations
-from tenantclient.errors import ClientClosed, KeyRefused, RequestTimeout, error_for
+from tenantclient.errors import ClientClosed, KeyRefused, RequestTimeout, TenantError, error_for
 from tenantclient.operations import (
     DEFAULT_SUBMIT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
@@ -38,6 +38,7 @@ from tenantclient.operations import (
     Inputs,
     ModelInfo,
 )
+from tenantclient.retry import RetryPolicy, as_policy
 from tenantwire import curve, protocol
 from tenantwire.errors import ProtocolError, RequestId
 from tenantwire.protocol import Reply
@@ -50,6 +51,7 @@ __all__ = [
     "InferResult",
     "Inputs",
     "ModelInfo",
+    "RetryPolicy",
     "TenantClient",
 ]
 
@@ -74,6 +76,15 @@ def _key_refused(endpoint: str) -> KeyRefused:
         f"{endpoint} refused this client's key (unknown to the daemon, withdrawn, or the wrong server key); "
         "once it is registered, use a new client"
     )
+
+
+def _retrying(policy: RetryPolicy | None, call: Call[Any], error: TenantError, retry: int) -> bool:
+    """Whether ``error``, the answer to try ``retry + 1`` of ``call``, is retried (see
+    :mod:`tenantclient.retry`); if not, it leaves with ``attempts`` saying how many tries it took."""
+    if policy is not None and policy.should_retry(call.op.value, error.code, retry):
+        return True
+    error.attempts = retry + 1
+    return False
 
 
 class _Requests:
@@ -119,7 +130,11 @@ class AsyncTenantClient:
 
     Against a daemon with ``--auth keys``, pass ``key_file`` (the secret certificate the operator
     issued, NAME.key_secret) and ``server_key`` (the daemon's public key file keys/server.key, or
-    the z85 key): the key says who you are, and ``tenant`` may be left out."""
+    the z85 key): the key says who you are, and ``tenant`` may be left out.
+
+    ``retry`` (a :class:`~tenantclient.retry.RetryPolicy`, or a number of retries) retries inference
+    and reads refused with ``QUEUE_FULL`` or ``UNAVAILABLE``, with jittered exponential backoff;
+    changes (submit, remove, policy, pipelines) are never retried. Off by default."""
 
     def __init__(
         self,
@@ -130,10 +145,12 @@ class AsyncTenantClient:
         context: zmq.asyncio.Context | None = None,
         key_file: str | os.PathLike[str] | None = None,
         server_key: bytes | str | os.PathLike[str] | None = None,
+        retry: RetryPolicy | int | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.tenant = tenant
         self.timeout = timeout
+        self.retry = as_policy(retry)
         self._curve = _curve_settings(key_file, server_key)
         self._context = context or zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = None
@@ -256,15 +273,23 @@ class AsyncTenantClient:
         return self._requests.check(reply)
 
     async def _run(self, call: Call[T]) -> T:
-        reply = await self.call(
-            call.op.value,
-            call.args,
-            tensors=call.tensors,
-            blobs=call.blobs,
-            deadline_ms=call.deadline_ms,
-            timeout=call.timeout,
-        )
-        return call.parse(reply)
+        retry = 0
+        while True:
+            try:
+                reply = await self.call(
+                    call.op.value,
+                    call.args,
+                    tensors=call.tensors,
+                    blobs=call.blobs,
+                    deadline_ms=call.deadline_ms,
+                    timeout=call.timeout,
+                )
+                return call.parse(reply)
+            except TenantError as exc:
+                if not _retrying(self.retry, call, exc, retry):
+                    raise
+                await asyncio.sleep(self.retry.delay(retry) if self.retry else 0.0)
+                retry += 1
 
     # ------------------------------------------------------------------ operations
 
@@ -357,10 +382,12 @@ class TenantClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         key_file: str | os.PathLike[str] | None = None,
         server_key: bytes | str | os.PathLike[str] | None = None,
+        retry: RetryPolicy | int | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.tenant = tenant
         self.timeout = timeout
+        self.retry = as_policy(retry)
         self._requests = _Requests(tenant)
         settings = _curve_settings(key_file, server_key)
         self._socket: zmq.Socket[bytes] | None = zmq.Context.instance().socket(zmq.DEALER)
@@ -455,15 +482,23 @@ class TenantClient:
         return sock in ready
 
     def _run(self, call: Call[T]) -> T:
-        reply = self.call(
-            call.op.value,
-            call.args,
-            tensors=call.tensors,
-            blobs=call.blobs,
-            deadline_ms=call.deadline_ms,
-            timeout=call.timeout,
-        )
-        return call.parse(reply)
+        retry = 0
+        while True:
+            try:
+                reply = self.call(
+                    call.op.value,
+                    call.args,
+                    tensors=call.tensors,
+                    blobs=call.blobs,
+                    deadline_ms=call.deadline_ms,
+                    timeout=call.timeout,
+                )
+                return call.parse(reply)
+            except TenantError as exc:
+                if not _retrying(self.retry, call, exc, retry):
+                    raise
+                time.sleep(self.retry.delay(retry) if self.retry else 0.0)
+                retry += 1
 
     # ------------------------------------------------------------------ operations
 
