@@ -36,7 +36,8 @@ def test_without_retries_a_full_queue_is_refused_and_with_them_every_request_is_
 
         async def burst(retry: RetryPolicy | None) -> list[object]:
             async with AsyncTenantClient(endpoint, tenant="alice", retry=retry) as alice:
-                return await asyncio.gather(*(alice.infer("slow", X4) for _ in range(5)), return_exceptions=True)
+                results = await asyncio.gather(*(alice.infer("slow", X4) for _ in range(5)), return_exceptions=True)
+                return list(results)
 
         with TenantClient(endpoint, tenant="alice") as alice:
             alice.submit_model(faulty_model(infer="slow", sleep_ms=100), "slow", runtime="faulty")
