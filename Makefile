@@ -1,9 +1,12 @@
 # Set-up is part of every target: the first `make test` or `make demo` creates .venv and installs
 # the project (pinned in setup.cfg) into it; later runs reuse it until setup.cfg changes.
+# `make demo` installs only the base install and the `demo` extra; the test extra (which holds
+# all of the demo's) is installed by the other targets.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: help demo test test-all bench bench-runtimes models lint clean
 
@@ -20,9 +23,14 @@ help:
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
-demo: $(STAMP)
+$(DEMO_STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(PY) -m experiments.demo
 	$(PY) -m experiments.concurrency --quick
 

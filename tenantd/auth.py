@@ -65,6 +65,10 @@ class AuthConfigError(ConfigError, KeyFileError):
     """The keys folder (or a key file handed to a client) is invalid; the message names the file."""
 
 
+class KeyExists(AuthConfigError):
+    """:func:`add_tenant` without ``replace``: that name already has a key."""
+
+
 def _read_certificate(path: Path) -> tuple[bytes, bytes | None]:
     try:
         return read_certificate(path)
@@ -298,7 +302,7 @@ def add_tenant(state_dir: Path | str, name: str, role: str = "tenant", *, replac
     keys = _keys_dir(state_dir)
     public_file = keys / ROLE_DIRS[checked] / f"{name}{PUBLIC_SUFFIX}"
     if public_file.exists() and not replace:
-        raise AuthConfigError(f"{checked} {name!r} is already registered ({public_file}); pass replace=True")
+        raise KeyExists(f"{checked} {name!r} is already registered ({public_file}); pass replace=True")
     issued = keys / ISSUED_DIR / ROLE_DIRS[checked]
     issued.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret_file = issued / f"{name}{SECRET_SUFFIX}"

@@ -68,7 +68,8 @@ class Catalog:
         if existing is not None and existing.owner != tenant:
             raise NotOwner(f"model name {name!r} belongs to another tenant")
         if existing is not None and not replace:
-            raise NameTaken(f"you already have a model named {name!r}; pass replace=True")
+            # Said in no one client's words: the library's replace=True is tenantctl's --replace.
+            raise NameTaken(f"you already have a model named {name!r} (a submission that asks to replace it may)")
 
     def tenant_models(self, tenant: str, besides: str = "") -> list[ModelRecord]:
         return [r for r in self.models.values() if r.owner == tenant and r.name != besides]

@@ -112,11 +112,19 @@ def _devices(args: argparse.Namespace) -> int:
 
 def _keys_add(args: argparse.Namespace) -> tuple[object, str]:
     role = "operator" if args.operator else "tenant"
-    secret = auth.add_tenant(args.state_dir, args.name, role)
+    try:
+        secret = auth.add_tenant(args.state_dir, args.name, role)
+    except auth.KeyExists:
+        remove = f"tenantd keys remove {args.name}{' --operator' if args.operator else ''} --state-dir {args.state_dir}"
+        raise auth.AuthConfigError(
+            f"{role} {args.name!r} already has a key; 'keys add' never replaces one: to issue a new key, "
+            f"withdraw the old one first ({remove}), then add it again"
+        ) from None
     server_key = auth.KeyRing.load(args.state_dir).server_public_key_file
+    later = "" if server_key.exists() else " (written when the daemon first starts with keys)"
     text = (
-        f"issued a {role} key for {args.name}: give them {secret} (keep it secret), and the server key\n"
-        f"{server_key}; then run 'tenantctl keys reload'"
+        f"issued {'an' if args.operator else 'a'} {role} key for {args.name}: give them {secret} (keep it secret), "
+        f"and the server key\n{server_key}{later}; then run 'tenantctl keys reload'"
     )
     return {"name": args.name, "role": role, "secret_key_file": str(secret)}, text
 
@@ -211,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         "keys",
         help="issue, list and withdraw CurveZMQ keys in a daemon's state directory (on the daemon's host)",
         description="Work on STATE_DIR/keys; a running daemon applies a change on 'tenantctl keys reload' "
-        "(operator key) or SIGHUP.",
+        "(operator key) or SIGHUP. Exit status: 0 done; 2 refused (the name already has a key, has none, "
+        "or is not a valid name; the keys folder is invalid), with a one-line reason.",
     )
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     for verb, text, action in (

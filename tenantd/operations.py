@@ -220,6 +220,10 @@ class Operations:
             raise BadRequest(f"args.limit must be an int in 1..{MAX_EVENTS_PER_REPLY}")
         if kind is not None and not isinstance(kind, str):
             raise BadRequest("args.event must be a string")
+        if kind is not None and kind not in {e.value for e in Event}:
+            # An unknown kind would match nothing: say so, with the kinds there are.
+            known = sorted(e.value for e in Event)
+            raise BadRequest(f"no event kind {kind!r}; the kinds are: {', '.join(known)}", {"known": known})
         return await asyncio.get_running_loop().run_in_executor(None, self._events_page, limit, kind)
 
     def _events_page(self, limit: int, kind: str | None) -> dict[str, Any]:

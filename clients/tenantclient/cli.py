@@ -1,6 +1,8 @@
 """``tenantctl``: the operator's and tenant's command line for a running tenantd.
 
     tenantctl --endpoint ipc:///run/tenantd.sock status
+    tenantctl ping                               (is the daemon there; round trip)
+    tenantctl infer MODEL FILE.npy|FILE.npz --tenant T [--out OUT.npz]
     tenantctl models [--tenant T]
     tenantctl events [--limit N] [--event KIND]
     tenantctl submit FILE --name N --tenant T [--runtime R] [--replace]
@@ -14,8 +16,11 @@ the daemon's files instead, so it is ``tenantd keys add|remove|list`` on the dae
 
 Each command is one small class in :data:`COMMANDS`: its path, its arguments, the client call,
 and its text and JSON output; its docstring is its help. ``--json`` prints the daemon's raw
-answer instead of text. Exit status: 0 on success, 1 when the daemon refused the request (its
-error code is printed), 2 on a usage error, 3 when no reply came in time.
+answer instead of text. The global options (``--endpoint``, ``--json``, ``--timeout``, ``--retries``,
+``--key``, ``--server-key``) go before or after the command. Exit status: 0 on success (also when
+the reader of the output went away, as ``| head`` does), 1 when the daemon refused the request (its
+error code is printed) or refused this client's keys at the handshake, 2 on a usage error, 3 when
+no reply came in time.
 """
 
 from __future__ import annotations
@@ -27,13 +32,17 @@ import json
 import os
 import shlex
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from tenantclient.client import ModelInfo, TenantClient
-from tenantclient.errors import RequestTimeout, TenantError
+import numpy as np
+
+from tenantclient.client import InferResult, ModelInfo, TenantClient
+from tenantclient.errors import AlreadyExists, RequestTimeout, TenantError
+from tenantclient.retry import RetryPolicy
 
 T = TypeVar("T")
 
@@ -188,6 +197,10 @@ class Command(ABC):
         first, _, rest = inspect.cleandoc(self.__doc__ or "").partition("\n")
         return first, rest.strip() or None
 
+    def hint(self, error: TenantError) -> str | None:
+        """What to do about ``error`` in this command's flags, printed after it; none by default."""
+        return None
+
 
 class ClientCommand(Command, Generic[T]):
     """A command that is one request to the daemon."""
@@ -208,7 +221,8 @@ class ClientCommand(Command, Generic[T]):
         # --tenant, where a command has it, names whom the request is for (with keys, the key decides).
         tenant = getattr(args, "tenant", None)
         curve = {"key_file": args.key, "server_key": args.server_key} if args.key or args.server_key else {}
-        with TenantClient(args.endpoint, tenant=tenant, timeout=args.timeout, **curve) as client:
+        retry = RetryPolicy(retries=args.retries) if args.retries else None
+        with TenantClient(args.endpoint, tenant=tenant, timeout=args.timeout, retry=retry, **curve) as client:
             result = self.call(client, args)
         if args.json:
             return self.json(result)
@@ -235,6 +249,87 @@ class Status(ClientCommand[dict[str, Any]]):
 
     def text(self, result: dict[str, Any], args: argparse.Namespace) -> None:
         _print_status(result)
+
+
+class Ping(ClientCommand[dict[str, Any]]):
+    """is the daemon there: its version, and the round trip"""
+
+    path = ("ping",)
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> dict[str, Any]:
+        started = time.perf_counter()
+        answer = client.ping()
+        return {**answer, "round_trip_ms": (time.perf_counter() - started) * 1e3}
+
+    def text(self, result: dict[str, Any], args: argparse.Namespace) -> None:
+        print(
+            f"pong from {args.endpoint}: tenantd {result.get('version')}, protocol {result.get('protocol')}, "
+            f"{result['round_trip_ms']:.2f} ms"
+        )
+
+
+def _read_inputs(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+    """A .npy file is the one input of a single-input model; a .npz file holds inputs by name."""
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise UsageError(f"{path}: inputs are a .npy file (one array) or a .npz file (arrays by input name)")
+    try:
+        loaded = np.load(_existing_file(path), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not a numpy {suffix} file: {exc}") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        return {name: loaded[name] for name in loaded.files}
+
+
+class Infer(ClientCommand[InferResult]):
+    """run a model on inputs from a .npy or .npz file: outputs' shapes and dtypes, and timings
+
+    A .npy file is the input of a single-input model; a .npz file holds the inputs by name
+    (numpy.savez(FILE, NAME=array, ...)). --out writes the outputs to a .npz file by name.
+    """
+
+    path = ("infer",)
+
+    def arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", help="model (or pipeline) name")
+        parser.add_argument("inputs", type=Path, help="FILE.npy (one input) or FILE.npz (inputs by name)")
+        parser.add_argument("--tenant", help="tenant that owns the model (with keys, the key decides)")
+        parser.add_argument("--deadline-ms", type=float, help="drop the request if it cannot start within this")
+        parser.add_argument("--out", type=Path, help="write the outputs to this .npz file")
+
+    def call(self, client: TenantClient, args: argparse.Namespace) -> InferResult:
+        if args.out is not None and args.out.suffix.lower() != ".npz":
+            raise UsageError(f"--out {args.out}: outputs are written as a .npz file")
+        inputs = _read_inputs(args.inputs)
+        started = time.perf_counter()
+        result = client.infer_detailed(args.model, inputs, deadline_ms=args.deadline_ms)
+        result.timings["round_trip_ms"] = (time.perf_counter() - started) * 1e3
+        if args.out is not None:
+            savez: Any = np.savez  # its stubs read a ** mapping as its allow_pickle flag
+            savez(args.out, **result.outputs)
+        return result
+
+    def text(self, result: InferResult, args: argparse.Namespace) -> None:
+        rows = [(name, str(a.dtype), list(a.shape)) for name, a in result.outputs.items()]
+        print(_table(["OUTPUT", "DTYPE", "SHAPE"], rows))
+        times = result.timings
+        shown = [
+            f"{k.removesuffix('_ms').replace('_', ' ')} {times[k]:.3f} ms"
+            for k in _TIMINGS
+            if isinstance(times.get(k), int | float)
+        ]
+        print("timings: " + ", ".join(shown))
+        if args.out is not None:
+            print(f"outputs written to {args.out}")
+
+    def json(self, result: InferResult) -> Any:
+        outputs = {name: {"dtype": str(a.dtype), "shape": list(a.shape)} for name, a in result.outputs.items()}
+        return {"outputs": outputs, "timings": result.timings}
+
+
+_TIMINGS = ("queue_ms", "switch_ms", "compute_ms", "total_ms", "round_trip_ms")
 
 
 class Metrics(ClientCommand[str]):
@@ -301,6 +396,9 @@ class Submit(ClientCommand[ModelInfo]):
     def call(self, client: TenantClient, args: argparse.Namespace) -> ModelInfo:
         model = _existing_file(args.file)
         return client.submit_model(model, args.name, runtime=args.runtime, replace=args.replace)
+
+    def hint(self, error: TenantError) -> str | None:
+        return "add --replace to replace it" if isinstance(error, AlreadyExists) else None
 
     def text(self, result: ModelInfo, args: argparse.Namespace) -> None:
         print(
@@ -476,6 +574,9 @@ class PipelineSet(ClientCommand[dict[str, Any]]):
     def call(self, client: TenantClient, args: argparse.Namespace) -> dict[str, Any]:
         return client.set_pipeline(args.name, _pipeline_spec(args), replace=args.replace)
 
+    def hint(self, error: TenantError) -> str | None:
+        return "add --replace to redefine it" if isinstance(error, AlreadyExists) else None
+
     def text(self, result: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"pipeline {result['name']} set for tenant {result['owner']}")
 
@@ -503,6 +604,8 @@ class PipelineRemove(ClientCommand[str]):
 # In the order of the help; a group (policy, keys, pipeline) is listed where its first command is.
 COMMANDS: tuple[Command, ...] = (
     Status(),
+    Ping(),
+    Infer(),
     Metrics(),
     Models(),
     Events(),
@@ -526,25 +629,54 @@ GROUPS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tenantctl", description="Control and use a running tenantd daemon.")
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The options of every command. On the top parser with their defaults; on each command's
+    parser again without (argparse.SUPPRESS), so that they may come after the command too and one
+    given before it is not reset there."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
     parser.add_argument(
         "--endpoint",
-        default=DEFAULT_ENDPOINT,
+        default=default(DEFAULT_ENDPOINT),
         help=f"daemon endpoint (env TENANTD_ENDPOINT; default {DEFAULT_ENDPOINT})",
     )
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
+    parser.add_argument("--timeout", type=float, default=default(30.0), help="seconds to wait for a reply (default 30)")
+    parser.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=default(0),
+        help="retry QUEUE_FULL/UNAVAILABLE this many times, with jittered backoff (inference and reads "
+        "only; default 0)",
+    )
     parser.add_argument(
         "--key",
-        default=os.environ.get("TENANTD_KEY"),
+        default=default(os.environ.get("TENANTD_KEY")),
         help="your secret key file (NAME.key_secret) for a daemon run with --auth keys (env TENANTD_KEY)",
     )
     parser.add_argument(
         "--server-key",
-        default=os.environ.get("TENANTD_SERVER_KEY"),
+        default=default(os.environ.get("TENANTD_SERVER_KEY")),
         help="the daemon's public key file (STATE_DIR/keys/server.key) (env TENANTD_SERVER_KEY)",
     )
-    parser.add_argument("--json", action="store_true", help="print the daemon's raw answer as JSON")
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="print the daemon's raw answer as JSON"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tenantctl", description="Control and use a running tenantd daemon.")
+    _global_options(parser, defaults=True)
+    anywhere = argparse.ArgumentParser(add_help=False)
+    _global_options(anywhere, defaults=False)
     commands = parser.add_subparsers(dest="command", required=True)
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for command in COMMANDS:
@@ -553,18 +685,29 @@ def build_parser() -> argparse.ArgumentParser:
         if group:
             (title,) = group
             if title not in groups:
-                grouped = commands.add_parser(title, help=GROUPS[title])
+                grouped = commands.add_parser(title, help=GROUPS[title], parents=[anywhere])
                 groups[title] = grouped.add_subparsers(dest=f"{title}_command", required=True)
             parent = groups[title]
         text, description = command.help()
-        sub = parent.add_parser(name, help=text, description=description)
+        sub = parent.add_parser(name, help=text, description=description, parents=[anywhere])
         command.arguments(sub)
         sub.set_defaults(handler=command)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _refusal(command: Command, error: TenantError) -> str:
+    """The daemon's refusal for a person, with the command's hint in its flags' words."""
+    hint = command.hint(error)
+    return f"tenantctl: {error}" + (f"; {hint}" if hint else "")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value.__dict__ if hasattr(value, "__dict__") else str(value)
+
+
+def _run(args: argparse.Namespace) -> int:
     command: Command = args.handler
     try:
         result = command.run(args)
@@ -572,14 +715,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tenantctl: {exc.message}", file=sys.stderr)
         return 3
     except TenantError as exc:
-        print(f"tenantctl: {exc}", file=sys.stderr)
+        print(_refusal(command, exc), file=sys.stderr)
         return 1
     except (UsageError, ValueError) as exc:  # ValueError: e.g. a key file that is not one
         print(f"tenantctl: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(result, indent=2, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o)))
+        print(json.dumps(result, indent=2, default=_json_default))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status = _run(args)
+        sys.stdout.flush()  # inside the try: a reader that went away shows here at the latest
+    except BrokenPipeError:
+        # The reader stopped reading (``tenantctl events | head``): that is its choice, not a
+        # failure. Point stdout at /dev/null so the interpreter's own flush at exit is quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message, recv_monitor_message
 
 from tenantclient import operations
-from tenantclient.errors import ClientClosed, KeyRefused, RequestTimeout, error_for
+from tenantclient.errors import ClientClosed, KeyRefused, RequestTimeout, TenantError, error_for
 from tenantclient.operations import (
     DEFAULT_SUBMIT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
@@ -38,6 +38,7 @@ from tenantclient.operations import (
     Inputs,
     ModelInfo,
 )
+from tenantclient.retry import RetryPolicy, as_policy
 from tenantwire import curve, protocol
 from tenantwire.errors import ProtocolError, RequestId
 from tenantwire.protocol import Reply
@@ -50,6 +51,7 @@ __all__ = [
     "InferResult",
     "Inputs",
     "ModelInfo",
+    "RetryPolicy",
     "TenantClient",
 ]
 
@@ -69,11 +71,54 @@ def _curve_settings(
     return Path(key_file), curve.load_public_key(Path(server_key))
 
 
-def _key_refused(endpoint: str) -> KeyRefused:
-    return KeyRefused(
-        f"{endpoint} refused this client's key (unknown to the daemon, withdrawn, or the wrong server key); "
-        "once it is registered, use a new client"
+class _Handshake:
+    """What a CurveZMQ client's socket monitor says of its handshakes, as a refusal once it is
+    certain. The daemon's ZAP handler refusing the client's key shows at once as
+    ``HANDSHAKE_FAILED_AUTH``; a wrong server key (or a daemon without keys) shows only as a
+    handshake that fails without detail (the daemon cannot read the client's greeting and hangs up),
+    so that counts after twice in a row: a daemon stopping mid-handshake is not mistaken for it."""
+
+    EVENTS = (
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_HANDSHAKE_SUCCEEDED
     )
+    FAILURES_IN_A_ROW = 2
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.refusal: KeyRefused | None = None
+        self._failed_in_a_row = 0
+
+    def see(self, event: int) -> KeyRefused | None:
+        """Take one monitor event; the refusal, once there is one (it stays)."""
+        if self.refusal is not None:
+            return self.refusal
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._failed_in_a_row = 0
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self.refusal = KeyRefused(
+                f"the handshake failed: {self.endpoint} refused this client's key (unknown to the daemon, "
+                "or withdrawn); once it is registered, use a new client"
+            )
+        elif event & (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+            self._failed_in_a_row += 1
+            if self._failed_in_a_row >= self.FAILURES_IN_A_ROW:
+                self.refusal = KeyRefused(
+                    f"the handshake with {self.endpoint} failed: the server key is not this daemon's "
+                    "(or the daemon does not use keys)"
+                )
+        return self.refusal
+
+
+def _retrying(policy: RetryPolicy | None, call: Call[Any], error: TenantError, retry: int) -> bool:
+    """Whether ``error``, the answer to try ``retry + 1`` of ``call``, is retried (see
+    :mod:`tenantclient.retry`); if not, it leaves with ``attempts`` saying how many tries it took."""
+    if policy is not None and policy.should_retry(call.op.value, error.code, retry):
+        return True
+    error.attempts = retry + 1
+    return False
 
 
 class _Requests:
@@ -119,7 +164,11 @@ class AsyncTenantClient:
 
     Against a daemon with ``--auth keys``, pass ``key_file`` (the secret certificate the operator
     issued, NAME.key_secret) and ``server_key`` (the daemon's public key file keys/server.key, or
-    the z85 key): the key says who you are, and ``tenant`` may be left out."""
+    the z85 key): the key says who you are, and ``tenant`` may be left out.
+
+    ``retry`` (a :class:`~tenantclient.retry.RetryPolicy`, or a number of retries) retries inference
+    and reads refused with ``QUEUE_FULL`` or ``UNAVAILABLE``, with jittered exponential backoff;
+    changes (submit, remove, policy, pipelines) are never retried. Off by default."""
 
     def __init__(
         self,
@@ -130,10 +179,12 @@ class AsyncTenantClient:
         context: zmq.asyncio.Context | None = None,
         key_file: str | os.PathLike[str] | None = None,
         server_key: bytes | str | os.PathLike[str] | None = None,
+        retry: RetryPolicy | int | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.tenant = tenant
         self.timeout = timeout
+        self.retry = as_policy(retry)
         self._curve = _curve_settings(key_file, server_key)
         self._context = context or zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = None
@@ -141,7 +192,7 @@ class AsyncTenantClient:
         self._pending: dict[RequestId, asyncio.Future[Reply]] = {}
         self._requests = _Requests(tenant)
         self._watcher: asyncio.Task[None] | None = None
-        self._refused = False
+        self._handshake = _Handshake(endpoint)
 
     async def __aenter__(self) -> AsyncTenantClient:
         self._connect()
@@ -158,7 +209,7 @@ class AsyncTenantClient:
             if self._curve is not None:
                 curve.configure_client(sock, *self._curve)
                 # A refused key is otherwise just silence: watch the handshake.
-                monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+                monitor = sock.get_monitor_socket(_Handshake.EVENTS)
                 self._watcher = loop.create_task(self._watch_handshake(monitor))
             sock.connect(self.endpoint)
             self._socket = sock
@@ -167,13 +218,12 @@ class AsyncTenantClient:
 
     async def _watch_handshake(self, monitor: zmq.asyncio.Socket) -> None:
         try:
-            while not self._refused:
-                event = parse_monitor_message(await monitor.recv_multipart())
-                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                    self._refused = True
+            while self._handshake.refusal is None:
+                refusal = self._handshake.see(parse_monitor_message(await monitor.recv_multipart())["event"])
+                if refusal is not None:
                     for future in self._pending.values():
                         if not future.done():
-                            future.set_exception(_key_refused(self.endpoint))
+                            future.set_exception(refusal)
         finally:
             monitor.close(linger=0)
 
@@ -220,8 +270,8 @@ class AsyncTenantClient:
         """Send one request and wait for its reply; raise the typed error if it failed.
         ``encoding`` packs the tensors for a slow link (docs/protocol.md, tensor encodings)."""
         sock = self._connect()
-        if self._refused:
-            raise _key_refused(self.endpoint)
+        if self._handshake.refusal is not None:
+            raise self._handshake.refusal
         request_id, frames = self._requests.encode(op, args, tensors, blobs, deadline_ms, encoding)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
@@ -256,15 +306,23 @@ class AsyncTenantClient:
         return self._requests.check(reply)
 
     async def _run(self, call: Call[T]) -> T:
-        reply = await self.call(
-            call.op.value,
-            call.args,
-            tensors=call.tensors,
-            blobs=call.blobs,
-            deadline_ms=call.deadline_ms,
-            timeout=call.timeout,
-        )
-        return call.parse(reply)
+        retry = 0
+        while True:
+            try:
+                reply = await self.call(
+                    call.op.value,
+                    call.args,
+                    tensors=call.tensors,
+                    blobs=call.blobs,
+                    deadline_ms=call.deadline_ms,
+                    timeout=call.timeout,
+                )
+                return call.parse(reply)
+            except TenantError as exc:
+                if not _retrying(self.retry, call, exc, retry):
+                    raise
+                await asyncio.sleep(self.retry.delay(retry) if self.retry else 0.0)
+                retry += 1
 
     # ------------------------------------------------------------------ operations
 
@@ -357,20 +415,22 @@ class TenantClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         key_file: str | os.PathLike[str] | None = None,
         server_key: bytes | str | os.PathLike[str] | None = None,
+        retry: RetryPolicy | int | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.tenant = tenant
         self.timeout = timeout
+        self.retry = as_policy(retry)
         self._requests = _Requests(tenant)
         settings = _curve_settings(key_file, server_key)
         self._socket: zmq.Socket[bytes] | None = zmq.Context.instance().socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         # With keys, watch the handshake: a refused key is otherwise just silence.
         self._monitor: zmq.Socket[bytes] | None = None
-        self._refused = False
+        self._handshake = _Handshake(endpoint)
         if settings is not None:
             curve.configure_client(self._socket, *settings)
-            self._monitor = self._socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            self._monitor = self._socket.get_monitor_socket(_Handshake.EVENTS)
         self._socket.connect(endpoint)
 
     def __enter__(self) -> TenantClient:
@@ -391,11 +451,10 @@ class TenantClient:
     def _check_refused(self) -> None:
         """Raise KeyRefused if the daemon has refused this client's key at a handshake."""
         monitor = self._monitor
-        while monitor is not None and not self._refused and monitor.poll(0):
-            event = recv_monitor_message(monitor)
-            self._refused = event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-        if self._refused:
-            raise _key_refused(self.endpoint)
+        while monitor is not None and self._handshake.refusal is None and monitor.poll(0):
+            self._handshake.see(recv_monitor_message(monitor)["event"])
+        if self._handshake.refusal is not None:
+            raise self._handshake.refusal
 
     def call(
         self,
@@ -418,8 +477,7 @@ class TenantClient:
         give_up = time.monotonic() + limit
         # A DEALER with no live peer (e.g. its key was refused at the handshake) cannot send:
         # wait for that within the timeout too, rather than blocking in send forever.
-        if not sock.poll(max(1, int(limit * 1e3)), zmq.POLLOUT):
-            self._check_refused()
+        if not self._wait(sock, zmq.POLLOUT, limit * 1e3):
             raise RequestTimeout(
                 f"cannot send {op} to {self.endpoint} within {limit:g} s (daemon down, or key refused?)",
                 request_id=request_id,
@@ -427,8 +485,7 @@ class TenantClient:
         sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         while True:
             remaining_ms = (give_up - time.monotonic()) * 1e3
-            if remaining_ms <= 0 or not self._wait_for_reply(sock, remaining_ms):
-                self._check_refused()
+            if remaining_ms <= 0 or not self._wait(sock, zmq.POLLIN, remaining_ms):
                 raise RequestTimeout(
                     f"no reply to {op} from {self.endpoint} within {limit:g} s (is the daemon running?)",
                     request_id=request_id,
@@ -442,28 +499,43 @@ class TenantClient:
                 return self._requests.check(reply)
             # else: a stale reply to a call that already timed out
 
-    def _wait_for_reply(self, sock: zmq.Socket[bytes], timeout_ms: float) -> bool:
-        """Wait for a reply, or for the handshake to be refused (then raise KeyRefused)."""
+    def _wait(self, sock: zmq.Socket[bytes], flag: int, timeout_ms: float) -> bool:
+        """Wait until ``sock`` can send (POLLOUT) or has a reply (POLLIN); False at the timeout.
+        Raises KeyRefused as soon as the handshake is known to have failed."""
         if self._monitor is None:
-            return bool(sock.poll(max(1, int(timeout_ms))))
+            return bool(sock.poll(max(1, int(timeout_ms)), flag))
+        give_up = time.monotonic() + timeout_ms / 1e3
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        poller.register(sock, flag)
         poller.register(self._monitor, zmq.POLLIN)
-        ready = dict(poller.poll(max(1, int(timeout_ms))))
-        if self._monitor in ready:
-            self._check_refused()
-        return sock in ready
+        while True:
+            remaining_ms = (give_up - time.monotonic()) * 1e3
+            ready = dict(poller.poll(max(1, int(remaining_ms))))
+            if self._monitor in ready:
+                self._check_refused()  # raises once the handshake failed; else it was another event
+            if sock in ready:
+                return True
+            if remaining_ms <= 0 or time.monotonic() >= give_up:
+                return False
 
     def _run(self, call: Call[T]) -> T:
-        reply = self.call(
-            call.op.value,
-            call.args,
-            tensors=call.tensors,
-            blobs=call.blobs,
-            deadline_ms=call.deadline_ms,
-            timeout=call.timeout,
-        )
-        return call.parse(reply)
+        retry = 0
+        while True:
+            try:
+                reply = self.call(
+                    call.op.value,
+                    call.args,
+                    tensors=call.tensors,
+                    blobs=call.blobs,
+                    deadline_ms=call.deadline_ms,
+                    timeout=call.timeout,
+                )
+                return call.parse(reply)
+            except TenantError as exc:
+                if not _retrying(self.retry, call, exc, retry):
+                    raise
+                time.sleep(self.retry.delay(retry) if self.retry else 0.0)
+                retry += 1
 
     # ------------------------------------------------------------------ operations
 

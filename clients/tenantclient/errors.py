@@ -16,6 +16,8 @@ class TenantError(Exception):
     """Base class of every error the client raises."""
 
     code: str | None = None
+    # Tries the request took, retries included (tenantclient.retry); 1 without retries.
+    attempts: int = 1
 
     def __init__(
         self, message: str, details: dict[str, Any] | None = None, request_id: RequestId | None = None

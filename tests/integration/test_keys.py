@@ -3,6 +3,7 @@ a request is from; unknown keys are refused at the handshake; operator-only comm
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import zmq
 
-from tenantclient import TenantClient
+from tenantclient import AsyncTenantClient, TenantClient
 from tenantclient import errors as E
 from tenantd import auth
 from tenantd.config import Policy
@@ -127,13 +128,29 @@ def test_a_refused_key_fails_every_call_at_once_instead_of_hanging(
         for _ in range(3):  # after the handshake failed the socket has no peer to send to
             with pytest.raises(E.KeyRefused, match="refused this client's key"):
                 mallory.ping()
-    # A client with the right key but the wrong server key is refused too (its handshake fails).
+
+
+def test_a_wrong_server_key_is_named_as_soon_as_the_handshake_fails(
+    keyed: tuple[Daemon, Path, dict[str, Path]], endpoint: str, tmp_path: Path
+) -> None:
+    """A registered key with another daemon's server key: the daemon cannot read the client's
+    greeting and hangs up, so no reply would ever come. The clients say why (KeyRefused) instead
+    of timing out; the long timeout makes a regression show as RequestTimeout, not as a slow test."""
+    _, _, keys = keyed
     other_daemon = auth.KeyRing.load(tmp_path / "elsewhere")
     other_daemon.server_keys()  # creates its key pair
     wrong_server = other_daemon.server_public_key_file
-    with client(endpoint, wrong_server, stranger, timeout=1.0) as lost:
-        with pytest.raises((E.KeyRefused, E.RequestTimeout)):
-            lost.ping()
+    with client(endpoint, wrong_server, keys["alice"], timeout=60.0) as lost:
+        for _ in range(2):
+            with pytest.raises(E.KeyRefused, match="the server key is not this daemon's"):
+                lost.ping()
+
+    async def run() -> None:
+        async with AsyncTenantClient(endpoint, key_file=keys["alice"], server_key=wrong_server, timeout=60) as lost:
+            with pytest.raises(E.KeyRefused, match=r"handshake .* failed"):
+                await lost.ping()
+
+    asyncio.run(run())
 
 
 def test_a_replaced_key_loses_its_open_connection(

@@ -19,10 +19,17 @@ def test_tenantd_keys_issues_lists_and_withdraws(tmp_path: Path, capsys: pytest.
     assert issued["role"] == "tenant" and Path(issued["secret_key_file"]).name == "alice.key_secret"
     assert tenantd.main(["keys", "add", "ops", "--operator", "--state-dir", state]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("issued a operator key for ops: give them ") and "then run 'tenantctl keys reload'" in out
+    assert out.startswith("issued an operator key for ops: give them ") and "then run 'tenantctl keys reload'" in out
+    # No daemon has started on this state directory yet: its public key is not there to hand out.
+    assert not (Path(state) / "keys" / "server.key").exists()
+    assert "server.key (written when the daemon first starts with keys)" in out
 
-    assert tenantd.main(["keys", "add", "alice", "--state-dir", state]) == 2
-    assert "already registered" in capsys.readouterr().err
+    assert tenantd.main(["keys", "add", "alice", "--state-dir", state]) == 2  # documented in `keys --help`
+    err = capsys.readouterr().err
+    assert "tenant 'alice' already has a key" in err and f"tenantd keys remove alice --state-dir {state}" in err
+    assert "replace=True" not in err and err.count("\n") == 1
+    assert tenantd.main(["keys", "add", "ops", "--operator", "--state-dir", state]) == 2
+    assert f"tenantd keys remove ops --operator --state-dir {state}" in capsys.readouterr().err
 
     assert tenantd.main(["keys", "list", "--state-dir", state]) == 0
     assert capsys.readouterr().out.split() == ["tenant:alice", "operator:ops"]

@@ -21,7 +21,7 @@ DAEMON_ONLY = ("tenantd", "pydantic", "ai_edge_litert", "openvino", "onnxruntime
 WIRE_DEPENDENCIES = {"tenantwire", "zmq", "msgpack", "numpy"}
 CLIENT_DEPENDENCIES = WIRE_DEPENDENCIES | {"tenantclient"}
 WIRE_MODULES = ["tenantwire", *(f"tenantwire.{m}" for m in ("protocol", "errors", "tensors", "curve", "irbundle"))]
-CLIENT_MODULES = ["tenantclient", *(f"tenantclient.{m}" for m in ("cli", "errors", "operations", "client"))]
+CLIENT_MODULES = ["tenantclient", *(f"tenantclient.{m}" for m in ("cli", "errors", "operations", "client", "retry"))]
 
 PROBE = """
 import importlib, json, sys
