@@ -86,7 +86,7 @@ def test_the_containerfile_runs_the_daemon_unprivileged_with_state_on_a_volume()
 
 
 @pytest.mark.slow
-def test_the_wheel_ships_the_example_policies(tmp_path: Path) -> None:
+def test_the_wheel_ships_every_module_and_the_example_policies(tmp_path: Path) -> None:
     # Built from a copy: setuptools leaves build/ and an egg-info beside the sources it builds.
     source = tmp_path / "src"
     source.mkdir()
@@ -102,5 +102,13 @@ def test_the_wheel_ships_the_example_policies(tmp_path: Path) -> None:
     )
     (wheel,) = tmp_path.glob("tenantd-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    # Every module of the daemon and the client is in it (tenantd.frontdoors was once left out).
+    for folder, package in (
+        ("tenantd", "tenantd"),
+        ("clients/tenantwire", "tenantwire"),
+        ("clients/tenantclient", "tenantclient"),
+    ):
+        for module in (ROOT / folder).rglob("*.py"):
+            assert f"{package}/{module.relative_to(ROOT / folder).as_posix()}" in names
     shipped = {Path(n).name for n in names if n.startswith("tenantd/policies/")}
     assert shipped == {p.name for p in (ROOT / "policies").glob("*.toml")}
