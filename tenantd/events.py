@@ -221,12 +221,10 @@ class EventLog:
             self._events.write(line)
             if audit:
                 self._audit.write(line)
-        if audit:
+        if audit:  # also in the daemon's own log (the journal, a collector), with its names as extras
+            named = {k: fields[k] for k in ("tenant", "model", "code") if fields.get(k) is not None}
             log.info(
-                "event %s%s",
-                event,
-                "".join(f" {k}={fields[k]}" for k in ("tenant", "model", "code") if fields.get(k) is not None),
-                extra={"event": event, "tenant": fields.get("tenant"), "model": fields.get("model")},
+                "event %s%s", event, "".join(f" {k}={v}" for k, v in named.items()), extra={"event": event, **named}
             )
         return record
 
