@@ -59,11 +59,14 @@ def _serve(args: argparse.Namespace) -> int:
     # The default policy file may be absent (every default is in force then); one named is required.
     optional = args.policy is None and not os.environ.get("TENANTD_POLICY")
     policy_file = args.policy or paths.default_policy()
+    # Only the default socket's folder is created: a named endpoint whose folder is missing is a typo.
+    default_endpoint = args.endpoint is None and not os.environ.get("TENANTD_ENDPOINT")
     args.endpoint = args.endpoint or paths.default_endpoint()
     args.state_dir = args.state_dir or paths.default_state_dir()
     try:
         policy = load_policy(None if optional and not policy_file.exists() else policy_file)
-        _make_socket_dir(args.endpoint)
+        if default_endpoint:
+            _make_socket_dir(args.endpoint)
     except ConfigError as exc:
         print(f"tenantd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -115,7 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _make_socket_dir(endpoint: str) -> None:
-    """Create the folder of an ipc:// socket (``/run/tenantd`` without systemd, or this user's)."""
+    """Create the default socket's folder (``/run/tenantd`` without systemd, or this user's)."""
     socket_path = paths.ipc_path(endpoint)
     if socket_path is None or socket_path.parent.exists():
         return
