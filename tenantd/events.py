@@ -330,16 +330,22 @@ class SwitchSummaries:
     first ``SWITCH_EVENTS_PER_WINDOW`` switches of a window are written as ``switch`` events (all of
     them with the policy's ``switch_events = "all"``), and every switch is counted in the window's
     one ``switch.summary`` event. A summary is written at the first switch, read of the log or stop
-    after its window ends (``until`` is when it was closed). Methods run on the event loop."""
+    after its window ends (``until`` is when it was closed). Switches are recorded on the event loop
+    and the log is read on worker threads, hence the lock."""
 
     def __init__(self, log: EventLog, clock: Any = time.monotonic) -> None:
         self._log = log
         self._clock = clock
         self.log_all = False
         self._windows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._lock = threading.RLock()  # taken before the log's own lock, never after
 
     def record(self, previous: str, model: str, **fields: Any) -> None:
         """One switch from ``previous`` to ``model``; ``fields`` as the ``switch`` event has them."""
+        with self._lock:
+            self._record(previous, model, fields)
+
+    def _record(self, previous: str, model: str, fields: dict[str, Any]) -> None:
         self.flush_due()
         now = self._clock()
         window = self._windows.setdefault(
@@ -362,10 +368,11 @@ class SwitchSummaries:
 
     def flush_due(self, everything: bool = False) -> None:
         """Write the summaries of the windows that have ended (all of them at stop)."""
-        now = self._clock()
-        due = [p for p, w in self._windows.items() if everything or now - w["opened"] >= SWITCH_WINDOW_S]
-        for pair in due:
-            self._write(pair, self._windows.pop(pair))
+        with self._lock:
+            now = self._clock()
+            due = [p for p, w in self._windows.items() if everything or now - w["opened"] >= SWITCH_WINDOW_S]
+            for pair in due:
+                self._write(pair, self._windows.pop(pair))
 
     def _write(self, pair: tuple[str, str], window: dict[str, Any]) -> None:
         measured = window["measured"]

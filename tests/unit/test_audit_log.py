@@ -3,10 +3,21 @@ sampling and per-window summaries of switch events (tenantd.events)."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import sys
+import threading
 from pathlib import Path
 
-from tenantd.events import AUDIT, SWITCH_EVENTS_PER_WINDOW, SWITCH_WINDOW_S, Event, EventLog, SwitchSummaries
+from tenantd.events import (
+    AUDIT,
+    SWITCH_EVENTS_PER_WINDOW,
+    SWITCH_WINDOW_S,
+    Event,
+    EventLog,
+    SwitchSummaries,
+    read_events,
+)
 
 
 def test_a_flood_of_switches_and_errors_cannot_rotate_audit_events_away(tmp_path: Path) -> None:
@@ -87,3 +98,36 @@ def test_switch_events_all_logs_every_switch(tmp_path: Path) -> None:
         events.switches.record("a", "b", slot=0, reload=False, load_ms=None, overhead_ms=None)
     assert len(events.tail(limit=1000, event="switch")) == 3 * SWITCH_EVENTS_PER_WINDOW
     events.close()
+
+
+def test_switches_recorded_while_the_log_is_read_on_another_thread_are_all_counted(tmp_path: Path) -> None:
+    """Switches are recorded on the event loop and the log is read (which closes ended windows)
+    on a worker thread: no switch is lost or counted twice."""
+    events = EventLog(tmp_path)
+    ticks = itertools.count()
+    events.switches = SwitchSummaries(events, clock=lambda: next(ticks) * 0.01)  # a window per ~1,000 calls
+    total, done, failures = 5000, threading.Event(), []
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                events.tail(limit=50, event="switch.summary")
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    reader = threading.Thread(target=read)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, so that a race would show
+    try:
+        reader.start()
+        for i in range(total):
+            events.switches.record(f"m{i % 3}", f"m{(i + 1) % 3}", slot=0, reload=False, load_ms=None, overhead_ms=1)
+        done.set()
+        reader.join()
+    finally:
+        sys.setswitchinterval(interval)
+    events.close()
+    assert not failures
+    summaries = read_events(events.path, limit=100_000, event="switch.summary")
+    assert sum(s["count"] for s in summaries) == total
+    assert sum(s["overhead_total_ms"] for s in summaries) == total * 1.0
