@@ -431,6 +431,8 @@ def base_policy(spec: RunSpec, settings: Settings) -> dict[str, Any]:
         policy["capacity_bytes"] = int(profile.capacity_bytes * settings.scale)
     # Room for every tenant's closed loop, so the only refusals are the ones measured.
     policy["queue_depth_per_tenant"] = max(int(policy.get("queue_depth_per_tenant", 64)), 4 * settings.in_flight)
+    # The switch overheads are summed from the switch events of each step: all of them, not a sample.
+    policy["switch_events"] = "all"
     return policy
 
 

@@ -15,19 +15,22 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from tenantd import __version__, auth
+from tenantd import __version__, auth, logs
 from tenantd.config import ConfigError, load_policy
 from tenantd.daemon import Daemon, ServeConfig
 from tenantd.devices import PROFILES
 from tenantd.devices.detect import detect, format_table, pick_auto
 from tenantd.store import StoreUnusable
+from tenantwire import paths
 
 log = logging.getLogger("tenantd")
+STATE_DIR_HELP = "the daemon's state directory (default as for 'tenantd serve': %(default)s)"
 
 # Exit statuses of ``tenantd serve`` besides 0 (stopped cleanly), as its --help lists them.
 EXIT_CONFIG = 2  # the policy, endpoint, device or state directory is wrong or in use
@@ -43,12 +46,32 @@ SERVE_EXIT_STATUS = f"""exit status:
      blobs/ aside to start an empty store); nothing was changed or deleted."""
 
 
+def policy_examples() -> Path | None:
+    """Where the example policies (``policies/``) are: in the installed package, or the source tree."""
+    package = Path(__file__).resolve().parent
+    for folder in (package / "policies", package.parent / "policies"):
+        if (folder / "default.toml").is_file():
+            return folder
+    return None
+
+
 def _serve(args: argparse.Namespace) -> int:
+    # The default policy file may be absent (every default is in force then); one named is required.
+    optional = args.policy is None and not os.environ.get("TENANTD_POLICY")
+    policy_file = args.policy or paths.default_policy()
+    # Only the default socket's folder is created: a named endpoint whose folder is missing is a typo.
+    default_endpoint = args.endpoint is None and not os.environ.get("TENANTD_ENDPOINT")
+    args.endpoint = args.endpoint or paths.default_endpoint()
+    args.state_dir = args.state_dir or paths.default_state_dir()
     try:
-        policy = load_policy(args.policy)
+        policy = load_policy(None if optional and not policy_file.exists() else policy_file)
+        if default_endpoint:
+            _make_socket_dir(args.endpoint)
     except ConfigError as exc:
         print(f"tenantd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if optional and not policy_file.exists():
+        log.info("no policy file at %s: every default is in force (examples: %s)", policy_file, policy_examples())
     auto = ""
     if args.device == "auto":
         chosen, why = pick_auto(detect())
@@ -66,6 +89,8 @@ def _serve(args: argparse.Namespace) -> int:
                 profile=args.profile,
                 auth=args.auth,
                 metrics=args.metrics,
+                policy_file=policy_file,
+                policy_file_optional=optional,
             )
         )
         daemon.install_signal_handlers()
@@ -90,6 +115,18 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"tenantd: {exc}", file=sys.stderr)
         return EXIT_STORE
     return 0
+
+
+def _make_socket_dir(endpoint: str) -> None:
+    """Create the default socket's folder (``/run/tenantd`` without systemd, or this user's)."""
+    socket_path = paths.ipc_path(endpoint)
+    if socket_path is None or socket_path.parent.exists():
+        return
+    try:
+        socket_path.parent.mkdir(mode=0o750, parents=True)
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise ConfigError(f"cannot create {socket_path.parent} for the socket {endpoint}: {why}") from None
 
 
 def _devices(args: argparse.Namespace) -> int:
@@ -157,10 +194,27 @@ def _keys(action: Callable[[argparse.Namespace], tuple[object, str]]) -> Callabl
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tenantd", description="Multi-tenant inference daemon for one accelerator.")
     parser.add_argument("--version", action="version", version=f"tenantd {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    # Accepted before or after the subcommand: the subcommands' copies leave an unset flag alone.
+    for target, default in ((parser, None), (common := argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)):
+        target.add_argument(
+            "--log-level",
+            type=str.upper,
+            default=os.environ.get("TENANTD_LOG_LEVEL", "INFO") if default is None else default,
+            choices=logs.LEVELS,
+            help="log level (env TENANTD_LOG_LEVEL; default INFO)",
+        )
+        target.add_argument(
+            "--log-format",
+            default=os.environ.get("TENANTD_LOG_FORMAT", "text") if default is None else default,
+            choices=logs.FORMATS,
+            help="logs on stderr as text, or as one JSON object a line with the fields ts, level, logger, msg "
+            "and extras such as event, tenant, model (env TENANTD_LOG_FORMAT; default text)",
+        )
     commands = parser.add_subparsers(dest="command", required=True)
+    examples = policy_examples()
     serve = commands.add_parser(
         "serve",
+        parents=[common],
         help="own a device and serve tenants' models over ZeroMQ",
         # Wrapped here: the raw formatter that keeps the exit-status list as written keeps this too.
         description=textwrap.fill(
@@ -180,11 +234,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--endpoint",
-        required=True,
-        help="ZeroMQ endpoint to bind: ipc:///path/sock or tcp://127.0.0.1:PORT (PORT may be '*')",
+        help="ZeroMQ endpoint to bind: ipc:///path/sock or tcp://127.0.0.1:PORT (PORT may be '*'). Default: env "
+        f"TENANTD_ENDPOINT, else ipc://$RUNTIME_DIRECTORY/tenantd.sock under systemd, else ipc://{paths.SYSTEM_SOCKET} "
+        "as root, else ipc://$XDG_RUNTIME_DIR/tenantd/tenantd.sock; here: "
+        f"{paths.default_endpoint()}",
     )
-    serve.add_argument("--state-dir", type=Path, required=True, help="directory for the model store and event log")
-    serve.add_argument("--policy", type=Path, help="operator policy TOML file (see policies/default.toml)")
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        help="directory for the model store, event logs, keys and a policy set at run time. Default: env "
+        f"TENANTD_STATE_DIR, else $STATE_DIRECTORY under systemd, else {paths.SYSTEM_STATE_DIR} as root, else "
+        f"$XDG_STATE_HOME/tenantd; here: {paths.default_state_dir()}",
+    )
+    serve.add_argument(
+        "--policy",
+        type=Path,
+        help="operator policy TOML file; SIGHUP re-reads it. Default: env TENANTD_POLICY, else "
+        f"$CONFIGURATION_DIRECTORY/policy.toml under systemd, else {paths.SYSTEM_POLICY} as root, else "
+        "$XDG_CONFIG_HOME/tenantd/policy.toml (a missing default file means every default); here: "
+        f"{paths.default_policy()}. Example policies, one per device kind: {examples or 'not installed'}",
+    )
     serve.add_argument(
         "--auth",
         choices=["keys", "header"],
@@ -206,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     devices = commands.add_parser(
         "devices",
+        parents=[common],
         help="list the devices attached to this host and the runtimes that serve them",
         description="Detect the CPU, Coral EdgeTPUs (USB and PCIe), Intel NCS2 sticks, a Jetson and NVIDIA GPUs, "
         "and say for each which runtime serves it and whether that runtime is installed.",
@@ -217,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.set_defaults(func=_devices)
     keys = commands.add_parser(
         "keys",
+        parents=[common],
         help="issue, list and withdraw CurveZMQ keys in a daemon's state directory (on the daemon's host)",
         description="Work on STATE_DIR/keys; a running daemon applies a change on 'tenantctl keys reload' "
         "(operator key) or SIGHUP. Exit status: 0 done; 2 refused (the name already has a key, has none, "
@@ -227,14 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("add", "issue a key; prints where the secret key file is", _keys_add),
         ("remove", "withdraw a key", _keys_remove),
     ):
-        sub = keys_commands.add_parser(verb, help=text)
+        sub = keys_commands.add_parser(verb, help=text, parents=[common])
         sub.add_argument("name", help="tenant (or operator) name")
         sub.add_argument("--operator", action="store_true", help="an operator key, not a tenant's")
-        sub.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
+        sub.add_argument("--state-dir", type=Path, default=paths.default_state_dir(), help=STATE_DIR_HELP)
         sub.add_argument("--json", action="store_true", help="print the result as JSON")
         sub.set_defaults(func=_keys(action))
-    keys_list = keys_commands.add_parser("list", help="list registered keys")
-    keys_list.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
+    keys_list = keys_commands.add_parser("list", help="list registered keys", parents=[common])
+    keys_list.add_argument("--state-dir", type=Path, default=paths.default_state_dir(), help=STATE_DIR_HELP)
     keys_list.add_argument("--json", action="store_true", help="print the result as JSON")
     keys_list.set_defaults(func=_keys(_keys_list))
     return parser
@@ -242,8 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.log_level, args.log_format)
     result: int = args.func(args)
     return result

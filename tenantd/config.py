@@ -70,7 +70,13 @@ class Policy(BaseModel):
     """On SIGTERM/SIGINT, how long to keep answering accepted requests before giving up."""
 
     event_log_max_bytes: Annotated[int, Field(ge=4096)] = 64 * 1024 * 1024
-    """Size at which events.jsonl is rotated to events.jsonl.1 (one generation is kept)."""
+    """Size at which events.jsonl is rotated to events.jsonl.1, and audit.jsonl (the audit events
+    again, which the others cannot rotate away) to audit.jsonl.1; one generation of each is kept."""
+
+    switch_events: Literal["sampled", "all"] = "sampled"
+    """``sampled``: the first 10 switches of each model pair per 10 s window are written as
+    ``switch`` events, and every switch is counted in that window's ``switch.summary`` event;
+    ``all``: every switch is written as an event too (for experiments that read each one)."""
 
     profile: str | None = None
     """Device profile whose memory model and budget admission enforces (see tenantd/devices).
@@ -133,8 +139,10 @@ class PolicyInForce:
     """The policy the daemon runs under now, replaced whole by ``policy_set``. Everything that
     reads the policy holds this and calls it, so a new policy reaches every part at once."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, source: str = "file") -> None:
         self.current = policy
+        # "file": the policy file's (or the defaults); "runtime": set by policy_set (tenantd.policysource)
+        self.source = source
 
     def __call__(self) -> Policy:
         return self.current

@@ -4,7 +4,9 @@ This module only assembles and sequences. At start-up it checks the configuratio
 state directory's lock, binds the front door (a bad endpoint fails before any model is loaded),
 restores the stored models and pipelines, and starts answering. On SIGTERM or SIGINT it stops
 taking new work, answers what it accepted (within the policy's drain timeout), and only then
-closes its socket. SIGHUP re-reads the keys folder. docs/architecture.md says which part does what.
+closes its socket. SIGHUP re-reads the keys folder and the policy file (policysource.py says which
+policy wins). Under systemd (NOTIFY_SOCKET) it reports ready, reloading and stopping (sdnotify.py).
+docs/architecture.md says which part does what.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from tenantd import __version__, auth
+from tenantd import __version__, auth, sdnotify
 from tenantd.admission import Admission, AdmissionControl
 from tenantd.catalog import Catalog
 from tenantd.config import ConfigError, Policy, PolicyInForce, usable_cores
@@ -35,9 +37,11 @@ from tenantd.lifecycle import Lifecycle
 from tenantd.metrics import Metrics, MetricsServer, parse_listen
 from tenantd.operations import DaemonInfo, Operations
 from tenantd.pipelines import Pipelines, close_quietly
+from tenantd.policysource import PolicySource
 from tenantd.residency import Residency
 from tenantd.store import Store
 from tenantd.submission import Submission
+from tenantwire.errors import TenantdError
 
 log = logging.getLogger("tenantd")
 
@@ -53,6 +57,9 @@ class ServeConfig:
     # only). Default: "header" on ipc://, "keys" on tcp://.
     auth: str | None = None
     metrics: str | None = None  # HOST:PORT to serve /metrics on over HTTP; None: not served
+    # The file ``policy`` was read from: SIGHUP reads it again. None: the policy was given as is.
+    policy_file: Path | None = None
+    policy_file_optional: bool = False  # the default path: a missing file means every default
 
 
 class Daemon:
@@ -66,7 +73,6 @@ class Daemon:
         check_auth_mode(auth_mode, config.endpoint)
         metrics_listen = None if config.metrics is None else parse_listen(config.metrics)
         self.config = config
-        self.policy = PolicyInForce(config.policy)
         policy = config.policy
         slots, threads = policy.effective_slots(), policy.effective_threads()
         try:
@@ -90,11 +96,19 @@ class Daemon:
             )
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self._state_lock = lock_state_dir(config.state_dir)
+        # A policy set at run time and stored with the state may be in force instead of the file's;
+        # both agree on the restart-only fields read above (policysource checks it).
+        self.policy_source = PolicySource(config.state_dir, config.policy_file, policy, config.policy_file_optional)
+        resolved = self.policy_source.resolve()
+        self.policy_source.commit(resolved, policy)
+        policy = resolved.policy
+        self.policy = PolicyInForce(policy, resolved.source)
         self.profile = profile
         self.emulated = emulated
         self.lifecycle = Lifecycle()
         self.store = Store(config.state_dir)
         self.events = EventLog(config.state_dir, policy.event_log_max_bytes)
+        self.events.configure(policy)
         self.catalog = Catalog()
         self.metrics = Metrics(self.catalog, self.policy)
         self.metrics_server = None if metrics_listen is None else MetricsServer(self.metrics, *metrics_listen)
@@ -138,7 +152,7 @@ class Daemon:
             self.metrics,
         )
         self.info = DaemonInfo(config.device, profile.name, emulated, auth_mode, slots, threads)
-        self.frontdoor.operations = Operations(
+        self.operations = Operations(
             self.info,
             lambda: self.frontdoor.endpoint,
             self.policy,
@@ -154,10 +168,12 @@ class Daemon:
             self.lifecycle,
             self.metrics,
             reload_keys=self.frontdoor.reload_keys if auth_mode == "keys" else None,
+            policy_source=self.policy_source,
         )
-        operations = self.frontdoor.operations
-        self.metrics.set_status(lambda: operations.status_map(runtimes=False))
+        self.frontdoor.operations = self.operations
+        self.metrics.set_status(lambda: self.operations.status_map(runtimes=False))
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._reloads: set[asyncio.Future[None]] = set()  # SIGHUP's policy reloads, held until done
         self._stop = asyncio.Event()
 
     @property
@@ -197,6 +213,7 @@ class Daemon:
             endpoint=self.endpoint,
             pid=os.getpid(),
             version=__version__,
+            policy_source=self.policy.source,
         )
         set_aside = self.store.collect_garbage()
         if set_aside:
@@ -231,6 +248,7 @@ class Daemon:
         self._log_start()
         if ready is not None:
             ready(self.endpoint)
+        sdnotify.ready(f"serving {self.config.device} on {self.endpoint}")
         self.frontdoor.start()
         await self._stop.wait()
         if watcher is not None:
@@ -282,18 +300,49 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
 
     def _on_sighup(self) -> None:
-        """SIGHUP re-reads the keys folder: how the first operator key added after start-up counts."""
+        """SIGHUP re-reads the keys folder and the policy file (``systemctl reload``)."""
+        sdnotify.reloading()
         if self.frontdoor.keyring is None:
-            log.info("SIGHUP: nothing to reload (--auth header)")
-            return
+            log.info("SIGHUP: no keys to reload (--auth header)")
+        else:
+            try:
+                identities = self.frontdoor.reload_keys()
+            except auth.AuthConfigError as exc:
+                log.error("SIGHUP: keys not reloaded, the old ones stay: %s", exc)
+            else:
+                log.info("SIGHUP: keys reloaded, %d registered", len(identities))
+        reload = asyncio.ensure_future(self._reload_policy())
+        self._reloads.add(reload)
+        reload.add_done_callback(self._reloads.discard)
+
+    async def _reload_policy(self) -> None:
+        """The policy file again: applied unless it changes a restart-only field (then nothing
+        changes, as with ``policy set``); a runtime policy stays while the file's policy is the same."""
         try:
-            identities = self.frontdoor.reload_keys()
-        except auth.AuthConfigError as exc:
-            log.error("SIGHUP: keys not reloaded, the old ones stay: %s", exc)
-            return
-        log.info("SIGHUP: keys reloaded, %d registered", len(identities))
+            try:
+                base = self.policy_source.read_file()
+            except ConfigError as exc:
+                log.error("SIGHUP: policy not reloaded, the one in force stays: %s", exc)
+                return
+            resolved = self.policy_source.resolve(base)
+            if resolved.policy == self.policy() and resolved.source == self.policy.source:
+                self.policy_source.commit(resolved, base)
+                log.info("SIGHUP: the policy file is unchanged (in force: the %s policy)", resolved.source)
+                return
+            try:
+                self.operations.check_policy(resolved.policy)
+            except TenantdError as exc:
+                log.error("SIGHUP: policy not reloaded, the one in force stays: %s", exc.message)
+                return
+            self.policy_source.commit(resolved, base)
+            result = await self.operations.apply_policy(resolved.policy, resolved.source)
+            changed = ", ".join(result["changed"]) or "nothing"
+            log.info("SIGHUP: policy reloaded (in force: the %s policy); changed: %s", resolved.source, changed)
+        finally:
+            sdnotify.ready("reloaded")
 
     def _on_signal(self, sig: signal.Signals) -> None:
+        sdnotify.stopping()
         log.info("%s received: draining (up to %.0f s), then stopping", sig.name, self.policy().drain_timeout_s)
         self.stop()
 

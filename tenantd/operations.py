@@ -24,7 +24,7 @@ from tenantd import __version__
 from tenantd.admission import AdmissionControl
 from tenantd.auth import AuthConfigError
 from tenantd.catalog import Catalog, is_operator_acting, require_tenant
-from tenantd.config import RESTART_ONLY, ConfigError, PolicyInForce, parse_policy
+from tenantd.config import RESTART_ONLY, ConfigError, Policy, PolicyInForce, parse_policy
 from tenantd.devicehealth import DeviceHealth
 from tenantd.devices import MemoryModel
 from tenantd.errors import BadRequest, Forbidden
@@ -33,6 +33,7 @@ from tenantd.inference import InferenceCore
 from tenantd.lifecycle import Lifecycle
 from tenantd.metrics import Metrics
 from tenantd.pipelines import Pipelines
+from tenantd.policysource import PolicySource
 from tenantd.residency import Residency
 from tenantd.runtimes import available_runtimes
 from tenantd.store import Store
@@ -93,6 +94,7 @@ class Operations:
         lifecycle: Lifecycle,
         metrics: Metrics,
         reload_keys: Callable[[], list[str]] | None,
+        policy_source: PolicySource | None = None,
     ) -> None:
         self.info = info
         self._endpoint = endpoint
@@ -109,6 +111,7 @@ class Operations:
         self._lifecycle = lifecycle
         self._metrics = metrics
         self._reload_keys = reload_keys  # None under --auth header: no keys
+        self._policy_source = policy_source  # None: a policy set at run time lasts until a restart
         self.table: dict[str, Operation] = {
             o.op.value: o
             for o in (
@@ -241,10 +244,12 @@ class Operations:
 
     async def policy_show(self, request: Request) -> dict[str, Any]:
         """The policy in force (operator only under keys: it holds every tenant's quotas)."""
-        return {"policy": self._policy().model_dump(), "restart_only": list(RESTART_ONLY)}
+        policy = self._policy().model_dump()
+        return {"policy": policy, "restart_only": list(RESTART_ONLY), "source": self._policy.source}
 
     async def policy_set(self, request: Request) -> dict[str, Any]:
-        """Apply a new policy without a restart. Models that no longer fit are kept and said so."""
+        """Apply a new policy without a restart; it is stored with the state and survives restarts
+        (tenantd.policysource says when the policy file wins). Models that no longer fit are kept."""
         text = request.args.get("toml")
         if not isinstance(text, str):
             raise BadRequest("args.toml must hold the policy file's text")
@@ -252,6 +257,17 @@ class Operations:
             new = parse_policy(text, "the new policy")
         except ConfigError as exc:
             raise BadRequest(str(exc)) from None
+        self.check_policy(new)
+        source = "runtime"
+        if self._policy_source is not None:
+            try:  # stored before it is applied: a policy in force is one a restart keeps
+                source = self._policy_source.store(text, new)
+            except OSError as exc:
+                raise BadRequest(f"the policy could not be stored with the state, so is not applied: {exc}") from None
+        return await self.apply_policy(new, source)
+
+    def check_policy(self, new: Policy) -> None:
+        """Refuse (BadRequest) a policy the running daemon cannot take: restart-only fields changed."""
         old = self._policy()
         fixed = [f for f in RESTART_ONLY if getattr(new, f) != getattr(old, f)]
         if fixed:
@@ -262,8 +278,13 @@ class Operations:
         profile = self._admission.profile
         if profile.memory_model is MemoryModel.DEDICATED and not (profile.capacity_bytes or new.capacity_bytes):
             raise BadRequest(f"profile {profile.name!r} has no fixed capacity: keep capacity_bytes set")
+
+    async def apply_policy(self, new: Policy, source: str) -> dict[str, Any]:
+        """Put a checked policy in force in every part at once (``policy_set`` and SIGHUP)."""
+        old = self._policy()
         changed = sorted(k for k, v in new.model_dump().items() if v != old.model_dump()[k])
         self._policy.current = new
+        self._policy.source = source
         self._core.scheduler.reconfigure(
             new.discipline,
             new.queue_depth_per_tenant,
@@ -272,10 +293,10 @@ class Operations:
             lambda tenant: self._policy().tenant(tenant).weight,
         )
         self._admission.memory.reconfigure(capacity_bytes=new.capacity_bytes, reserve_bytes=new.reserve_bytes)
-        self._events.max_bytes = new.event_log_max_bytes
+        self._events.configure(new)
         await self._pipelines.apply_policy()
-        self._events.emit(Event.POLICY_CHANGED, changed=changed)
-        return {"changed": changed, "consequences": self._admission.consequences()}
+        self._events.emit(Event.POLICY_CHANGED, changed=changed, source=source)
+        return {"changed": changed, "source": source, "consequences": self._admission.consequences()}
 
     async def reload_keys(self, request: Request) -> dict[str, Any]:
         """Re-read the keys folder; new and removed keys apply to new requests."""

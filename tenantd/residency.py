@@ -195,10 +195,10 @@ class Residency:
         reload = result.reload
         if reload is not None:
             timings["load_ms"] = round(reload.load_ms, 4)
-        self._events.emit(
-            Event.SWITCH,
+        self._events.switches.record(
+            str(result.previous),
+            model,
             slot=slot,
-            **{"from": result.previous, "to": model},
             reload=reload is not None,
             load_ms=None if reload is None else round(reload.load_ms, 4),
             evicted=[] if reload is None else reload.evicted,

@@ -43,10 +43,13 @@ import numpy as np
 from tenantclient.client import InferResult, ModelInfo, TenantClient
 from tenantclient.errors import AlreadyExists, RequestTimeout, TenantError
 from tenantclient.retry import RetryPolicy
+from tenantwire import paths
 
 T = TypeVar("T")
 
-DEFAULT_ENDPOINT = os.environ.get("TENANTD_ENDPOINT", "ipc:///tmp/tenantd.sock")
+# The socket tenantd serve binds by default (tenantwire.paths): TENANTD_ENDPOINT, else the system
+# or this user's daemon.
+DEFAULT_ENDPOINT = paths.client_endpoint()
 
 
 def _mib(n: int) -> str:

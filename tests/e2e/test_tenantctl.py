@@ -39,7 +39,9 @@ def tenantctl(*args: str, stdin: str | None = None) -> subprocess.CompletedProce
 def served(tmp_path_factory: pytest.TempPathFactory, model_files: ModelFiles) -> Iterator[DaemonProcess]:
     """One daemon for the module; alice owns "mlp" (the tiny MLP) and "wake" (a real trained model)."""
     root = tmp_path_factory.mktemp("tenantctl")
-    daemon = start_daemon_process(root / "state", f"ipc://{root}/tenantd.sock")
+    policy = root / "policy.toml"
+    policy.write_text('switch_events = "all"\n')  # an event per switch: the long output tests need
+    daemon = start_daemon_process(root / "state", f"ipc://{root}/tenantd.sock", policy=policy)
     try:
         with TenantClient(daemon.endpoint, tenant="alice") as alice:
             alice.submit_model(model_files.mlp, "mlp")
@@ -71,7 +73,8 @@ def test_global_flags_go_before_or_after_the_command(served: DaemonProcess) -> N
 
 
 def test_a_reader_that_stops_reading_is_not_an_error(served: DaemonProcess) -> None:
-    # Far more than a pipe holds (64 KiB): alternating two models makes a switch event per request.
+    # Far more than a pipe holds (64 KiB): alternating two models makes a switch event per request
+    # (the daemon logs every switch: switch_events = "all").
     with TenantClient(served.endpoint, tenant="alice") as alice:
         for _ in range(600):
             alice.infer("mlp", np.ones((1, 32), np.float32))

@@ -113,11 +113,17 @@ def start_daemon_process(
     extra: list[str] | None = None,
     cwd: Path = REPO,
     log: Path | None = None,
+    env: dict[str, str] | None = None,
+    pass_paths: bool = True,
 ) -> DaemonProcess:
     """Start ``tenantd serve`` as a subprocess, in working directory ``cwd``, and return once it
     printed its ready line. Its stderr goes to a pipe read when it has stopped, or to the file
-    ``log``: a daemon that may log more than a pipe holds (64 KiB) would block writing to one."""
-    cmd = [sys.executable, "-m", "tenantd", "serve", "--endpoint", endpoint, "--state-dir", str(state_dir)]
+    ``log``: a daemon that may log more than a pipe holds (64 KiB) would block writing to one.
+    ``env`` adds to its environment; without ``pass_paths`` it gets no --endpoint and --state-dir
+    (it finds its default ones, which ``env`` may set: ``state_dir`` is then where the test expects it)."""
+    cmd = [sys.executable, "-m", "tenantd", "serve"]
+    if pass_paths:
+        cmd += ["--endpoint", endpoint, "--state-dir", str(state_dir)]
     if policy is not None:
         cmd += ["--policy", str(policy)]
     cmd += extra or []
@@ -128,7 +134,7 @@ def start_daemon_process(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if log_file is None else log_file,
             text=True,
-            env=daemon_env(),
+            env={**daemon_env(), **(env or {})},
             cwd=cwd,
         )
     finally:
