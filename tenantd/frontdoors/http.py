@@ -236,6 +236,7 @@ class HttpFrontDoor:
         name = request.match_info["name"]
         body = await self._body(request)
         query = request.query
+        options: dict[str, Any]
         # Triton's JSON load request unless the body is declared to be the model file itself (a client
         # like tritonclient sends JSON with no Content-Type at all).
         if request.headers.get("Content-Type", "").split(";")[0].strip() == BINARY_TYPE:

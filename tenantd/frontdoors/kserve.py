@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,16 +163,37 @@ def tensor_from_list(data: Any, datatype: Any, shape: Any, where: str) -> np.nda
     dims = check_shape(shape, where)
     if not isinstance(data, list | tuple):
         raise BadRequest(f"{where}: data must be a list of numbers")
+    values = _flatten(data, where)
+    # JSON's types must be the datatype's: true/false for BOOL, integers for integer types, numbers
+    # for floats (numpy alone would take "1.5" or true as a float).
+    allowed: tuple[type, ...] = (bool,) if dtype.kind == "b" else (int,) if dtype.kind in "iu" else (int, float)
+    if not all(isinstance(v, allowed) and (dtype.kind == "b" or not isinstance(v, bool)) for v in values):
+        raise BadRequest(f"{where}: data holds values that are not {datatype}")
     try:
-        flat = np.asarray(data, dtype=dtype.newbyteorder("=")).reshape(-1)
+        flat = np.asarray(values, dtype=dtype.newbyteorder("="))
     except (TypeError, ValueError, OverflowError) as exc:
         raise BadRequest(f"{where}: data is not a list of {datatype} values: {exc}") from None
-    if dtype.kind == "b" and not all(isinstance(v, bool) for v in flat.tolist()):
-        raise BadRequest(f"{where}: BOOL data must be true/false")
     count = int(np.prod(dims, dtype=np.int64))
     if flat.size != count:
         raise BadRequest(f"{where}: {flat.size} values do not fill shape {list(dims)} ({count} values)")
     return flat.reshape(dims)
+
+
+def _flatten(data: list[Any] | tuple[Any, ...], where: str) -> list[Any]:
+    """Row-major values of a flat or nested list (iteratively: nesting cannot exhaust the stack)."""
+    out: list[Any] = []
+    stack: list[Iterator[Any]] = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list | tuple):
+                if len(stack) > 8:
+                    raise BadRequest(f"{where}: data is nested deeper than a tensor's rank")
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
 
 
 def select_outputs(outputs: Tensors, wanted: list[str] | None) -> list[tuple[str, np.ndarray]]:
