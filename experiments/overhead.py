@@ -473,19 +473,24 @@ def write_outputs(out: Path, report: dict[str, Any], rows: Sequence[PhaseResult]
     (out / "overhead.json").write_text(json.dumps(document, indent=2) + "\n")
 
 
-def kserve_lines(batch: Sequence[PhaseResult], kserve: Sequence[PhaseResult]) -> list[str]:
-    """Each KServe path's added p50 at c=1 against the ZeroMQ async client's, per issue 13."""
-    zmq_c1 = next((r for r in batch if r.concurrency == 1), None)
+def kserve_lines(zmq: Sequence[PhaseResult], kserve: Sequence[PhaseResult]) -> list[str]:
+    """Each KServe path's added p50 at c=1 against the ZeroMQ path's at its best at c=1 (the sync or
+    the asyncio client, whichever added less), per issue 13's targets."""
+    zmq_c1 = [r for r in zmq if r.concurrency == 1 and r.added_p50_ms is not None]
+    if not zmq_c1:
+        return []
+    best = min(zmq_c1, key=lambda r: r.added_p50_ms or 0.0)
+    assert best.added_p50_ms is not None
     lines = []
     for row in kserve:
         target = TARGET_KSERVE_ADDED.get(row.client)
-        if row.concurrency != 1 or zmq_c1 is None or target is None or row.added_p50_ms is None:
+        if row.concurrency != 1 or target is None or row.added_p50_ms is None:
             continue
-        assert zmq_c1.added_p50_ms is not None
-        ratio = row.added_p50_ms / zmq_c1.added_p50_ms if zmq_c1.added_p50_ms > 0 else math.inf
+        ratio = row.added_p50_ms / best.added_p50_ms if best.added_p50_ms > 0 else math.inf
         lines.append(
             f"{row.client} added p50 at c=1: {row.added_p50_ms:+.3f} ms = {ratio:.2f} x ZeroMQ's "
-            f"{zmq_c1.added_p50_ms:+.3f} ms (target <= {target:g} x) -> {'MET' if ratio <= target else 'MISSED'}"
+            f"{best.added_p50_ms:+.3f} ms ({best.client}; target <= {target:g} x) -> "
+            f"{'MET' if ratio <= target else 'MISSED'}"
         )
     return lines
 
@@ -767,7 +772,7 @@ def run_benchmark(
             "added_p50_ms_max": TARGET_ADDED_P50_MS,
         },
         "outputs_equal": True,
-        "summary": summary_lines(baseline_runs, sync, batch) + kserve_lines(batch, kserve),
+        "summary": summary_lines(baseline_runs, sync, batch) + kserve_lines([sync, *batch], kserve),
     }
     text = markdown(report, rows)
     write_outputs(settings.out, report, rows, text)

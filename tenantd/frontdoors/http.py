@@ -33,6 +33,7 @@ from aiohttp import web
 from tenantd.config import ConfigError, PolicyInForce
 from tenantd.errors import BadRequest
 from tenantd.frontdoors.kserve import (
+    MODEL_VERSION,
     Caller,
     KServe,
     as_refusal,
@@ -78,6 +79,20 @@ def error_response(error: TenantdError) -> web.Response:
     return web.Response(status=status.http, text=body, content_type=JSON_TYPE, headers=headers)
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (no such route, a method the route does not take) in KServe's error
+    body too, so that every error a client reads is ``{"error": ...}``."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = json.dumps({"error": f"{exc.reason}: {request.method} {request.path}"})
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return web.Response(status=exc.status, text=body, content_type=JSON_TYPE, headers=headers)
+
+
 def _json(data: Any) -> web.Response:
     return web.Response(text=json.dumps(data), content_type=JSON_TYPE)
 
@@ -108,7 +123,7 @@ class HttpFrontDoor:
         assert self._sock is not None
         # The body cap is checked by this front door (TOO_LARGE in KServe's error body); aiohttp's
         # own limit is only a backstop past it.
-        app = web.Application(client_max_size=self._policy().max_message_bytes + 1)
+        app = web.Application(client_max_size=self._policy().max_message_bytes + 1, middlewares=[json_errors])
         app.add_routes(self._routes())
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
@@ -206,7 +221,7 @@ class HttpFrontDoor:
         answer = await self._kserve.infer(caller, name, tensors, deadline)
         outputs = select_outputs(answer.outputs, [w for w, _ in wanted] if wanted else None)
         as_binary = dict(wanted) if wanted else {}
-        reply: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": []}
+        reply: dict[str, Any] = {"model_name": name, "model_version": MODEL_VERSION, "outputs": []}
         if "id" in header:
             reply["id"] = header["id"]
         buffers: list[bytes] = []

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tenantd import __version__
-from tenantd.catalog import Catalog, is_operator_acting, require_tenant
+from tenantd.catalog import Catalog, require_tenant
 from tenantd.config import ConfigError, Policy
 from tenantd.errors import BadRequest, Forbidden
 from tenantd.frontdoors.zeromq import endpoint_is_local
@@ -357,7 +357,7 @@ class KServe:
 
     def model_ready(self, caller: Caller, name: str, version: str | None = None) -> bool:
         if name in self._catalog.pipelines:
-            self._catalog.pipeline(name, None if is_operator_acting(self.request(caller, Op.INFER)) else caller.tenant)
+            self._catalog.pipeline(name, None if caller.operator and caller.tenant is None else caller.tenant)
             return self.ready
         self.visible_model(caller, name, version)
         return self.ready  # a swappable model not loaded now is loaded on demand: ready too

@@ -205,6 +205,10 @@ def test_error_statuses_over_the_wire(client: th.InferenceServerClient, served: 
 def test_every_refusal_body_is_an_error_object(served: KServeDaemon) -> None:
     reply = httpx.get(f"{served.url}/v2/models/nope", headers=tenant("alice"))
     assert reply.status_code == 404 and set(reply.json()) == {"error"}
+    reply = httpx.get(f"{served.url}/v2/nowhere")  # no such route: aiohttp's refusal, in KServe's body
+    assert reply.status_code == 404 and set(reply.json()) == {"error"}
+    reply = httpx.get(f"{served.url}/v2/models/mlp/infer", headers=tenant("alice"))
+    assert reply.status_code == 405 and "POST" in reply.headers["allow"] and set(reply.json()) == {"error"}
 
 
 # ---------------------------------------------------------------------------------- bad input
