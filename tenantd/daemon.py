@@ -182,7 +182,14 @@ class Daemon:
         # Bearer tokens for the KServe front doors under --auth keys; None: the tenantd-tenant header.
         self.tokens = TokenRing.load(config.state_dir) if auth_mode == "keys" else None
         self.kserve = KServe(
-            auth_mode, self.tokens, self.catalog, self.core, self.pipelines, self.operations, self.lifecycle
+            auth_mode,
+            self.tokens,
+            self.catalog,
+            self.core,
+            self.pipelines,
+            self.operations,
+            self.lifecycle,
+            self.events,
         )
         http, grpc = config.http or policy.http_listen, config.grpc or policy.grpc_listen
         for listen, flag in ((http, "--http"), (grpc, "--grpc")):

@@ -28,7 +28,6 @@ from tenantd.errors import BadRequest
 from tenantd.frontdoors.kserve import (
     Caller,
     KServe,
-    as_refusal,
     datatype_of,
     model_metadata,
     select_outputs,
@@ -123,7 +122,10 @@ class GrpcFrontDoor:
             self._server = None
 
     def _unary(self, method: Method, request_type: Any, *, identify: bool = True) -> grpc.RpcMethodHandler:
+        action = method.__name__.lstrip("_")
+
         async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
+            caller = None
             try:
                 metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
                 caller = self._kserve.identify(metadata.get) if identify else Caller(None, False)
@@ -131,7 +133,7 @@ class GrpcFrontDoor:
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # a refusal, or a bug (logged there): answered either way
-                error = as_refusal(exc, f"gRPC {method.__name__}")
+                error = self._kserve.refusal(exc, "grpc", action, caller)
                 status = status_of(error)
                 if status.retry_after_s is not None:
                     context.set_trailing_metadata((("retry-after", str(status.retry_after_s)),))

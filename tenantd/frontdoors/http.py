@@ -36,7 +36,6 @@ from tenantd.frontdoors.kserve import (
     MODEL_VERSION,
     Caller,
     KServe,
-    as_refusal,
     datatype_of,
     model_metadata,
     select_outputs,
@@ -156,14 +155,17 @@ class HttpFrontDoor:
     def _refusing(self, handler: Callable[[web.Request, Caller], Awaitable[web.StreamResponse]]) -> Handler:
         """Identify the caller, run ``handler``, and answer any refusal with its status and body."""
 
+        action = handler.__name__.lstrip("_")
+
         async def run(request: web.Request) -> web.StreamResponse:
+            caller = None
             try:
                 caller = self._kserve.identify(lambda name: request.headers.get(name))
                 return await handler(request, caller)
             except web.HTTPException:
                 raise
             except Exception as exc:  # noqa: BLE001 - a refusal, or a bug (logged there): answered either way
-                return error_response(as_refusal(exc, f"{request.method} {request.path}"))
+                return error_response(self._kserve.refusal(exc, "http", action, caller))
 
         return run
 

@@ -29,6 +29,7 @@ from tenantd import __version__
 from tenantd.catalog import Catalog, require_tenant
 from tenantd.config import ConfigError, Policy
 from tenantd.errors import BadRequest, Forbidden
+from tenantd.events import Event, EventLog, Sampler
 from tenantd.frontdoors.zeromq import endpoint_is_local
 from tenantd.inference import Answer, InferenceCore, Tensors
 from tenantd.lifecycle import Lifecycle
@@ -65,6 +66,9 @@ DATATYPES: dict[str, str] = {
     "FP64": "float64",
 }
 DTYPE_TO_DATATYPE = {v: k for k, v in DATATYPES.items()}
+
+# What a refused KServe call is called in the event log: tenantd's operation where it is one.
+OPERATION_NAMES = {"load": Op.SUBMIT_MODEL.value, "unload": Op.REMOVE_MODEL.value, "index": Op.LIST_MODELS.value}
 
 # What a KServe client sees for each runtime as the model's platform.
 PLATFORMS = {"litert": "tensorflow_lite", "ort": "onnxruntime_onnx", "openvino": "openvino", "edgetpu": "edgetpu"}
@@ -300,8 +304,11 @@ class KServe:
         pipelines: Pipelines,
         operations: Operations,
         lifecycle: Lifecycle,
+        events: EventLog,
     ) -> None:
         self.auth_mode = auth_mode
+        self._events = events
+        self._error_events = Sampler()  # request.error lines, per code, as on ZeroMQ
         self._tokens = tokens
         self._catalog = catalog
         self._core = core
@@ -335,6 +342,25 @@ class KServe:
         if named not in (None, identity.name):
             raise Forbidden(f"this token belongs to tenant {identity.name!r}, not {named!r}")
         return Caller(identity.name, False)
+
+    def refusal(self, exc: BaseException, frontdoor: str, action: str, caller: Caller | None) -> TenantdError:
+        """What a failed call answers (a bug: INTERNAL, logged), written to the event log as
+        ``request.error`` (a sample per code, as the ZeroMQ door writes its own)."""
+        op = OPERATION_NAMES.get(action, action)
+        error = as_refusal(exc, f"{frontdoor} {op}")
+        write, held_back = self._error_events.take(error.code.value)
+        if write:
+            self._events.emit(
+                Event.REQUEST_ERROR,
+                id=None,
+                op=op,
+                tenant=caller.tenant if caller else None,
+                code=error.code.value,
+                message=error.message,
+                frontdoor=frontdoor,
+                **({"not_logged_before": held_back} if held_back else {}),
+            )
+        return error
 
     def request(self, caller: Caller, op: Op, **fields: Any) -> Request:
         return Request(id=next(self._ids), op=op.value, tenant=caller.tenant, operator=caller.operator, **fields)

@@ -209,6 +209,17 @@ def test_every_refusal_body_is_an_error_object(served: KServeDaemon) -> None:
     assert reply.status_code == 404 and set(reply.json()) == {"error"}
     reply = httpx.get(f"{served.url}/v2/models/mlp/infer", headers=tenant("alice"))
     assert reply.status_code == 405 and "POST" in reply.headers["allow"] and set(reply.json()) == {"error"}
+    # Refusals go to the event log as on ZeroMQ (a sample per code), saying which door.
+    lines = (served.process.state_dir / "events.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert any(
+        e["event"] == "request.error"
+        and e["frontdoor"] == "http"
+        and e["code"] == "UNKNOWN_MODEL"
+        and e["op"] == "model_metadata"
+        and e["tenant"] == "alice"
+        for e in events
+    ), events[-5:]
 
 
 # ---------------------------------------------------------------------------------- bad input
