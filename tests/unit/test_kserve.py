@@ -113,3 +113,16 @@ def test_a_damaged_token_folder_keeps_the_tokens_loaded_before(tmp_path: Path) -
     with pytest.raises(AuthConfigError, match=r"bob\.sha256"):
         ring.reload()
     assert ring.identity_for(token) == Identity("alice", "tenant")
+
+
+def test_the_committed_generated_code_is_what_the_proto_generates(tmp_path: Path) -> None:
+    protoc = pytest.importorskip("grpc_tools.protoc")
+    root = Path(__file__).resolve().parents[2]
+    proto = "tenantd/frontdoors/proto/kserve_v2.proto"
+    (tmp_path / proto).parent.mkdir(parents=True)
+    (tmp_path / proto).write_bytes((root / proto).read_bytes())
+    args = ["protoc", f"-I{tmp_path}", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", str(tmp_path / proto)]
+    assert protoc.main(args) == 0
+    for suffix in ("_pb2.py", "_pb2.pyi"):
+        generated = proto.replace(".proto", suffix)
+        assert (tmp_path / generated).read_text() == (root / generated).read_text(), f"regenerate {generated}"
