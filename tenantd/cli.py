@@ -171,6 +171,15 @@ def _keys_add(args: argparse.Namespace) -> tuple[object, str]:
     return {"name": args.name, "role": role, "secret_key_file": str(secret), "token_file": str(token)}, text
 
 
+def _keys_token(args: argparse.Namespace) -> tuple[object, str]:
+    role = "operator" if args.operator else "tenant"
+    if args.name not in {i.name for i in auth.KeyRing.load(args.state_dir).identities() if i.role == role}:
+        raise auth.AuthConfigError(f"no {role} named {args.name!r} is registered: 'tenantd keys add' it first")
+    token = tokens.issue_token(args.state_dir, args.name, role)
+    text = f"issued a new bearer token for {role} {args.name} in {token}; the old one works until a keys reload"
+    return {"name": args.name, "role": role, "token_file": str(token)}, text
+
+
 def _keys_remove(args: argparse.Namespace) -> tuple[object, str]:
     role = "operator" if args.operator else "tenant"
     auth.remove(args.state_dir, args.name, role)
@@ -317,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     for verb, text, action in (
         ("add", "issue a key and a bearer token; prints where their files are", _keys_add),
-        ("remove", "withdraw a key", _keys_remove),
+        ("remove", "withdraw a key and its bearer token", _keys_remove),
+        ("token", "issue a new bearer token for a registered key (replacing its old one)", _keys_token),
     ):
         sub = keys_commands.add_parser(verb, help=text, parents=[common])
         sub.add_argument("name", help="tenant (or operator) name")

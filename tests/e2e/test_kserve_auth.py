@@ -21,6 +21,7 @@ import tritonclient.grpc as tg
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
+from tenantclient import TenantClient
 from tests.conftest import ModelFiles
 from tests.support.daemon import REPO, daemon_env
 from tests.support.kserve import bearer, kserve_daemon, tenant
@@ -113,6 +114,12 @@ def test_tokens_on_both_front_doors(tmp_path: Path, model_files: ModelFiles) -> 
             grpc_client.infer("mlp", [inp], headers=bearer(alice))
         assert info.value.status() == "StatusCode.UNAUTHENTICATED"
         assert infer(bearer(bob)).status_code == 403  # the others' tokens still work
+        # The other reload: the reload_keys operation ('tenantctl keys reload', operator key).
+        keys(state, "remove", "bob")
+        ops_key = state / "keys/issued/operators/ops.key_secret"
+        with TenantClient(served.process.endpoint, key_file=ops_key, server_key=state / "keys/server.key") as op:
+            assert "tenant:bob" not in op.reload_keys()
+        assert infer(bearer(bob)).status_code == 401
         grpc_client.close()
         http.close()
 

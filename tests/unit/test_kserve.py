@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tenantd import tokens
+from tenantd import cli, tokens
 from tenantd.auth import AuthConfigError, Identity
 from tenantd.errors import BadRequest
 from tenantd.frontdoors.http import error_response
@@ -126,3 +126,21 @@ def test_the_committed_generated_code_is_what_the_proto_generates(tmp_path: Path
     for suffix in ("_pb2.py", "_pb2.pyi"):
         generated = proto.replace(".proto", suffix)
         assert (tmp_path / generated).read_text() == (root / generated).read_text(), f"regenerate {generated}"
+
+
+def test_tenantd_keys_issues_tokens_with_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = str(tmp_path / "state")
+    assert cli.main(["keys", "add", "alice", "--state-dir", state, "--json"]) == 0
+    first = tokens.read_token(json.loads(capsys.readouterr().out)["token_file"])
+    ring = tokens.TokenRing.load(state)
+    assert ring.identity_for(first) == Identity("alice", "tenant")
+    # A new token for a key issued before tokens existed, or one that leaked.
+    assert cli.main(["keys", "token", "alice", "--state-dir", state, "--json"]) == 0
+    second = tokens.read_token(json.loads(capsys.readouterr().out)["token_file"])
+    ring.reload()
+    assert second != first and ring.identity_for(second) is not None and ring.identity_for(first) is None
+    assert cli.main(["keys", "token", "bob", "--state-dir", state]) == 2
+    assert "no tenant named 'bob'" in capsys.readouterr().err
+    assert cli.main(["keys", "remove", "alice", "--state-dir", state]) == 0
+    ring.reload()
+    assert len(ring) == 0 and not list((tmp_path / "state/keys/issued/tenants").glob("alice.*"))
