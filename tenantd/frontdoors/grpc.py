@@ -86,7 +86,13 @@ class GrpcFrontDoor:
         """Bind now (a port in use fails before any model is loaded); answer from :meth:`start`."""
         limit = self._policy().max_message_bytes
         server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", -1)]
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", -1),
+                # gRPC's default SO_REUSEPORT would let a second daemon bind the same port and take
+                # half of the first one's connections: a port in use must fail the start instead.
+                ("grpc.so_reuseport", 0),
+            ]
         )
         handlers = {
             "ServerLive": self._unary(self._server_live, pb.ServerLiveRequest, identify=False),

@@ -38,6 +38,7 @@ from tenantd.frontdoors.kserve import (
     KServe,
     datatype_of,
     model_metadata,
+    parse_listen,
     select_outputs,
     status_of,
     tensor_from_bytes,
@@ -56,15 +57,6 @@ BINARY_TYPE = "application/octet-stream"
 SHUTDOWN_TIMEOUT_S = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def parse_listen(text: str, what: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too; PORT 0 picks a free one) -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"{what} {text!r} must be HOST:PORT, e.g. 127.0.0.1:8000")
-    return host, int(port)
 
 
 def error_response(error: TenantdError) -> web.Response:

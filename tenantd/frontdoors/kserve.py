@@ -247,9 +247,18 @@ def check_version(version: str | None) -> None:
 # ---------------------------------------------------------------------------------- configuration
 
 
+def parse_listen(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too; PORT 0 picks a free one) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{what} {text!r} must be HOST:PORT, e.g. 127.0.0.1:8000")
+    return host, int(port)
+
+
 def check_listen(auth_mode: str, listen: str, flag: str) -> None:
     """Under ``--auth header`` a request names its own tenant: only on a loopback address."""
-    host = listen.rpartition(":")[0].strip("[]")
+    host = parse_listen(listen, flag)[0]
     if auth_mode == "header" and not endpoint_is_local(f"tcp://{host}:0"):
         raise ConfigError(
             f"{flag} {listen} is reachable from other hosts, so tenants cannot name themselves in a "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import ssl
 import stat
 import subprocess
@@ -124,16 +125,36 @@ def test_tokens_on_both_front_doors(tmp_path: Path, model_files: ModelFiles) -> 
         http.close()
 
 
-def test_header_mode_refuses_an_address_other_hosts_reach(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*SERVE, "--endpoint", f"ipc://{tmp_path}/d.sock", "--state-dir", str(tmp_path / "s"), "--http", "0.0.0.0:0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=daemon_env(),
-        cwd=REPO,
-    )
-    assert done.returncode == 2 and "--http 0.0.0.0:0 is reachable from other hosts" in done.stderr
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--http", "0.0.0.0:0", "--http 0.0.0.0:0 is reachable from other hosts"),  # --auth header (ipc)
+        ("--grpc", "0.0.0.0:0", "--grpc 0.0.0.0:0 is reachable from other hosts"),
+        ("--http", "8000", "must be HOST:PORT"),
+        ("--grpc", "127.0.0.1:PORT_IN_USE", "cannot bind --grpc"),
+        ("--http", "127.0.0.1:PORT_IN_USE", "cannot bind --http"),
+    ],
+)
+def test_a_bad_front_door_address_stops_the_daemon_with_one_line(
+    tmp_path: Path, flag: str, value: str, says: str
+) -> None:
+    with socket.socket() as taken:
+        # As another daemon's gRPC door would hold it: gRPC sets SO_REUSEPORT by default, which would
+        # let a second daemon share the port (and its clients) instead of failing.
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        value = value.replace("PORT_IN_USE", str(taken.getsockname()[1]))
+        done = subprocess.run(
+            [*SERVE, "--endpoint", f"ipc://{tmp_path}/d.sock", "--state-dir", str(tmp_path / "s"), flag, value],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=daemon_env(),
+            cwd=REPO,
+        )
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
