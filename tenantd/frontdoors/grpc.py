@@ -28,6 +28,7 @@ from tenantd.errors import BadRequest
 from tenantd.frontdoors.kserve import (
     Caller,
     KServe,
+    check_version,
     datatype_of,
     model_metadata,
     select_outputs,
@@ -177,6 +178,7 @@ class GrpcFrontDoor:
     # ------------------------------------------------------------------ inference
 
     async def _infer(self, request: Any, context: Any, caller: Caller) -> Message:
+        check_version(request.model_version)
         tensors = decode_inputs(request)
         parameters = {k: _parameter(v) for k, v in request.parameters.items()}
         timeout = parameters.get("timeout")

@@ -36,6 +36,7 @@ from tenantd.frontdoors.kserve import (
     MODEL_VERSION,
     Caller,
     KServe,
+    check_version,
     datatype_of,
     model_metadata,
     parse_listen,
@@ -208,6 +209,7 @@ class HttpFrontDoor:
 
     async def _infer(self, request: web.Request, caller: Caller) -> web.Response:
         name = request.match_info["name"]
+        check_version(self._version(request))
         body = await self._body(request)
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         tensors, wanted, binary_out = decode_infer(header, binary)

@@ -114,6 +114,7 @@ def test_isolation_and_error_codes(client: tg.InferenceServerClient) -> None:
     assert code_of(lambda: client.infer("mlp", [inp], headers=tenant("bob"))) == "StatusCode.PERMISSION_DENIED"
     assert code_of(lambda: client.is_model_ready("mlp", headers=tenant("bob"))) == "StatusCode.PERMISSION_DENIED"
     assert code_of(lambda: client.infer("nope", [inp], headers=tenant("bob"))) == "StatusCode.NOT_FOUND"
+    assert code_of(lambda: client.infer("mlp", [inp], "7", headers=tenant("alice"))) == "StatusCode.NOT_FOUND"
     assert code_of(lambda: client.infer("mlp", [inp])) == "StatusCode.PERMISSION_DENIED"  # the operator: no tenant
     junk = {"file:m.tflite": b"not a model"}
     assert (

@@ -149,6 +149,8 @@ def test_another_tenants_model_is_refused_as_on_zeromq(client: th.InferenceServe
     assert status_of(lambda: client.get_model_metadata("mlp", headers=tenant("bob"))) == "403"
     assert status_of(lambda: client.infer("nope", [inp], headers=tenant("bob"))) == "404"
     assert status_of(lambda: client.get_model_metadata("mlp", "7", headers=tenant("alice"))) == "404"
+    assert status_of(lambda: client.infer("mlp", [inp], "7", headers=tenant("alice"))) == "404"
+    assert client.infer("mlp", [inp], "1", headers=tenant("alice")).as_numpy("probs").shape == (1, 10)
     # No tenant named under --auth header: the operator, who may read any model but infers for none.
     assert client.get_model_metadata("mlp")["name"] == "mlp"
     reply = httpx.post(f"{served.url}/v2/models/mlp/infer", json={"inputs": []})
