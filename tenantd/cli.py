@@ -1,6 +1,7 @@
 """``tenantd``: the daemon's command line. ``tenantd serve`` runs one daemon for one device;
 ``tenantd devices`` lists the devices attached to this host and the runtimes that serve them;
-``tenantd keys add|remove|list`` issues, withdraws and lists CurveZMQ keys in a state directory.
+``tenantd keys add|remove|list|token`` issues, withdraws and lists CurveZMQ keys (and the bearer
+tokens of the KServe front doors) in a state directory.
 
 Everything here works on this host (its devices, a daemon's files); what a client asks of a
 running daemon over the wire is ``tenantctl``'s.
@@ -318,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser(
         "keys",
         parents=[common],
-        help="issue, list and withdraw CurveZMQ keys in a daemon's state directory (on the daemon's host)",
+        help="issue, list and withdraw CurveZMQ keys and bearer tokens in a daemon's state directory (on its host)",
         description="Work on STATE_DIR/keys; a running daemon applies a change on 'tenantctl keys reload' "
         "(operator key) or SIGHUP. Exit status: 0 done; 2 refused (the name already has a key, has none, "
         "or is not a valid name; the keys folder is invalid), with a one-line reason.",
