@@ -18,6 +18,7 @@ Routes (``{v}``: the optional ``/versions/1``): ``GET /v2/health/live``, ``GET /
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -34,6 +35,7 @@ from tenantd.config import ConfigError, PolicyInForce
 from tenantd.errors import BadRequest
 from tenantd.frontdoors.kserve import (
     MODEL_VERSION,
+    BodyStalled,
     Caller,
     KServe,
     check_version,
@@ -54,6 +56,8 @@ log = logging.getLogger("tenantd.http")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
+# How long a request body may pause before the request is refused (408) and its connection closed.
+BODY_IDLE_TIMEOUT_S = 60.0
 # How long a stopping daemon waits for HTTP responses already being written.
 SHUTDOWN_TIMEOUT_S = 5.0
 
@@ -174,12 +178,17 @@ class HttpFrontDoor:
             )
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_any():  # chunked bodies: stop at the cap
+        while True:
+            try:  # a client that stops sending mid-body gives its connection up, not just its time
+                chunk = await asyncio.wait_for(request.content.readany(), BODY_IDLE_TIMEOUT_S)
+            except TimeoutError:
+                raise BodyStalled(f"no byte of the body came for {BODY_IDLE_TIMEOUT_S:g} s") from None
+            if not chunk:
+                return b"".join(chunks)
             size += len(chunk)
-            if size > limit:
+            if size > limit:  # chunked bodies: stop at the cap
                 raise TenantdError(ErrorCode.TOO_LARGE, f"the body passed {limit} bytes, this daemon's cap")
             chunks.append(chunk)
-        return b"".join(chunks)
 
     @staticmethod
     def _version(request: web.Request) -> str | None:

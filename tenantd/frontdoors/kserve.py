@@ -112,8 +112,17 @@ class Unauthenticated(Forbidden):
     401 / UNAUTHENTICATED on a KServe front door."""
 
 
+class BodyStalled(BadRequest):
+    """An HTTP body that stopped arriving: BAD_REQUEST on tenantd's wire, 408 on HTTP."""
+
+
+BODY_STALLED = Status(408, "DEADLINE_EXCEEDED")
+
+
 def status_of(error: TenantdError) -> Status:
-    return UNAUTHENTICATED if isinstance(error, Unauthenticated) else STATUS[error.code]
+    if isinstance(error, Unauthenticated):
+        return UNAUTHENTICATED
+    return BODY_STALLED if isinstance(error, BodyStalled) else STATUS[error.code]
 
 
 def as_refusal(exc: BaseException, what: str) -> TenantdError:

@@ -1,9 +1,11 @@
-"""A draining daemon on its KServe doors (a real Daemon in this process, real sockets): not ready,
-and new inference refused as UNAVAILABLE (503 with Retry-After; gRPC UNAVAILABLE), while the
-model stays visible."""
+"""The KServe doors of a real Daemon in this process (real sockets) in states an end-to-end test
+cannot reach quickly: draining (not ready, new inference refused as UNAVAILABLE, 503 with
+Retry-After or gRPC UNAVAILABLE, while the model stays visible), and a body that stops arriving."""
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import tritonclient.grpc as tg
 from tritonclient.utils import InferenceServerException
 
 from tenantd.config import Policy
+from tenantd.frontdoors import http as http_door
 from tests.conftest import ModelFiles
 from tests.support.daemon import daemon_in_thread
 from tests.support.kserve import tenant
@@ -62,3 +65,22 @@ def test_draining_is_not_ready_and_refuses_new_work(tmp_path: Path, endpoint: st
             client.close()
         finally:
             daemon.loop.call_soon_threadsafe(setattr, daemon.lifecycle, "draining", False)
+
+
+def test_a_body_that_stops_arriving_is_refused_and_its_connection_closed(
+    tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_door, "BODY_IDLE_TIMEOUT_S", 0.5)  # the daemon runs in this process
+    with daemon_in_thread(tmp_path / "state", endpoint, Policy(http_listen="127.0.0.1:0")) as daemon:
+        assert daemon.http is not None
+        with socket.create_connection(("127.0.0.1", daemon.http.port), timeout=30) as stalled:
+            stalled.sendall(
+                b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\ntenantd-tenant: alice\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"inputs": ['
+            )
+            answer = b""
+            while chunk := stalled.recv(65536):  # until the daemon closes the connection
+                answer += chunk
+        head, _, body = answer.decode().partition("\r\n\r\n")
+        assert head.startswith("HTTP/1.1 408"), head
+        assert "no byte of the body came for 0.5 s" in json.loads(body)["error"]
