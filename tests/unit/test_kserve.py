@@ -18,6 +18,7 @@ from tenantd.frontdoors.http import error_response
 from tenantd.frontdoors.kserve import (
     DATATYPES,
     STATUS,
+    BodyStalled,
     Unauthenticated,
     datatype_of,
     status_of,
@@ -60,6 +61,8 @@ def test_no_credentials_is_401_with_a_challenge_and_unauthenticated_on_grpc() ->
     assert error.code is ErrorCode.FORBIDDEN  # what tenantd's own wire would say
     assert (status_of(error).http, status_of(error).grpc) == (401, "UNAUTHENTICATED")
     assert error_response(error).headers["WWW-Authenticate"].startswith("Bearer")
+    stalled = BodyStalled("no byte for 60 s")
+    assert stalled.code is ErrorCode.BAD_REQUEST and error_response(stalled).status == 408
 
 
 def test_tensors_from_bytes_and_lists() -> None:
