@@ -5,6 +5,7 @@ send: conformance, outputs equal to direct LiteRT, each error code's status, iso
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 from collections.abc import Iterator
@@ -102,6 +103,22 @@ def test_tritonclient_two_inputs_all_outputs_in_binary(
     expected = direct_litert(model_files.two_input, {"a": a, "b": b})
     for name in ("sum", "scaled"):
         np.testing.assert_array_equal(result.as_numpy(name), expected[name])
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(client: th.InferenceServerClient, model_files: ModelFiles, algorithm: str) -> None:
+    """tritonclient's request compression: the body cap applies to what it inflates to."""
+    x = np.random.default_rng(5).standard_normal((1, 32)).astype(np.float32)
+    inp = th.InferInput("input", [1, 32], "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer(
+        "mlp",
+        [inp],
+        headers=tenant("alice"),
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
+    np.testing.assert_array_equal(result.as_numpy("probs"), direct_litert(model_files.mlp, x)["probs"])
 
 
 def test_a_plain_json_request_as_the_spec_shows_it(served: KServeDaemon, model_files: ModelFiles) -> None:
@@ -276,6 +293,12 @@ def test_an_oversized_body_is_refused_from_its_length_before_it_is_read(served: 
     chunks = (b"x" * 65536 for _ in range(CAP // 65536 + 2))
     reply = httpx.post(f"{served.url}/v2/models/mlp/infer", content=chunks, headers=tenant("alice"))
     assert reply.status_code == 413 and str(CAP) in reply.json()["error"]
+    # A small gzip body that inflates past the cap (a zip bomb): refused as it inflates.
+    bomb = gzip.compress(b" " * (CAP * 4))
+    assert len(bomb) < CAP // 10
+    headers = {**tenant("alice"), "content-encoding": "gzip", "content-type": "application/json"}
+    reply = httpx.post(f"{served.url}/v2/models/mlp/infer", content=bomb, headers=headers)
+    assert reply.status_code == 413, reply.text
 
 
 def test_a_slow_client_does_not_hold_up_another(served: KServeDaemon) -> None:
