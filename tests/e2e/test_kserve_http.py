@@ -8,7 +8,9 @@ import asyncio
 import gzip
 import json
 import socket
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
+from tenantclient import TenantClient
 from tests.conftest import ModelFiles, direct_litert
 from tests.support.faulty_runtime import faulty_model
 from tests.support.kserve import KServeDaemon, kserve_daemon, tenant
@@ -23,7 +26,7 @@ from tests.support.kserve import KServeDaemon, kserve_daemon, tenant
 pytestmark = pytest.mark.e2e
 
 CAP = 256 * 1024  # the policy's max_message_bytes
-POLICY = f"max_message_bytes = {CAP}\nqueue_depth_per_tenant = 2\n"
+POLICY = f"max_message_bytes = {CAP}\nqueue_depth_per_tenant = 2\nslots = 2\n"
 # Headers are built afresh for each call: tritonclient writes Inference-Header-Content-Length into
 # the dict it is given.
 
@@ -219,6 +222,24 @@ def test_error_statuses_over_the_wire(client: th.InferenceServerClient, served: 
     assert statuses.count(200) >= 2 and 429 in statuses, statuses
     full = next(r for r in replies if r.status_code == 429)
     assert full.headers["retry-after"] == "1" and "queue is full" in full.json()["error"]
+
+
+def test_triton_timeout_parameter_is_the_deadline(served: KServeDaemon, client: th.InferenceServerClient) -> None:
+    """A request that cannot start within its ``timeout`` (microseconds) is dropped unrun: 504."""
+    slow = faulty_model(infer="slow", sleep_ms=3000)  # ample time to queue the timed request behind it
+    client.load_model("slow_d", headers=tenant("dave"), config='{"runtime": "faulty"}', files={"file:f": slow})
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0] * 4}]}
+    url = f"{served.url}/v2/models/slow_d/infer"
+    # A model runs one request at a time: while one runs, the next waits past its 1 ms.
+    with ThreadPoolExecutor(1) as pool, TenantClient(served.process.endpoint) as zmq_client:
+        blocker = pool.submit(httpx.post, url, json=body, headers=tenant("dave"), timeout=60)
+        deadline = time.monotonic() + 60
+        while zmq_client.status()["running"] < 1:  # a condition wait
+            assert time.monotonic() < deadline, "the slow request never ran"
+            time.sleep(0.01)
+        timed = httpx.post(url, json={**body, "parameters": {"timeout": 1000}}, headers=tenant("dave"), timeout=60)
+        assert blocker.result().status_code == 200
+    assert timed.status_code == 504 and "deadline" in timed.json()["error"], timed.text
 
 
 def test_every_refusal_body_is_an_error_object(served: KServeDaemon) -> None:
