@@ -362,10 +362,11 @@ class KServe:
         return Caller(identity.name, False)
 
     def refusal(self, exc: BaseException, frontdoor: str, action: str, caller: Caller | None) -> TenantdError:
-        """What a failed call answers (a bug: INTERNAL, logged), written to the event log as
-        ``request.error`` (a sample per code, as the ZeroMQ door writes its own)."""
+        """What a failed call answers (a bug: INTERNAL, logged): counted as an error reply, and written
+        to the event log as ``request.error`` (a sample per code), as the ZeroMQ door does its own."""
         op = OPERATION_NAMES.get(action, action)
         error = as_refusal(exc, f"{frontdoor} {op}")
+        self._core.metrics.error_reply(error.code.value)  # requests are counted by the core and Operations
         write, held_back = self._error_events.take(error.code.value)
         if write:
             self._events.emit(

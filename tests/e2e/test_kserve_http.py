@@ -243,8 +243,11 @@ def test_triton_timeout_parameter_is_the_deadline(served: KServeDaemon, client: 
 
 
 def test_every_refusal_body_is_an_error_object(served: KServeDaemon) -> None:
-    reply = httpx.get(f"{served.url}/v2/models/nope", headers=tenant("alice"))
-    assert reply.status_code == 404 and set(reply.json()) == {"error"}
+    with TenantClient(served.process.endpoint) as zmq_client:
+        before = zmq_client.status()["errors"].get("UNKNOWN_MODEL", 0)
+        reply = httpx.get(f"{served.url}/v2/models/nope", headers=tenant("alice"))
+        assert reply.status_code == 404 and set(reply.json()) == {"error"}
+        assert zmq_client.status()["errors"]["UNKNOWN_MODEL"] == before + 1  # counted as ZeroMQ's are
     reply = httpx.get(f"{served.url}/v2/nowhere")  # no such route: aiohttp's refusal, in KServe's body
     assert reply.status_code == 404 and set(reply.json()) == {"error"}
     reply = httpx.get(f"{served.url}/v2/models/mlp/infer", headers=tenant("alice"))
