@@ -44,8 +44,8 @@ from tenantd.policysource import PolicySource
 from tenantd.residency import Residency
 from tenantd.store import Store
 from tenantd.submission import Submission
-from tenantwire.errors import TenantdError
 from tenantd.tokens import TokenRing
+from tenantwire.errors import TenantdError
 
 log = logging.getLogger("tenantd")
 
