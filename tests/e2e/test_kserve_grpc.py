@@ -5,7 +5,9 @@ sends, by tritonclient's own generated stubs on a plain grpc channel."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -14,6 +16,7 @@ import tritonclient.grpc as tg
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from tenantclient import TenantClient
 from tests.conftest import ModelFiles, direct_litert
 from tests.support.faulty_runtime import faulty_model
 from tests.support.kserve import KServeDaemon, kserve_daemon, tenant
@@ -155,3 +158,23 @@ def test_bad_input(stub: service_pb2_grpc.GRPCInferenceServiceStub, client: tg.I
     request.inputs.add(name="input", datatype="FP32", shape=[1, 32])
     assert refused(request)[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert client.is_server_ready()
+
+
+def test_triton_timeout_parameter_is_the_deadline(served: KServeDaemon, client: tg.InferenceServerClient) -> None:
+    """A request that cannot start within its ``timeout`` (microseconds) is dropped unrun."""
+    config = json.dumps({"runtime": "faulty"})
+    slow = faulty_model(infer="slow", sleep_ms=3000)  # ample time to queue the timed request behind it
+    client.load_model("slow", headers=tenant("dave"), config=config, files={"file:f": slow})
+    inp = tg.InferInput("x", [1, 4], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+    # A model runs one request at a time: while one runs, the next waits past its 1 ms.
+    with ThreadPoolExecutor(1) as pool, TenantClient(served.process.endpoint) as zmq_client:
+        blocker = pool.submit(client.infer, "slow", [inp], headers=tenant("dave"))
+        deadline = time.monotonic() + 60
+        while zmq_client.status()["running"] < 1:  # a condition wait
+            assert time.monotonic() < deadline, "the slow request never ran"
+            time.sleep(0.01)
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("slow", [inp], headers=tenant("dave"), timeout=1000)
+        assert blocker.result().as_numpy("y") is not None
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
