@@ -22,6 +22,13 @@ seeded RNG (random uint8 pixels for the CNN, standard normal float32 for the MLP
 * **daemon async, c in --concurrency**: ``c`` closed loops on one ``AsyncTenantClient`` run with
   ``asyncio.gather``. The daemon runs one model one request at a time, so its ceiling is the
   direct single-stream throughput; concurrency only lets transport overlap compute.
+* **KServe HTTP binary / KServe gRPC, c in --kserve-concurrency** (default 1 and 8): the same
+  model and input through the daemon's KServe v2 front doors (``--http``/``--grpc``, on loopback),
+  ``c`` closed loops on one ``tritonclient.http.aio`` client (Triton's binary tensor data both
+  ways) or one ``tritonclient.grpc.aio`` client (raw contents), beside the ZeroMQ async client at
+  the same ``c`` (:mod:`experiments.kserve_paths`). Their replies carry no daemon timings. The
+  summary compares each one's added p50 at c=1 with the ZeroMQ async client's (issue 13's
+  targets: gRPC within 1.5x, HTTP within 2x). ``--no-kserve`` skips them; so does ``--endpoint``.
 
 How
 ---
@@ -85,7 +92,7 @@ import zmq
 from ai_edge_litert.interpreter import Interpreter
 
 import tenantd
-from experiments import harness
+from experiments import harness, kserve_paths
 from models.tiny import cnn, mlp, param_bytes
 from tenantclient import AsyncTenantClient, TenantClient, TenantError
 
@@ -113,6 +120,9 @@ MODEL_NAME = "overhead-model"
 
 TARGET_THROUGHPUT_RATIO = 0.95
 TARGET_ADDED_P50_MS = 0.5
+DEFAULT_KSERVE_CONCURRENCY = (1, 8)
+# Issue 13's targets: each KServe path's added p50 latency against the ZeroMQ path's, at c=1.
+TARGET_KSERVE_ADDED = {"KServe gRPC": 1.5, "KServe HTTP binary": 2.0}
 
 Tensor = npt.NDArray[Any]  # the model's input or output: uint8 image or float32 features
 
@@ -132,6 +142,7 @@ class Settings:
     warmup_s: float
     duration_s: float
     concurrency: tuple[int, ...]
+    kserve_concurrency: tuple[int, ...]  # () : no KServe phases
     threads: int | None  # requested; None: the daemon's default
     endpoint: str | None  # a running daemon; None: start one
     out: Path
@@ -152,6 +163,7 @@ class Settings:
             warmup_s=pick(args.warmup, QUICK_WARMUP_S, DEFAULT_WARMUP_S),
             duration_s=pick(args.duration, QUICK_DURATION_S, DEFAULT_DURATION_S),
             concurrency=args.concurrency,
+            kserve_concurrency=() if args.no_kserve or args.endpoint else args.kserve_concurrency,
             threads=args.threads,
             endpoint=args.endpoint,
             out=args.out,
@@ -357,11 +369,14 @@ def measure_async(endpoint: str, x: Tensor, concurrency: int, warmup_s: float, d
 
 
 @contextmanager
-def daemon_process(workdir: Path, threads: int | None) -> Iterator[str]:
+def daemon_process(workdir: Path, threads: int | None, doors: tuple[str, str] | None = None) -> Iterator[str]:
     """``tenantd serve`` on an ipc socket under ``workdir`` (see :func:`experiments.harness.daemon_process`),
-    with ``threads_per_model`` set when ``threads`` is given."""
-    policy = None if threads is None else f"threads_per_model = {threads}\n"
-    with harness.daemon_process(workdir, policy) as endpoint:
+    with ``threads_per_model`` set when ``threads`` is given, and the KServe HTTP and gRPC front
+    doors on the ``doors`` addresses when given."""
+    policy = "" if threads is None else f"threads_per_model = {threads}\n"
+    if doors is not None:
+        policy += f'http_listen = "{doors[0]}"\ngrpc_listen = "{doors[1]}"\n'
+    with harness.daemon_process(workdir, policy or None) as endpoint:
         yield endpoint
 
 
@@ -456,6 +471,28 @@ def write_outputs(out: Path, report: dict[str, Any], rows: Sequence[PhaseResult]
             writer.writerow(asdict(row))
     document = {**report, "results": [asdict(r) for r in rows]}
     (out / "overhead.json").write_text(json.dumps(document, indent=2) + "\n")
+
+
+def kserve_lines(zmq: Sequence[PhaseResult], kserve: Sequence[PhaseResult]) -> list[str]:
+    """Each KServe path's added p50 at c=1 against the ZeroMQ path's at its best at c=1 (the sync or
+    the asyncio client, whichever added less), per issue 13's targets."""
+    zmq_c1 = [r for r in zmq if r.concurrency == 1 and r.added_p50_ms is not None]
+    if not zmq_c1:
+        return []
+    best = min(zmq_c1, key=lambda r: r.added_p50_ms or 0.0)
+    assert best.added_p50_ms is not None
+    lines = []
+    for row in kserve:
+        target = TARGET_KSERVE_ADDED.get(row.client)
+        if row.concurrency != 1 or target is None or row.added_p50_ms is None:
+            continue
+        ratio = row.added_p50_ms / best.added_p50_ms if best.added_p50_ms > 0 else math.inf
+        lines.append(
+            f"{row.client} added p50 at c=1: {row.added_p50_ms:+.3f} ms = {ratio:.2f} x ZeroMQ's "
+            f"{best.added_p50_ms:+.3f} ms ({best.client}; target <= {target:g} x) -> "
+            f"{'MET' if ratio <= target else 'MISSED'}"
+        )
+    return lines
 
 
 def summary_lines(baseline_runs: Sequence[PhaseResult], sync: PhaseResult, batch: Sequence[PhaseResult]) -> list[str]:
@@ -567,6 +604,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"short run (< 15 s): {QUICK_WARMUP_S:g} s warm-up, {QUICK_DURATION_S:g} s per phase, "
         f"CNN widths {','.join(map(str, QUICK_CHANNELS))} (MLP: hidden {QUICK_HIDDEN})",
     )  # fmt: skip
+    parser.add_argument(
+        "--kserve-concurrency", type=_concurrency, default=DEFAULT_KSERVE_CONCURRENCY, metavar="C[,C...]",
+        help="in-flight requests for the KServe v2 phases (HTTP with binary tensors via tritonclient.http.aio, "
+        "gRPC via tritonclient.grpc.aio), each beside the ZeroMQ async client at the same level; default 1,8",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-kserve", action="store_true",
+        help="skip the KServe v2 phases (also skipped with --endpoint: the doors of a running daemon are not known)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the model's weights and input; default 0")
     return parser
 
@@ -588,7 +634,32 @@ def check_outputs(direct: Direct, client: TenantClient, output_name: str, x: Ten
         )
 
 
-def run_benchmark(settings: Settings, endpoint: str, model_path: Path, started_here: bool) -> str:
+def measure_kserve(
+    settings: Settings, endpoint: str, doors: tuple[str, str], target: kserve_paths.Target, done_zmq: Sequence[int]
+) -> list[tuple[str, int, Window]]:
+    """For each KServe concurrency: ZeroMQ (unless measured already), HTTP binary, gRPC."""
+    warmup, duration = settings.warmup_s, settings.duration_s
+    windows: list[tuple[str, int, Window]] = []
+    for c in settings.kserve_concurrency:
+        if c not in done_zmq:
+            _progress(f"daemon async c={c}, {warmup:g} s warm-up + {duration:g} s")
+            windows.append(("AsyncTenantClient", c, measure_async(endpoint, target.x, c, warmup, duration)))
+        for client, measure, address in (
+            ("KServe HTTP binary", kserve_paths.measure_http, doors[0]),
+            ("KServe gRPC", kserve_paths.measure_grpc, doors[1]),
+        ):
+            _progress(f"{client} c={c}, {warmup:g} s warm-up + {duration:g} s")
+            try:
+                spans, begin, end = measure(address, target, c, warmup, duration)
+            except ValueError as exc:
+                raise BenchmarkError(str(exc)) from None
+            windows.append((client, c, Window([Record(a, b) for a, b in spans], begin, end)))
+    return windows
+
+
+def run_benchmark(
+    settings: Settings, endpoint: str, model_path: Path, started_here: bool, doors: tuple[str, str] | None = None
+) -> str:
     """Submit the model, check its outputs, run every phase; return the Markdown report (also
     written to ``settings.out`` with the CSV and JSON)."""
     warmup, duration = settings.warmup_s, settings.duration_s
@@ -620,6 +691,12 @@ def run_benchmark(settings: Settings, endpoint: str, model_path: Path, started_h
             for c in settings.concurrency:
                 _progress(f"daemon async c={c}, {phases}")
                 batch_windows.append((c, measure_async(endpoint, x, c, warmup, duration)))
+            kserve_windows: list[tuple[str, int, Window]] = []
+            if doors is not None and settings.kserve_concurrency:
+                output = info.outputs[0].name
+                expected = direct.infer(x).copy()
+                target = kserve_paths.Target(TENANT, MODEL_NAME, info.inputs[0].name, x, output, expected)
+                kserve_windows = measure_kserve(settings, endpoint, doors, target, settings.concurrency)
             _progress(f"direct (after), {phases}")
             after = direct.measure(x, warmup, duration)
         finally:
@@ -634,11 +711,14 @@ def run_benchmark(settings: Settings, endpoint: str, model_path: Path, started_h
     baseline = summarise("direct (baseline)", "Interpreter", 1, [before, after])
     sync = summarise("daemon", "TenantClient", 1, [sync_window])
     batch = [summarise("daemon", "AsyncTenantClient", c, [w]) for c, w in batch_windows]
-    for row in [sync, *batch]:
+    kserve = [summarise("daemon", client, c, [w]) for client, c, w in kserve_windows]
+    batch += [r for r in kserve if r.client == "AsyncTenantClient"]
+    kserve = [r for r in kserve if r.client != "AsyncTenantClient"]
+    for row in [sync, *batch, *kserve]:
         row.throughput_ratio = row.throughput_per_s / baseline.throughput_per_s
         row.added_p50_ms = row.p50_ms - baseline.p50_ms
     ping = summarise("daemon ping (no tensors)", "TenantClient", 1, [ping_window])
-    rows = [*baseline_runs, baseline, ping, sync, *batch]
+    rows = [*baseline_runs, baseline, ping, sync, *batch, *kserve]
 
     report: dict[str, Any] = {
         "benchmark": "experiments.overhead",
@@ -658,6 +738,7 @@ def run_benchmark(settings: Settings, endpoint: str, model_path: Path, started_h
             "warmup_s": warmup,
             "duration_s": duration,
             "concurrency": list(settings.concurrency),
+            "kserve_concurrency": list(settings.kserve_concurrency),
             "threads": threads,
             "quick": settings.quick,
             "argv": settings.argv,
@@ -691,7 +772,7 @@ def run_benchmark(settings: Settings, endpoint: str, model_path: Path, started_h
             "added_p50_ms_max": TARGET_ADDED_P50_MS,
         },
         "outputs_equal": True,
-        "summary": summary_lines(baseline_runs, sync, batch),
+        "summary": summary_lines(baseline_runs, sync, batch) + kserve_lines([sync, *batch], kserve),
     }
     text = markdown(report, rows)
     write_outputs(settings.out, report, rows, text)
@@ -714,9 +795,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if settings.endpoint:
                 text = run_benchmark(settings, settings.endpoint, model_path, started_here=False)
             else:
-                with daemon_process(workdir, settings.threads) as endpoint:
-                    _progress(f"tenantd ready at {endpoint}")
-                    text = run_benchmark(settings, endpoint, model_path, started_here=True)
+                doors = None
+                if settings.kserve_concurrency:
+                    doors = (f"127.0.0.1:{kserve_paths.free_port()}", f"127.0.0.1:{kserve_paths.free_port()}")
+                with daemon_process(workdir, settings.threads, doors) as endpoint:
+                    _progress(
+                        f"tenantd ready at {endpoint}" + (f", KServe HTTP {doors[0]}, gRPC {doors[1]}" if doors else "")
+                    )
+                    text = run_benchmark(settings, endpoint, model_path, started_here=True, doors=doors)
     except harness.ExperimentError as exc:  # BenchmarkError, or the daemon would not start
         print(f"overhead: error: {exc}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """``tenantd``: the daemon's command line. ``tenantd serve`` runs one daemon for one device;
 ``tenantd devices`` lists the devices attached to this host and the runtimes that serve them;
-``tenantd keys add|remove|list`` issues, withdraws and lists CurveZMQ keys in a state directory.
+``tenantd keys add|remove|list|token`` issues, withdraws and lists CurveZMQ keys (and the bearer
+tokens of the KServe front doors) in a state directory.
 
 Everything here works on this host (its devices, a daemon's files); what a client asks of a
 running daemon over the wire is ``tenantctl``'s.
@@ -21,7 +22,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from tenantd import __version__, auth, logs
+from tenantd import __version__, auth, logs, tokens
 from tenantd.config import ConfigError, load_policy
 from tenantd.daemon import Daemon, ServeConfig
 from tenantd.devices import PROFILES
@@ -91,6 +92,8 @@ def _serve(args: argparse.Namespace) -> int:
                 metrics=args.metrics,
                 policy_file=policy_file,
                 policy_file_optional=optional,
+                http=args.http,
+                grpc=args.grpc,
             )
         )
         daemon.install_signal_handlers()
@@ -98,9 +101,10 @@ def _serve(args: argparse.Namespace) -> int:
         def ready(endpoint: str) -> None:
             emulated = " emulated=true" if daemon.emulated else ""
             metrics = f" metrics={daemon.metrics_server.address}" if daemon.metrics_server else ""
+            doors = "".join(f" {n}={d.bound}" for n, d in (("http", daemon.http), ("grpc", daemon.grpc)) if d)
             print(
                 f"tenantd ready endpoint={endpoint} device={args.device}{auto} profile={daemon.profile.name}"
-                f"{emulated} slots={daemon.info.slots}{metrics}",
+                f"{emulated} slots={daemon.info.slots}{metrics}{doors}",
                 flush=True,
             )
 
@@ -157,18 +161,30 @@ def _keys_add(args: argparse.Namespace) -> tuple[object, str]:
             f"{role} {args.name!r} already has a key; 'keys add' never replaces one: to issue a new key, "
             f"withdraw the old one first ({remove}), then add it again"
         ) from None
+    token = tokens.issue_token(args.state_dir, args.name, role)
     server_key = auth.KeyRing.load(args.state_dir).server_public_key_file
     later = "" if server_key.exists() else " (written when the daemon first starts with keys)"
     text = (
         f"issued {'an' if args.operator else 'a'} {role} key for {args.name}: give them {secret} (keep it secret), "
-        f"and the server key\n{server_key}{later}; then run 'tenantctl keys reload'"
+        f"and the server key\n{server_key}{later}; for the HTTP/gRPC front doors, the bearer token in {token} "
+        "(secret too); then run 'tenantctl keys reload'"
     )
-    return {"name": args.name, "role": role, "secret_key_file": str(secret)}, text
+    return {"name": args.name, "role": role, "secret_key_file": str(secret), "token_file": str(token)}, text
+
+
+def _keys_token(args: argparse.Namespace) -> tuple[object, str]:
+    role = "operator" if args.operator else "tenant"
+    if args.name not in {i.name for i in auth.KeyRing.load(args.state_dir).identities() if i.role == role}:
+        raise auth.AuthConfigError(f"no {role} named {args.name!r} is registered: 'tenantd keys add' it first")
+    token = tokens.issue_token(args.state_dir, args.name, role)
+    text = f"issued a new bearer token for {role} {args.name} in {token}; the old one works until a keys reload"
+    return {"name": args.name, "role": role, "token_file": str(token)}, text
 
 
 def _keys_remove(args: argparse.Namespace) -> tuple[object, str]:
     role = "operator" if args.operator else "tenant"
     auth.remove(args.state_dir, args.name, role)
+    tokens.remove_token(args.state_dir, args.name, role)
     text = f"withdrew the {role} key of {args.name}; run 'tenantctl keys reload' to apply it"
     return {"removed": args.name, "role": role}, text
 
@@ -219,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         # Wrapped here: the raw formatter that keeps the exit-status list as written keeps this too.
         description=textwrap.fill(
             "Own one device and serve tenants' models over a ZeroMQ ROUTER socket. "
-            "Prints 'tenantd ready endpoint=... device=...' on stdout when serving; stops cleanly on "
+            "Prints 'tenantd ready endpoint=... device=...' on stdout when serving (with http=URL and "
+            "grpc=URL when those front doors are on); stops cleanly on "
             "SIGINT/SIGTERM after answering accepted requests.",
             79,
         ),
@@ -268,6 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
         "expects: they name every tenant and model, so bind loopback unless the network is trusted. Default: off",
     )
     serve.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="also serve KServe v2 (Open Inference Protocol) over HTTP/REST here (PORT 0: any free port); "
+        "default: the policy's http_listen, else off. Tenants send 'Authorization: Bearer TOKEN' (--auth keys; "
+        "'tenantd keys add' issues tokens) or a tenantd-tenant header (--auth header, loopback only); TLS when "
+        "the policy sets tls_cert_file and tls_key_file",
+    )
+    serve.add_argument(
+        "--grpc",
+        metavar="HOST:PORT",
+        help="also serve KServe v2 over gRPC (inference.GRPCInferenceService) here; default: the policy's "
+        "grpc_listen, else off. Same identity and TLS as --http, in the call's metadata",
+    )
+    serve.add_argument(
         "--profile",
         help="device profile whose memory model and budget admission enforces (default: the device's own); "
         f"running one device under another's profile emulates it. Known: {', '.join(PROFILES)}",
@@ -288,15 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser(
         "keys",
         parents=[common],
-        help="issue, list and withdraw CurveZMQ keys in a daemon's state directory (on the daemon's host)",
+        help="issue, list and withdraw CurveZMQ keys and bearer tokens in a daemon's state directory (on its host)",
         description="Work on STATE_DIR/keys; a running daemon applies a change on 'tenantctl keys reload' "
         "(operator key) or SIGHUP. Exit status: 0 done; 2 refused (the name already has a key, has none, "
         "or is not a valid name; the keys folder is invalid), with a one-line reason.",
     )
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     for verb, text, action in (
-        ("add", "issue a key; prints where the secret key file is", _keys_add),
-        ("remove", "withdraw a key", _keys_remove),
+        ("add", "issue a key and a bearer token; prints where their files are", _keys_add),
+        ("remove", "withdraw a key and its bearer token", _keys_remove),
+        ("token", "issue a new bearer token for a registered key (replacing its old one)", _keys_token),
     ):
         sub = keys_commands.add_parser(verb, help=text, parents=[common])
         sub.add_argument("name", help="tenant (or operator) name")

@@ -108,6 +108,18 @@ class Policy(BaseModel):
     """How often a shared or cache budget (which follows the host's live memory use) is re-read,
     so that the event log says when a host process shrinks it."""
 
+    http_listen: str | None = None
+    """KServe v2 HTTP/REST front door, ``HOST:PORT`` (``tenantd serve --http`` overrides it). Off if unset."""
+
+    grpc_listen: str | None = None
+    """KServe v2 gRPC front door, ``HOST:PORT`` (``tenantd serve --grpc`` overrides it). Off if unset."""
+
+    tls_cert_file: str | None = None
+    """PEM certificate (chain) for TLS on the HTTP and gRPC front doors; with ``tls_key_file``."""
+
+    tls_key_file: str | None = None
+    """PEM private key of ``tls_cert_file``. Both set: the KServe front doors speak only TLS."""
+
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     """Per-tenant weight and quotas, by tenant name."""
 
@@ -148,7 +160,17 @@ class PolicyInForce:
         return self.current
 
 
-RESTART_ONLY = ("slots", "threads_per_model", "profile", "overcommit", "max_message_bytes")
+RESTART_ONLY = (
+    "slots",
+    "threads_per_model",
+    "profile",
+    "overcommit",
+    "max_message_bytes",
+    "http_listen",
+    "grpc_listen",
+    "tls_cert_file",
+    "tls_key_file",
+)
 
 
 def load_policy(path: Path | None) -> Policy:

@@ -31,6 +31,9 @@ from tenantd.devices import MemoryModel, get_profile
 from tenantd.devices.detect import DeviceNameError, check_attached, check_device_name, default_profile, detect
 from tenantd.events import Event, EventLog
 from tenantd.executor import Executor
+from tenantd.frontdoors.grpc import GrpcFrontDoor
+from tenantd.frontdoors.http import HttpFrontDoor
+from tenantd.frontdoors.kserve import KServe, check_listen, ssl_context, tls_files
 from tenantd.frontdoors.zeromq import ZmqFrontDoor, check_auth_mode
 from tenantd.inference import InferenceCore
 from tenantd.lifecycle import Lifecycle
@@ -41,6 +44,7 @@ from tenantd.policysource import PolicySource
 from tenantd.residency import Residency
 from tenantd.store import Store
 from tenantd.submission import Submission
+from tenantd.tokens import TokenRing
 from tenantwire.errors import TenantdError
 
 log = logging.getLogger("tenantd")
@@ -60,6 +64,9 @@ class ServeConfig:
     # The file ``policy`` was read from: SIGHUP reads it again. None: the policy was given as is.
     policy_file: Path | None = None
     policy_file_optional: bool = False  # the default path: a missing file means every default
+    # KServe v2 front doors, HOST:PORT (override the policy's http_listen / grpc_listen).
+    http: str | None = None
+    grpc: str | None = None
 
 
 class Daemon:
@@ -167,11 +174,30 @@ class Daemon:
             self.store,
             self.lifecycle,
             self.metrics,
-            reload_keys=self.frontdoor.reload_keys if auth_mode == "keys" else None,
+            reload_keys=self._reload_keys if auth_mode == "keys" else None,
             policy_source=self.policy_source,
         )
         self.frontdoor.operations = self.operations
         self.metrics.set_status(lambda: self.operations.status_map(runtimes=False))
+        # Bearer tokens for the KServe front doors under --auth keys; None: the tenantd-tenant header.
+        self.tokens = TokenRing.load(config.state_dir) if auth_mode == "keys" else None
+        self.kserve = KServe(
+            auth_mode,
+            self.tokens,
+            self.catalog,
+            self.core,
+            self.pipelines,
+            self.operations,
+            self.lifecycle,
+            self.events,
+        )
+        http, grpc = config.http or policy.http_listen, config.grpc or policy.grpc_listen
+        for listen, flag in ((http, "--http"), (grpc, "--grpc")):
+            if listen is not None:
+                check_listen(auth_mode, listen, flag)
+        tls = tls_files(policy) if http or grpc else None
+        self.http = HttpFrontDoor(http, self.kserve, self.policy, ssl_context(tls, policy)) if http else None
+        self.grpc = GrpcFrontDoor(grpc, self.kserve, self.policy, tls) if grpc else None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._reloads: set[asyncio.Future[None]] = set()  # SIGHUP's policy reloads, held until done
         self._stop = asyncio.Event()
@@ -179,6 +205,16 @@ class Daemon:
     @property
     def endpoint(self) -> str:
         return self.frontdoor.endpoint
+
+    @property
+    def kserve_doors(self) -> list[HttpFrontDoor | GrpcFrontDoor]:
+        return [d for d in (self.http, self.grpc) if d is not None]
+
+    def _reload_keys(self) -> list[str]:
+        """Re-read the bearer tokens, then the CurveZMQ keys; a bad folder keeps the old ones."""
+        assert self.tokens is not None
+        self.tokens.reload()
+        return self.frontdoor.reload_keys()
 
     def device_context(self) -> dict[str, Any]:
         """What events about memory say of the device."""
@@ -198,13 +234,19 @@ class Daemon:
         except ConfigError:
             self._close_state()
             raise
-        if self.metrics_server is not None:
-            try:
+        try:
+            if self.metrics_server is not None:
                 await self.metrics_server.start()
-            except ConfigError:
-                self.frontdoor.close()
-                self._close_state()
-                raise
+            for door in self.kserve_doors:
+                door.bind()
+        except ConfigError:
+            for door in self.kserve_doors:
+                await door.close()
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
+            self.frontdoor.close()
+            self._close_state()
+            raise
         self.events.emit(
             Event.START,
             device=self.config.device,
@@ -246,6 +288,8 @@ class Daemon:
             else None
         )
         self._log_start()
+        for door in self.kserve_doors:
+            await door.start()
         if ready is not None:
             ready(self.endpoint)
         sdnotify.ready(f"serving {self.config.device} on {self.endpoint}")
@@ -306,7 +350,7 @@ class Daemon:
             log.info("SIGHUP: no keys to reload (--auth header)")
         else:
             try:
-                identities = self.frontdoor.reload_keys()
+                identities = self._reload_keys()
             except auth.AuthConfigError as exc:
                 log.error("SIGHUP: keys not reloaded, the old ones stay: %s", exc)
             else:
@@ -353,6 +397,8 @@ class Daemon:
         dropped = await self.core.scheduler.drain(timeout)
         await self.frontdoor.cancel_tasks(deadline - time.monotonic())
         await close_quietly(self.pipelines.uplinks)
+        for door in self.kserve_doors:
+            await door.close()
         self.frontdoor.close()
         if self.metrics_server is not None:
             await self.metrics_server.close()

@@ -40,7 +40,8 @@ def test_overhead_quick_writes_verified_results(tmp_path: Path) -> None:
     direct = [r for r in rows if r["phase"].startswith("direct")]
     daemon = [r for r in rows if r["phase"] == "daemon"]
     assert direct and daemon, rows
-    assert {r["client"] for r in daemon} == {"TenantClient", "AsyncTenantClient"}
+    assert {r["client"] for r in daemon} == {"TenantClient", "AsyncTenantClient", "KServe HTTP binary", "KServe gRPC"}
+    assert sorted(int(r["concurrency"]) for r in daemon if r["client"] == "KServe gRPC") == [1, 8]
     for row in direct + daemon:
         assert float(row["throughput_per_s"]) > 0, row
         assert int(row["n"]) > 0, row
