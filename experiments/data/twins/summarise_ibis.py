@@ -30,17 +30,58 @@ def _fcfs_or_ps(ibis: Path, commit: str, name: str, out: str) -> None:
         by.setdefault((r["model"], r["process_type"]), []).append(float(r["response_time"]))
     with (HERE / out).open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["model", "order", "process_type", "role", "n", "mean_ms", "median_ms", "stdev_ms", "repository", "path", "commit"])
+        w.writerow(
+            [
+                "model",
+                "order",
+                "process_type",
+                "role",
+                "n",
+                "mean_ms",
+                "median_ms",
+                "stdev_ms",
+                "repository",
+                "path",
+                "commit",
+            ]
+        )
         for ptype, role in (("Sequential", "fit"), ("Concurrent", "validation")):
             for i, m in enumerate(order):
                 v = by[(m, ptype)]
-                w.writerow([m, i, ptype, role, len(v), f"{statistics.mean(v):.3f}", f"{statistics.median(v):.3f}", f"{statistics.stdev(v):.3f}", REPO, f"data/{name}", commit])
+                w.writerow(
+                    [
+                        m,
+                        i,
+                        ptype,
+                        role,
+                        len(v),
+                        f"{statistics.mean(v):.3f}",
+                        f"{statistics.median(v):.3f}",
+                        f"{statistics.stdev(v):.3f}",
+                        REPO,
+                        f"data/{name}",
+                        commit,
+                    ]
+                )
 
 
 def _queueing(ibis: Path, commit: str) -> None:
     with (HERE / "ibis_queueing_validation.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["experiment", "vary_rho", "model", "input_rate_per_s", "role", "n", "mean_response_ms", "repository", "path", "commit"])
+        w.writerow(
+            [
+                "experiment",
+                "vary_rho",
+                "model",
+                "input_rate_per_s",
+                "role",
+                "n",
+                "mean_response_ms",
+                "repository",
+                "path",
+                "commit",
+            ]
+        )
         for path in sorted((ibis / "data" / "queueing_validation").glob("*.csv")):
             rows = list(csv.DictReader(path.open()))
             experiment = path.stem.removeprefix("queuing_tpu_")
@@ -49,7 +90,20 @@ def _queueing(ibis: Path, commit: str) -> None:
                 groups.setdefault((r["vary_rho"], r["model"]), []).append(r)
             for (rho, model), rs in sorted(groups.items(), key=lambda kv: (float(kv[0][0]), kv[0][1])):
                 resp = [(float(r["end_time"]) - float(r["start_time"])) * 1e3 for r in rs]
-                w.writerow([experiment, rho, model, f"{float(rs[0]['input_rate']):.4g}", "validation", len(rs), f"{statistics.mean(resp):.3f}", REPO, f"data/queueing_validation/{path.name}", commit])
+                w.writerow(
+                    [
+                        experiment,
+                        rho,
+                        model,
+                        f"{float(rs[0]['input_rate']):.4g}",
+                        "validation",
+                        len(rs),
+                        f"{statistics.mean(resp):.3f}",
+                        REPO,
+                        f"data/queueing_validation/{path.name}",
+                        commit,
+                    ]
+                )
 
 
 def main() -> None:
