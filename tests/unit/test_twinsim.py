@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from experiments import validate_twins
+from experiments import plan, validate_twins
 from experiments.twinsim import Request, poisson_arrivals, simulate, simulate_fcfs, simulate_ps, summarise
 from tenantd.devices.twin import get_twin
 
@@ -64,3 +64,35 @@ def test_every_published_concurrent_mean_is_within_15_percent() -> None:
     worst = max(rows, key=lambda r: abs(r.error))
     assert abs(worst.error) <= validate_twins.TOLERANCE, worst
     assert sum(abs(r.error) <= 0.10 for r in rows) >= len(rows) // 2
+
+
+def test_plan_prints_the_limit_throughput_and_switch_share(capsys: pytest.CaptureFixture[str]) -> None:
+
+    assert (
+        plan.main(
+            [
+                "--profile",
+                "jetson-nano",
+                "--models",
+                "mobilenet_v2",
+                "--tenants",
+                "6",
+                "--rate",
+                "20",
+                "--horizon-s",
+                "60",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "admitted-tenant limit for this mix: 3" in out and "3 of 6 admitted" in out
+    assert "throughput" in out and "p99" in out
+    assert (
+        plan.main(["--profile", "edgetpu", "--models", "mobilenet_v2,inception_v4", "--rate", "2", "--horizon-s", "60"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "% of device time)" in out and "switches 0 " not in out
+    assert plan.main(["--profile", "ncs2", "--models", "no-such-model", "--rate", "1"]) == 2
+    assert "not in the twin's tables" in capsys.readouterr().err
