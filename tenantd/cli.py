@@ -65,6 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
                 policy=policy,
                 profile=args.profile,
                 auth=args.auth,
+                timing=args.timing,
             )
         )
         daemon.install_signal_handlers()
@@ -73,7 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
             emulated = " emulated=true" if daemon.emulated else ""
             print(
                 f"tenantd ready endpoint={endpoint} device={args.device}{auto} profile={daemon.profile.name}"
-                f"{emulated} slots={daemon.info.slots}",
+                f"{emulated} slots={daemon.info.slots} timing={args.timing}",
                 flush=True,
             )
 
@@ -185,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         help="device profile whose memory model and budget admission enforces (default: the device's own); "
         f"running one device under another's profile emulates it. Known: {', '.join(PROFILES)}",
+    )
+    serve.add_argument(
+        "--timing",
+        choices=["cpu", "twin"],
+        default="cpu",
+        help="how long a request holds the device: 'cpu' (this host's compute, the default) or 'twin' (the emulated "
+        "profile's calibrated device twin: outputs are computed here, the slot is held for the modelled service "
+        "time, plus the switch when the model changes; runs the host was slower than the device are counted in "
+        "status as twin_cpu_slower). Twins: edgetpu, ncs2, jetson-nano, jetson-tx2, rpi3",
     )
     serve.set_defaults(func=_serve)
     devices = commands.add_parser(

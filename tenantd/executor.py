@@ -10,6 +10,12 @@ slot, as the devices it models run one model at a time.
 
 Inference is a blocking call into native code that releases the GIL; it runs on the scheduler's
 slot threads. Loads at submission run on the event loop's default thread pool.
+
+Twin timing (``--timing twin``, :mod:`tenantd.devices.twin`): outputs are still computed here, but a
+slot is held for the emulated device's modelled time (service, plus the switch-in when the slot
+last ran another model, or nothing yet): after the real reload and compute, the slot sleeps the
+remainder. A run whose real work took longer than the modelled time is counted and flagged: the
+host, not the device model, set its time.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tenantd.devices.twin import DeviceTwin, TwinModel
 from tenantd.runtimes import LoadedModel, Runtime, get_runtime_class
 
 WARM_WINDOW = 64
@@ -41,6 +48,7 @@ class Resident:
     runtime_overhead: int = 0  # the runtime library's cost, charged with the first model loaded
     last_used: float = 0.0
     warm_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WARM_WINDOW))
+    twin: TwinModel | None = None  # what the device twin takes this model for (twin timing)
 
     def warm_median_ms(self) -> float | None:
         return statistics.median(self.warm_ms) if self.warm_ms else None
@@ -65,19 +73,43 @@ class Reload:
 
 
 @dataclass(frozen=True)
+class TwinHold:
+    modelled_ms: float  # the twin's service + switch-in
+    switch_ms: float
+    held_ms: float  # how long the slot was held, measured: >= modelled_ms unless cpu_slower
+    source: str  # published | fitted | scaled | estimated
+    cpu_slower: bool  # this host's reload + compute took longer than the modelled device
+
+
+@dataclass(frozen=True)
 class RunResult:
     outputs: list[np.ndarray]
     compute_ms: float
     previous: str | None  # model that ran last on this slot
     reload: Reload | None = None  # the model had to be loaded first (swapping)
+    twin: TwinHold | None = None  # twin timing: what the slot was held for
 
     def switched(self, model: str) -> bool:
         return self.previous is not None and self.previous != model
 
+    def twin_timings(self) -> dict[str, object]:
+        if self.twin is None:
+            return {}
+        t = self.twin
+        return {
+            "device_ms": round(t.held_ms, 4),
+            "twin_ms": round(t.modelled_ms, 4),
+            "twin_switch_ms": round(t.switch_ms, 4),
+            "twin_source": t.source,
+            "twin_cpu_slower": t.cpu_slower,
+        }
+
 
 class Executor:
-    def __init__(self, device: str, slots: int, threads_per_model: int) -> None:
+    def __init__(self, device: str, slots: int, threads_per_model: int, twin: DeviceTwin | None = None) -> None:
         self.device = device
+        self.twin = twin
+        self.twin_cpu_slower = 0  # runs the host took longer over than the modelled device
         self.threads_per_model = threads_per_model
         self._runtimes: dict[str, Runtime] = {}
         self.resident: dict[str, Resident] = {}
@@ -122,15 +154,34 @@ class Executor:
         """Run one inference on the calling slot thread, reloading the model first if it was
         swapped out. Raises RuntimeFailure."""
         previous = self._last_on_slot[slot]
+        held_from = time.perf_counter()
         reload = self._ensure_loaded(resident) if resident.model is None else None
         model = resident.model
         assert model is not None
         t0 = time.perf_counter()
         outputs = model.infer(inputs)
         compute_ms = (time.perf_counter() - t0) * 1e3
+        hold = None if self.twin is None else self._hold(self.twin, resident, previous, held_from)
         resident.last_used = time.monotonic()
         self._last_on_slot[slot] = resident.name
-        return RunResult(outputs, compute_ms, previous, reload)
+        return RunResult(outputs, compute_ms, previous, reload, hold)
+
+    def _hold(self, twin: DeviceTwin, resident: Resident, previous: str | None, held_from: float) -> TwinHold:
+        """Keep the slot until the twin's modelled time since ``held_from`` has passed."""
+        if resident.twin is None:
+            size = resident.path.stat().st_size if resident.path is not None else resident.size
+            resident.twin = twin.model(resident.name, size)
+        service = twin.service(resident.twin)
+        switch = twin.switch_ms(resident.twin, None) if previous != resident.name else 0.0
+        modelled = service.ms + switch
+        deadline = held_from + modelled / 1e3
+        slower = time.perf_counter() > deadline
+        if slower:
+            self.twin_cpu_slower += 1
+        while (left := deadline - time.perf_counter()) > 0:
+            time.sleep(left)
+        held = (time.perf_counter() - held_from) * 1e3
+        return TwinHold(modelled, switch, held, service.source, slower)
 
     def _ensure_loaded(self, resident: Resident) -> Reload:
         """On the slot thread: unload least recently used idle models until ``resident`` fits,
@@ -201,10 +252,18 @@ class Executor:
         warm = resident.warm_median_ms()
         load_ms = result.reload.load_ms if result.reload else 0.0
         overhead = None if warm is None else load_ms + result.compute_ms - warm
-        if overhead is not None and (self.swapping is None or result.reload is not None):
+        if result.twin is not None:  # the device's modelled cost, not this host's reload
+            overhead = result.twin.switch_ms
+        if overhead is not None and (self.swapping is None or result.reload is not None or result.twin is not None):
             self.switch_overhead_ms += overhead
             self.switches_measured += 1
         return True, warm, overhead
+
+    def timing_status(self) -> dict[str, object]:
+        if self.twin is None:
+            return {"timing": "cpu"}
+        link = f" {self.twin.link}" if self.twin.link else ""
+        return {"timing": f"twin {self.twin.profile.name}{link}", "twin_cpu_slower": self.twin_cpu_slower}
 
     def close(self) -> None:
         for name in list(self.resident):

@@ -139,6 +139,7 @@ class InferenceCore:
             "compute_ms": round(result.compute_ms, 4),
             "total_ms": round((time.monotonic() - job.enqueued) * 1e3, 4),
             **self._residency.record_run(work.resident, result, job.model, slot),
+            **result.twin_timings(),
         }
         names = [spec.name for spec in work.record.outputs]
         work.done(Answer(list(zip(names, result.outputs, strict=True)), timings))

@@ -35,7 +35,7 @@ def daemon_env(extra_runtimes: bool = True) -> dict[str, str]:
 
 @contextmanager
 def daemon_in_thread(
-    state_dir: Path, endpoint: str, policy: Policy | None = None, auth: str | None = None
+    state_dir: Path, endpoint: str, policy: Policy | None = None, auth: str | None = None, timing: str = "cpu"
 ) -> Iterator[Daemon]:
     """A real Daemon on a real socket, its event loop on a background thread."""
     daemon_box: list[Daemon] = []
@@ -44,7 +44,7 @@ def daemon_in_thread(
     loop = asyncio.new_event_loop()
 
     async def main() -> None:
-        daemon = Daemon(ServeConfig("cpu", endpoint, state_dir, policy or Policy(), auth=auth))
+        daemon = Daemon(ServeConfig("cpu", endpoint, state_dir, policy or Policy(), auth=auth, timing=timing))
         daemon_box.append(daemon)
         await daemon.serve(lambda _endpoint: ready.set())
 
