@@ -12,16 +12,19 @@ Inference is a blocking call into native code that releases the GIL; it runs on 
 slot threads. Loads at submission run on the event loop's default thread pool.
 
 Twin timing (``--timing twin``, :mod:`tenantd.devices.twin`): outputs are still computed here, but a
-slot is held for the emulated device's modelled time (service, plus the switch-in when the slot
+slot is held for the emulated device's modelled time (service, plus the switch-in when the device
 last ran another model, or nothing yet): after the real reload and compute, the slot sleeps the
-remainder. A run whose real work took longer than the modelled time is counted and flagged: the
-host, not the device model, set its time.
+remainder. The modelled device runs one inference at a time across all slots (first come first
+served; for a Jetson, whose GPU time-slices processes, that keeps its throughput but not its
+processor-sharing latencies, which ``experiments/plan.py`` models). A run whose real work took
+longer than the modelled time is counted and flagged: the host, not the device model, set its time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -110,6 +113,8 @@ class Executor:
         self.device = device
         self.twin = twin
         self.twin_cpu_slower = 0  # runs the host took longer over than the modelled device
+        self._twin_device = threading.Lock()
+        self._twin_last: str | None = None  # the model the twin device ran last (under the lock)
         self.threads_per_model = threads_per_model
         self._runtimes: dict[str, Runtime] = {}
         self.resident: dict[str, Resident] = {}
@@ -153,6 +158,14 @@ class Executor:
     def run(self, resident: Resident, inputs: list[np.ndarray], slot: int) -> RunResult:
         """Run one inference on the calling slot thread, reloading the model first if it was
         swapped out. Raises RuntimeFailure."""
+        if self.twin is None:
+            return self._run(resident, inputs, slot, None)
+        # The modelled device runs one inference at a time, whatever the slots: its one queue is
+        # the slots waiting here, and the switch is from the model it ran last, on any slot.
+        with self._twin_device:
+            return self._run(resident, inputs, slot, self.twin)
+
+    def _run(self, resident: Resident, inputs: list[np.ndarray], slot: int, twin: DeviceTwin | None) -> RunResult:
         previous = self._last_on_slot[slot]
         held_from = time.perf_counter()
         reload = self._ensure_loaded(resident) if resident.model is None else None
@@ -161,7 +174,10 @@ class Executor:
         t0 = time.perf_counter()
         outputs = model.infer(inputs)
         compute_ms = (time.perf_counter() - t0) * 1e3
-        hold = None if self.twin is None else self._hold(self.twin, resident, previous, held_from)
+        hold = None
+        if twin is not None:
+            hold = self._hold(twin, resident, self._twin_last, held_from)
+            self._twin_last = resident.name
         resident.last_used = time.monotonic()
         self._last_on_slot[slot] = resident.name
         return RunResult(outputs, compute_ms, previous, reload, hold)

@@ -136,8 +136,13 @@ SWITCH_ROWS = _rows("switch_costs.csv")
 
 
 def resolve(name: str) -> TwinModel | None:
-    """The model the tables know under ``name`` (or an alias, or a file stem), else None."""
-    found = _ALIASES.get(_key(name))
+    """The model the tables know under ``name`` or an alias, or that ``name`` ends with after a
+    separator (``alice-mobilenet_v2``: tenants' names often carry a prefix), else None."""
+    key = _key(name)
+    found = _ALIASES.get(key)
+    if found is None:
+        suffixes = [alias for alias in _ALIASES if key.endswith("_" + alias)]
+        found = _ALIASES[max(suffixes, key=len)] if suffixes else None
     return MODELS[found] if found else None
 
 

@@ -89,6 +89,9 @@ def test_every_modelled_figure_is_positive() -> None:
 def test_unknown_models_are_estimated_from_their_size_and_say_so() -> None:
     t = get_twin("edgetpu")
     assert t.model("MobileNet-V2").name == "mobilenet_v2"  # aliases and spelling
+    assert t.model("t01-ssd_mobilenet_v2").name == "ssd_mobilenet_v2"  # a tenant's prefix
+    assert t.model("alice.mobilenet_v2").name == "mobilenet_v2"
+    assert twin.resolve("notmobilenet_v2x") is None
     est = t.model("my-detector", param_bytes=3_000_000)
     assert est.estimated and est.params_m == pytest.approx(3.0)  # int8 on the EdgeTPU
     assert t.service(est).source == "estimated"
