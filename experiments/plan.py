@@ -33,11 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict how tenants' models would run on a device, from its calibrated twin (modelled, not "
         "measured). Prints throughput, latency percentiles, switch share and the admitted-tenant limit.",
     )
-    parser.add_argument("--profile", required=True, choices=TWIN_PROFILES, help="the device to plan for")
+    parser.add_argument("--profile", choices=TWIN_PROFILES, help="the device to plan for")
+    parser.add_argument("--models", help="comma-separated model names (the n-th tenant brings the n-th, cycling)")
+    parser.add_argument("--rate", type=_positive, help="requests per second per tenant (Poisson)")
     parser.add_argument(
-        "--models", required=True, help="comma-separated model names (the n-th tenant brings the n-th, cycling)"
+        "--table", action="store_true", help="instead: every twin's figures for the paper's five models (Markdown)"
     )
-    parser.add_argument("--rate", type=_positive, required=True, help="requests per second per tenant (Poisson)")
     parser.add_argument(
         "--tenants", type=int, help="tenants that ask to be admitted (default: one per model in --models)"
     )
@@ -95,8 +96,35 @@ def plan(twin: DeviceTwin, names: list[str], tenants: int, rate: float, horizon_
     return "\n".join(lines)
 
 
+PAPER_MODELS = ("mobilenet_v2", "inception_v4", "ssd_mobilenet_v1", "ssd_mobilenet_v2", "cnn-trad-fpool3")
+
+
+def device_table() -> str:
+    """Each twin's modelled figures for the paper's five models, as a Markdown table."""
+    rows = [
+        "| device | model | service ms (source) | inf/s | energy mJ/inf | inf/s per USD | tenants that fit |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for profile in TWIN_PROFILES:
+        twin = get_twin(profile)
+        for name in PAPER_MODELS:
+            m = twin.model(name)
+            s = twin.service(m)
+            rows.append(
+                f"| {profile} | {name} | {s.ms:.1f} ({s.source}) | {1000 / s.ms:.1f} | {twin.energy_mj(m):.1f} | "
+                f"{twin.inferences_per_s_per_usd(m):.3f} | {twin.admitted_limit([m])} |"
+            )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.table:
+        print(device_table())
+        return 0
+    if not (args.profile and args.models and args.rate):
+        parser.error("--profile, --models and --rate are required (or --table)")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     try:
         twin = get_twin(args.profile, args.link)

@@ -144,6 +144,17 @@ def validation_rows(quick: bool = False) -> list[Row]:
     return [*edgetpu_fcfs(), *trt_ps(), *edgetpu_queueing(horizon, seeds)]
 
 
+def crosscheck_rows() -> list[tuple[str, str, str, float, str, float]]:
+    """(profile, model, link, the twin's time, its source, the other rig's published time)."""
+    out = []
+    for r in twin.SERVICE_ROWS:
+        if r["role"] == "crosscheck":
+            t = get_twin(r["profile"], r["link"] or None)
+            s = t.service(t.model(r["model"]))
+            out.append((r["profile"], r["model"], r["link"], s.ms, s.source, float(r["service_ms"])))
+    return out
+
+
 def fit_rows() -> list[tuple[str, str, float, int]]:
     return twin.describe_fits()
 
@@ -160,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     print("FIT SET (single-model rows; the largest relative error of each fit on its own rows)")
     for what, formula, err, n in fit_rows():
         print(f"  {what:<40} {formula:<45} max |err| {100 * err:5.1f}%  ({n} rows)")
+    print("\nCROSS-CHECK (the same model timed on another rig; not fitted, not a concurrent run)")
+    for profile, model, link, twin_ms, source, other in crosscheck_rows():
+        print(
+            f"  {profile} {link} {model:<22} twin {twin_ms:7.2f} ms ({source})  other rig {other:7.2f} ms  "
+            f"{_pct((twin_ms - other) / other)}"
+        )
     rows = validation_rows(args.quick)
     print("\nVALIDATION SET (concurrent runs the fit never saw): predicted vs published mean response time")
     if args.markdown:
