@@ -96,3 +96,14 @@ def test_plan_prints_the_limit_throughput_and_switch_share(capsys: pytest.Captur
     assert "% of device time)" in out and "switches 0 " not in out
     assert plan.main(["--profile", "ncs2", "--models", "no-such-model", "--rate", "1"]) == 2
     assert "not in the twin's tables" in capsys.readouterr().err
+
+
+def test_microbench_modelled_rows_are_labelled_and_positive() -> None:
+    from experiments.microbench import modelled_rows
+
+    rows = modelled_rows()
+    assert len(rows) == 25  # five twins x the paper's five models
+    for device, _model, service, rate, mj, per_w, per_usd, _source in rows:
+        assert device.endswith(": MODELLED")
+        assert service.split(" (")[1].rstrip(")") in ("published", "fitted", "scaled")
+        assert min(float(rate), float(mj), float(per_w), float(per_usd)) > 0
