@@ -52,6 +52,7 @@ class Resident:
     last_used: float = 0.0
     warm_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WARM_WINDOW))
     twin: TwinModel | None = None  # what the device twin takes this model for (twin timing)
+    file_bytes: int = 0  # the model file's size, for a twin that must estimate the model from it
 
     def warm_median_ms(self) -> float | None:
         return statistics.median(self.warm_ms) if self.warm_ms else None
@@ -142,7 +143,8 @@ class Executor:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         model = await loop.run_in_executor(None, rt.load, path)
-        return Resident(name=name, runtime=runtime, model=model), (time.perf_counter() - t0) * 1e3
+        elapsed = (time.perf_counter() - t0) * 1e3
+        return Resident(name=name, runtime=runtime, model=model, file_bytes=path.stat().st_size), elapsed
 
     def install(self, resident: Resident) -> Resident | None:
         """Make ``resident`` the model served under its name; returns the one it replaces, which
@@ -185,7 +187,7 @@ class Executor:
     def _hold(self, twin: DeviceTwin, resident: Resident, previous: str | None, held_from: float) -> TwinHold:
         """Keep the slot until the twin's modelled time since ``held_from`` has passed."""
         if resident.twin is None:
-            size = resident.path.stat().st_size if resident.path is not None else resident.size
+            size = resident.file_bytes or (resident.path.stat().st_size if resident.path is not None else resident.size)
             resident.twin = twin.model(resident.name, size)
         service = twin.service(resident.twin)
         switch = twin.switch_ms(resident.twin, None) if previous != resident.name else 0.0

@@ -121,3 +121,37 @@ def test_daemon_and_simulator_agree_on_a_burst(tmp_path: Path, endpoint: str, sm
     assert makespan_ms >= simulated_ms
     # The last request waited for all the others: its response is the simulated makespan or more.
     assert float(timings[-1]["total_ms"]) >= simulated_ms - float(timings[0]["queue_ms"]) - 1e-6  # type: ignore[arg-type]
+
+
+def test_unknown_models_are_estimated_and_slots_share_one_modelled_device(
+    tmp_path: Path, endpoint: str, small_models: dict[str, Path]
+) -> None:
+    """Under a profile with several slots the modelled device still runs one inference at a time:
+    a burst from two tenants takes at least the sum of the modelled times. A model the twin's
+    tables do not know is estimated from its file size, and says so."""
+    policy = Policy(profile="jetson-nano", slots=2, threads_per_model=1)
+
+    async def burst() -> tuple[list[dict[str, object]], float]:
+        async with (
+            AsyncTenantClient(endpoint, tenant="a") as a,
+            AsyncTenantClient(endpoint, tenant="b") as b,
+        ):
+            await a.submit_model(small_models["mobilenet_v2"], "my-classifier")
+            await b.submit_model(small_models["ssd_mobilenet_v2"], "ssd_mobilenet_v2")
+            t0 = time.perf_counter()
+            calls = [a.infer_detailed("my-classifier", X) for _ in range(4)]
+            calls += [b.infer_detailed("ssd_mobilenet_v2", X) for _ in range(4)]
+            results = await asyncio.gather(*calls)
+            return [r.timings for r in results], (time.perf_counter() - t0) * 1e3
+
+    with daemon_in_thread(tmp_path / "state", endpoint, policy, timing="twin"):
+        timings, makespan_ms = asyncio.run(burst())
+    mine, theirs = timings[:4], timings[4:]
+    assert {t["twin_source"] for t in mine} == {"estimated"}
+    assert {t["twin_source"] for t in theirs} == {"published"}
+    assert all(float(t["twin_ms"]) == pytest.approx(72.3) for t in theirs)  # type: ignore[arg-type]
+    assert all(float(t["twin_switch_ms"]) == 0.0 for t in timings)  # type: ignore[arg-type]
+    modelled = sum(float(t["twin_ms"]) for t in timings)  # type: ignore[arg-type]
+    assert all(0 < float(t["twin_ms"]) <= float(t["device_ms"]) for t in timings)  # type: ignore[arg-type]
+    assert makespan_ms >= modelled  # two slots, but one modelled device
+    assert makespan_ms < modelled + 4 * SLACK_MS
