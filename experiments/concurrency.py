@@ -540,15 +540,19 @@ def step_settings(settings: Settings, round_s: float) -> Settings:
     )
 
 
-def switch_share(step: dict[str, Any], timing: str) -> float:
+def switch_share(step: dict[str, Any], timing: str) -> float | None:
     """The share of a step's window spent switching: every switch's modelled cost under twin
     timing; under CPU timing only reloading switches (between resident models the logged overhead
-    is this CPU's noise of either sign). Never negative: a negative figure is a measurement error."""
+    is this CPU's noise of either sign). A share cannot be negative: a negative figure means the
+    host disturbed the measurement, so it is None (shown as "disturbed"), never a result."""
     share = step.get("switch_overhead_share") if timing == "twin" else step.get("reload_overhead_share")
     value = float(share or 0.0)
-    if value < 0:
-        raise ExperimentError(f"negative switch overhead share {value} in step {step.get('step')}: not a result")
-    return value
+    return None if value < 0 else value
+
+
+def _pct_share(step: dict[str, Any], timing: str) -> str:
+    share = switch_share(step, timing)
+    return "disturbed" if share is None else f"{100 * share:.1f}%"
 
 
 def run_one(
@@ -800,7 +804,8 @@ def plot(out: Path, outcomes: Sequence[RunOutcome], timing: str = "cpu") -> list
     for o in outcomes:
         steps = loaded_steps(o)
         x = [s["tenants"] for s in steps]
-        ax1.plot(x, [100 * switch_share(s, timing) for s in steps], marker="o", label=o.spec.name)
+        shares = [switch_share(s, timing) for s in steps]  # a disturbed step is a gap, not a point
+        ax1.plot(x, [float("nan") if v is None else 100 * v for v in shares], marker="o", label=o.spec.name)
         ax2.plot(x, [s["switches_per_s"] for s in steps], marker="o", label=o.spec.name)
     if timing == "twin":
         ax1.set(
@@ -875,7 +880,7 @@ def summary_rows(outcomes: Sequence[RunOutcome], timing: str = "cpu") -> list[li
                 fmt(first.get("p99_ms")),
                 fmt(last.get("p99_ms")),
                 fmt(last.get("switches_per_s"), "{:.0f}"),
-                fmt(None if not last else 100 * switch_share(last, timing), "{:.1f}%"),
+                _pct_share(last, timing) if last else "-",
                 f"{fmt((stop.get('memory_used_bytes') or 0) / MiB, '{:.0f}')}/"
                 f"{fmt((stop.get('memory_budget_bytes') or 0) / MiB, '{:.0f}')}",
                 f"{fmt(last.get('client_cpu_cores'))}/{fmt(last.get('daemon_cpu_cores'))}",
@@ -926,17 +931,17 @@ def profile_paragraph(o: RunOutcome, settings: Settings) -> str:
     if last.get("switches"):
         parts.append(
             f"At {last['tenants']} tenants: {last['switches_per_s']:.0f} switches/s, {last['reloads']} reloads in "
-            f"the window; switching took {100 * switch_share(last, settings.timing):.1f}% of the window."
+            f"the window; switching took {_pct_share(last, settings.timing)} of the window."
         )
     parts.append(f"The paper: {PAPER_SAYS.get(o.spec.profile, 'no statement')}.")
-    shares = [100 * switch_share(s, settings.timing) for s in loaded]
+    shares = [_pct_share(s, settings.timing) for s in loaded]
     if stop["refused"] and stop["refusal_code"] == "ADMISSION_DENIED":
         parts.append("Here too the curve ends at the memory bound, with the shortfall stated.")
     elif stop["overcommit"] == "swap" and len(shares) > 1:
         parts.append(
             f"Here too admission never refused, and the share of the window spent on "
             f"{'switches' if settings.timing == 'twin' else 'reloading switches'} went from "
-            f"{shares[1]:.1f}% at 2 tenants to {shares[-1]:.1f}% at {last['tenants']}."
+            f"{shares[1]} at 2 tenants to {shares[-1]} at {last['tenants']}."
         )
     return " ".join(parts)
 

@@ -107,3 +107,14 @@ def test_microbench_modelled_rows_are_labelled_and_positive() -> None:
         assert device.endswith(": MODELLED")
         assert service.split(" (")[1].rstrip(")") in ("published", "fitted", "scaled")
         assert min(float(rate), float(mj), float(per_w), float(per_usd)) > 0
+
+
+def test_concurrency_switch_share_is_never_printed_negative() -> None:
+    from experiments.concurrency import _pct_share, switch_share
+
+    # Under twin timing every switch's modelled cost counts; under CPU timing only reloads'.
+    step = {"switch_overhead_share": 0.25, "reload_overhead_share": 0.1}
+    assert switch_share(step, "twin") == 0.25 and switch_share(step, "cpu") == 0.1
+    # A negative share (the host disturbed the measurement) is flagged, not a result.
+    assert switch_share({"reload_overhead_share": -2.386}, "cpu") is None
+    assert _pct_share({"reload_overhead_share": -2.386}, "cpu") == "disturbed"
