@@ -113,7 +113,7 @@ class Executor:
     def __init__(self, device: str, slots: int, threads_per_model: int, twin: DeviceTwin | None = None) -> None:
         self.device = device
         self.twin = twin
-        self.twin_cpu_slower = 0  # runs the host took longer over than the modelled device
+        self.twin_cpu_slower = 0  # runs on which this host took longer than the modelled device
         self._twin_device = threading.Lock()
         self._twin_last: str | None = None  # the model the twin device ran last (under the lock)
         self.threads_per_model = threads_per_model
