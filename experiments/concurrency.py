@@ -58,7 +58,7 @@ import time
 import tomllib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,7 @@ from experiments.harness import (
 )
 from tenantclient import AsyncTenantClient, TenantClient, TenantError, errors
 from tenantd.devices.profiles import PROFILES, MemoryModel
+from tenantd.devices.twin import get_twin
 
 MiB = 2**20
 EXPERIMENT = "concurrency"
@@ -156,6 +157,7 @@ class Settings:
     live_host: bool
     out: Path
     resume: bool
+    timing: str = "twin"  # the daemon's --timing: device time from the profile's twin, or this CPU's
 
     def step_limit(self, spec: RunSpec) -> int:
         swaps = PROFILES[spec.profile].memory_model is MemoryModel.CACHE
@@ -402,7 +404,7 @@ STEP_COLUMNS = [
     "tenant_p50_median_ms", "tenant_p99_max_ms", "switches", "switches_per_s", "reloads", "switch_overhead_ms",
     "reload_overhead_ms", "reload_overhead_share", "memory_used_bytes", "memory_budget_bytes", "memory_free_bytes",
     "capacity_bytes", "host_other_bytes", "loaded_bytes", "errors", "client_cpu_cores", "daemon_cpu_cores",
-    "step_wall_s",
+    "step_wall_s", "switch_overhead_share", "twin_cpu_slower", "step_s", "warmup_s",
 ]  # fmt: skip
 TENANT_COLUMNS = ["run", "step", "tenant", "models", "requests", "throughput_per_s", "p50_ms", "p99_ms", "switches"]
 
@@ -517,11 +519,51 @@ def _switch_overhead(operator: TenantClient, window: tuple[float, float]) -> tup
     return total, reloads, full
 
 
+STEP_ROUNDS = 3  # under twin timing a step's window holds at least this many rounds of every tenant's turn
+
+
+def twin_turn_s(spec: RunSpec, settings: Settings, entry: MixEntry) -> float:
+    """One turn of ``entry``'s model on the profile's twin: its service plus a switch-in (an upper
+    bound: under round-robin with several models nearly every turn switches)."""
+    twin = get_twin(spec.profile)
+    size = standin_bytes(entry, spec.profile, settings.scale) if entry.path is None else Path(entry.path).stat().st_size
+    model = twin.model(entry.name, size)
+    return (twin.service(model).ms + twin.switch_ms(model, None)) / 1e3
+
+
+def step_settings(settings: Settings, round_s: float) -> Settings:
+    """A step's timing: ``--step-s`` and ``--warmup-s``, or under twin timing at least STEP_ROUNDS
+    rounds of all admitted tenants' turns (``round_s``) measured, after one round of warm-up, so
+    every tenant is served in every step however slow the modelled device is."""
+    if settings.timing != "twin":
+        return settings
+    return replace(
+        settings, step_s=max(settings.step_s, STEP_ROUNDS * round_s), warmup_s=max(settings.warmup_s, round_s)
+    )
+
+
+def switch_share(step: dict[str, Any], timing: str) -> float | None:
+    """The share of a step's window spent switching: every switch's modelled cost under twin
+    timing; under CPU timing only reloading switches (between resident models the logged overhead
+    is this CPU's noise of either sign). A share cannot be negative: a negative figure means the
+    host disturbed the measurement, so it is None (shown as "disturbed"), never a result."""
+    share = step.get("switch_overhead_share") if timing == "twin" else step.get("reload_overhead_share")
+    value = float(share or 0.0)
+    return None if value < 0 else value
+
+
+def _pct_share(step: dict[str, Any], timing: str) -> str:
+    share = switch_share(step, timing)
+    return "disturbed" if share is None else f"{100 * share:.1f}%"
+
+
 def run_one(
     spec: RunSpec, settings: Settings, endpoint: str, generator: LoadGenerator, bar: tqdm[Any], prefix: str
 ) -> RunOutcome:
     """Add tenants one at a time against the daemon at ``endpoint``; one row per step."""
     outcome = RunOutcome(spec)
+    round_s = 0.0  # twin timing: one round of every admitted tenant's turn
+    run_settings = settings
     with TenantClient(endpoint, timeout=REQUEST_TIMEOUT_S) as operator:
         status = operator.status()
         memory = status["memory"]
@@ -600,6 +642,10 @@ def run_one(
                     )
             if admitted:
                 assignments.append(Assignment(tenant, tuple(admitted)))
+                if settings.timing == "twin":
+                    round_s += sum(twin_turn_s(spec, run_settings, e) for e in entries[: len(admitted)])
+            settings = step_settings(run_settings, round_s)
+            row_timing = {"step_s": settings.step_s, "warmup_s": settings.warmup_s}
             row: dict[str, Any] = {
                 "run": spec.name, "profile": profile_name, "discipline": spec.discipline, "overcommit": overcommit,
                 "step": step, "tenants": len(assignments), "refused": refusal is not None,
@@ -621,6 +667,7 @@ def run_one(
             row.update(_status_memory(operator.status()))
             bar.set_postfix_str(f"{spec.name}: {len(assignments)} tenants under load")
             cpu0 = _daemon_cpu_s(pid)
+            slower0 = operator.status()["residency"].get("twin_cpu_slower", 0)
             load = generator.drive(
                 endpoint, assignments, warmup_s=settings.warmup_s, step_s=settings.step_s,
                 in_flight=settings.in_flight, seed=settings.seed + step,
@@ -632,6 +679,12 @@ def run_one(
             row["switch_overhead_ms"] = overhead_ms
             row["reload_overhead_ms"] = reload_ms
             row["reload_overhead_share"] = reload_ms / 1e3 / settings.step_s
+            # Under twin timing every switch costs the device its modelled time, reload or not.
+            row["switch_overhead_share"] = overhead_ms / 1e3 / settings.step_s
+            slower = operator.status()["residency"].get("twin_cpu_slower", 0) - slower0
+            row["twin_cpu_slower"] = slower
+            if slower:  # the host, not the twin, set some runs' time: flagged, not passed off as the device's
+                row["errors"] = (row["errors"] + " " if row["errors"] else "") + f"host-slower-than-twin:{slower}"
             if truncated:
                 row["errors"] = (row["errors"] + " " if row["errors"] else "") + "switch-events-truncated"
             # The daemon's CPU over the drive (warm-up included), per second: its load, beside the generator's.
@@ -640,6 +693,7 @@ def run_one(
             after = _status_memory(operator.status())  # what the load left loaded (swapping)
             row.update(models_resident=after["models_resident"], loaded_bytes=after["loaded_bytes"])
             row["step_wall_s"] = time.monotonic() - t_step
+            row.update(row_timing)
             outcome.steps.append(row)
             outcome.tenant_rows += [{"run": spec.name, "step": step, **t} for t in tenant_rows]
             bar.update(1)
@@ -721,7 +775,7 @@ def loaded_steps(outcome: RunOutcome) -> list[dict[str, Any]]:
     return [s for s in outcome.steps if not s["refused"]]
 
 
-def plot(out: Path, outcomes: Sequence[RunOutcome]) -> list[Path]:
+def plot(out: Path, outcomes: Sequence[RunOutcome], timing: str = "cpu") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -752,12 +806,19 @@ def plot(out: Path, outcomes: Sequence[RunOutcome]) -> list[Path]:
     for o in outcomes:
         steps = loaded_steps(o)
         x = [s["tenants"] for s in steps]
-        ax1.plot(x, [100 * (s["reload_overhead_share"] or 0.0) for s in steps], marker="o", label=o.spec.name)
+        shares = [switch_share(s, timing) for s in steps]  # a disturbed step is a gap, not a point
+        ax1.plot(x, [float("nan") if v is None else 100 * v for v in shares], marker="o", label=o.spec.name)
         ax2.plot(x, [s["switches_per_s"] for s in steps], marker="o", label=o.spec.name)
-    ax1.set(
-        xlabel="tenants admitted", ylabel="overhead of reloading switches, % of the window",
-        title="Total switch overhead (load + first run - warm median)",
-    )  # fmt: skip
+    if timing == "twin":
+        ax1.set(
+            xlabel="tenants admitted", ylabel="switch time, % of device time (modelled)",
+            title="Switch overhead: the twin's modelled switch costs",
+        )  # fmt: skip
+    else:
+        ax1.set(
+            xlabel="tenants admitted", ylabel="overhead of reloading switches, % of the window",
+            title="Total switch overhead (load + first run - warm median)",
+        )  # fmt: skip
     ax2.set(xlabel="tenants admitted", ylabel="switches/s", title="Switches")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
@@ -802,7 +863,7 @@ SUMMARY_HEADERS = [
 ]  # fmt: skip
 
 
-def summary_rows(outcomes: Sequence[RunOutcome]) -> list[list[str]]:
+def summary_rows(outcomes: Sequence[RunOutcome], timing: str = "cpu") -> list[list[str]]:
     rows = []
     for o in outcomes:
         loaded = loaded_steps(o)
@@ -821,7 +882,7 @@ def summary_rows(outcomes: Sequence[RunOutcome]) -> list[list[str]]:
                 fmt(first.get("p99_ms")),
                 fmt(last.get("p99_ms")),
                 fmt(last.get("switches_per_s"), "{:.0f}"),
-                fmt(None if not last else 100 * (last.get("reload_overhead_share") or 0.0), "{:.1f}%"),
+                _pct_share(last, timing) if last else "-",
                 f"{fmt((stop.get('memory_used_bytes') or 0) / MiB, '{:.0f}')}/"
                 f"{fmt((stop.get('memory_budget_bytes') or 0) / MiB, '{:.0f}')}",
                 f"{fmt(last.get('client_cpu_cores'))}/{fmt(last.get('daemon_cpu_cores'))}",
@@ -872,16 +933,17 @@ def profile_paragraph(o: RunOutcome, settings: Settings) -> str:
     if last.get("switches"):
         parts.append(
             f"At {last['tenants']} tenants: {last['switches_per_s']:.0f} switches/s, {last['reloads']} reloads in "
-            f"the window, whose overhead took {100 * (last['reload_overhead_share'] or 0):.1f}% of the window."
+            f"the window; switching took {_pct_share(last, settings.timing)} of the window."
         )
     parts.append(f"The paper: {PAPER_SAYS.get(o.spec.profile, 'no statement')}.")
-    shares = [100 * (s.get("reload_overhead_share") or 0.0) for s in loaded]
+    shares = [_pct_share(s, settings.timing) for s in loaded]
     if stop["refused"] and stop["refusal_code"] == "ADMISSION_DENIED":
         parts.append("Here too the curve ends at the memory bound, with the shortfall stated.")
     elif stop["overcommit"] == "swap" and len(shares) > 1:
         parts.append(
-            f"Here too admission never refused, and the share of the window spent on reloading switches went from "
-            f"{shares[1]:.1f}% at 2 tenants to {shares[-1]:.1f}% at {last['tenants']}."
+            f"Here too admission never refused, and the share of the window spent on "
+            f"{'switches' if settings.timing == 'twin' else 'reloading switches'} went from "
+            f"{shares[1]} at 2 tenants to {shares[-1]} at {last['tenants']}."
         )
     return " ".join(parts)
 
@@ -907,8 +969,23 @@ def report(
         f"{machine['cpu_model']}, {machine['usable_cores']} cores, {machine['memory_bytes'] / 2**30:.1f} GiB, "
         f"load average at start {', '.join(f'{v:.1f}' for v in machine['loadavg_at_start'])}. Seed {settings.seed}; "
         f"scale {settings.scale:g}; {settings.clients} load-generator processes, {settings.in_flight} request(s) in "
-        f"flight per tenant, {settings.warmup_s:g} s warm-up + {settings.step_s:g} s per step. Every profile is "
-        "**emulated on this CPU** (LiteRT); nothing here ran on the device it names.",
+        f"flight per tenant, {settings.warmup_s:g} s warm-up + {settings.step_s:g} s per step"
+        + (
+            f" (under twin timing longer where the modelled device is slow: one round of every admitted tenant's "
+            f"turn as warm-up and {STEP_ROUNDS} rounds measured; each step's `step_s` is in the CSV)"
+            if settings.timing == "twin"
+            else ""
+        )
+        + ". Every profile is **emulated on this CPU** (LiteRT); nothing here ran on the device it names. "
+        + (
+            "Timing: **twin** (`tenantd serve --timing twin`): outputs are computed here, and each request holds "
+            "the device for the profile's calibrated twin's modelled time (service + switch; `tenantd/devices/"
+            "twin.py`, validated in `python -m experiments.validate_twins`), so throughput, latency and switch "
+            "overhead are **modelled device time**; a step in which this host was slower than the modelled device "
+            "says so in `errors` (`host-slower-than-twin:N`)."
+            if settings.timing == "twin"
+            else "Timing: **cpu**: every time is this CPU's."
+        ),
         "",
         "Model mix (tenant i gets the next model in this cycle): "
         + "; ".join(m.describe(settings.profiles[0], settings.scale) for m in settings.mix)
@@ -916,12 +993,18 @@ def report(
         "",
         "## Summary",
         "",
-        markdown_table(SUMMARY_HEADERS, summary_rows(outcomes)),
+        markdown_table(SUMMARY_HEADERS, summary_rows(outcomes, settings.timing)),
         "",
-        "`@1`: one tenant; `@max`: the last step under load; `switch ovh`: the daemon's logged overhead of the "
-        "switches that reloaded a model (load + first inference - warm median), summed over the window, as a "
-        "share of it (switches between resident models reload nothing; the CSV keeps their logged overhead, "
-        "which is noise of either sign here, in `switch_overhead_ms`); CPU in cores.",
+        (
+            "`@1`: one tenant; `@max`: the last step under load; `switch ovh`: the twin's modelled cost of every "
+            "switch in the window (EdgeTPU: the parameter streaming ibis measured; zero on devices that keep every "
+            "model loaded), as a share of the window; CPU in cores."
+            if settings.timing == "twin"
+            else "`@1`: one tenant; `@max`: the last step under load; `switch ovh`: the daemon's logged overhead of "
+            "the switches that reloaded a model (load + first inference - warm median), summed over the window, as "
+            "a share of it (switches between resident models reload nothing; the CSV keeps their logged overhead, "
+            "which is noise of either sign here, in `switch_overhead_ms`); CPU in cores."
+        ),
         "",
         "## Per profile, beside the paper",
         "",
@@ -958,13 +1041,27 @@ def report(
         "then refuse with the shortfall) is what is shown.",
         "- Shared profiles: the models get the device's DRAM minus the reserve (standing for its OS); a real "
         "Jetson also loses ~0.8 GB per process to CUDA/cuDNN/TensorRT (NVIDIA forum; TensorRT#2217), not modelled.",
-        "- Throughput and latency are this CPU's (a few cores, shared by the daemon and the load generator), not "
-        "an accelerator's; only their *shape* against the number of tenants carries over: one device serves "
-        "requests serially per slot, so the aggregate stays roughly flat while per-tenant latency grows with "
-        "the number of tenants.",
-        "- EdgeTPU: a switch here is a real unload and reload of a LiteRT interpreter on the CPU, so its cost is "
-        "the CPU's, not the EdgeTPU's parameter streaming (10-15 ms per switch reported for the real device, "
-        "umassos/ibis); the growth of switches with tenants, and the discipline's effect on it, carry over.",
+        *(
+            [
+                "- Throughput and latency are the twins' modelled device time (published service times, or fitted "
+                "from MACs where none was published: see each model's `twin_source` in the daemon's replies); the "
+                "modelled device runs one inference at a time, so a Jetson's processor sharing shows its "
+                "throughput, not its latency spread (`python -m experiments.plan` models that).",
+                "- EdgeTPU: a switch costs the twin's modelled parameter streaming (ibis: 10.4 ms for MobileNetV2, "
+                "19.4 ms for Inception V4 over USB 3); the CPU's own reload is inside that time.",
+            ]
+            if settings.timing == "twin"
+            else [
+                "- Throughput and latency are this CPU's (a few cores, shared by the daemon and the load generator), "
+                "not an accelerator's; only their *shape* against the number of tenants carries over: one device "
+                "serves requests serially per slot, so the aggregate stays roughly flat while per-tenant latency "
+                "grows with the number of tenants.",
+                "- EdgeTPU: a switch here is a real unload and reload of a LiteRT interpreter on the CPU, so its cost "
+                "is the CPU's, not the EdgeTPU's parameter streaming (10-15 ms per switch reported for the real "
+                "device, umassos/ibis); the growth of switches with tenants, and the discipline's effect on it, "
+                "carry over.",
+            ]
+        ),
         "- The aggregate throughput mixes the models: with one tenant it is the small model's alone; from two "
         "tenants on, every tenant waits its turn behind the large ones, so the aggregate falls to the large "
         "model's rate and stays about flat while p99 grows with the number of tenants in the queue.",
@@ -1035,6 +1132,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="shared profiles: set the capacity from this host's use once, then let the budget follow it live "
         "(default: re-anchor before each tenant, so other processes on this machine do not move the bound)",
     )  # fmt: skip
+    parser.add_argument(
+        "--timing", choices=["twin", "cpu"], default="twin",
+        help="twin (default): the daemon holds the device for each profile's calibrated twin's modelled time "
+        "(tenantd serve --timing twin), so throughput, latency and switch overhead are device-shaped; cpu: this "
+        "host's own compute times, as before",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the stand-ins' weights and inputs (default 0)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--resume", action="store_true", help="keep finished runs of the same command line in --out")
@@ -1075,6 +1178,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         live_host=args.live_host,
         out=args.out,
         resume=args.resume,
+        timing=args.timing,
     )
 
 
@@ -1119,7 +1223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         outcome = run_one(spec, settings, settings.endpoint, generator, bar, f"cx{settings.seed}-")
                     else:
                         with tempfile.TemporaryDirectory(prefix=f"tenantd-cx-{spec.name}-") as tmp:
-                            with daemon_process(Path(tmp), toml_text(base_policy(spec, settings))) as endpoint:
+                            policy_text = toml_text(base_policy(spec, settings))
+                            timing = ["--timing", settings.timing]
+                            with daemon_process(Path(tmp), policy_text, timing) as endpoint:
                                 outcome = run_one(spec, settings, endpoint, generator, bar, "")
                     bar.update(settings.step_limit(spec) - len(outcome.steps))  # runs that stopped early
                     outcome_context = {**context, "finished": now_iso()}
@@ -1130,7 +1236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             generator.close()
         context["finished"] = now_iso()
         write_json(settings.out / "run.json", {"experiment": EXPERIMENT, "parameters": parameters, **context})
-        plot(settings.out, outcomes)
+        plot(settings.out, outcomes, settings.timing)
         report(settings.out, outcomes, settings, context, argv)
     except ExperimentError as exc:
         print(f"concurrency: error: {exc}", file=sys.stderr)
@@ -1138,7 +1244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TenantError as exc:
         print(f"concurrency: the daemon refused a request the experiment needs: {exc}", file=sys.stderr)
         return 1
-    print(plain_table(SUMMARY_HEADERS, summary_rows(outcomes)))
+    print(plain_table(SUMMARY_HEADERS, summary_rows(outcomes, settings.timing)))
     print(f"\nwrote CSV, JSON, plots and report.md to {settings.out}")
     return 0
 

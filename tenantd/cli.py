@@ -94,6 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
                 policy_file_optional=optional,
                 http=args.http,
                 grpc=args.grpc,
+                timing=args.timing,
             )
         )
         daemon.install_signal_handlers()
@@ -104,7 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
             doors = "".join(f" {n}={d.bound}" for n, d in (("http", daemon.http), ("grpc", daemon.grpc)) if d)
             print(
                 f"tenantd ready endpoint={endpoint} device={args.device}{auto} profile={daemon.profile.name}"
-                f"{emulated} slots={daemon.info.slots}{metrics}{doors}",
+                f"{emulated} slots={daemon.info.slots} timing={args.timing}{metrics}{doors}",
                 flush=True,
             )
 
@@ -302,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         help="device profile whose memory model and budget admission enforces (default: the device's own); "
         f"running one device under another's profile emulates it. Known: {', '.join(PROFILES)}",
+    )
+    serve.add_argument(
+        "--timing",
+        choices=["cpu", "twin"],
+        default="cpu",
+        help="how long a request holds the device: 'cpu' (this host's compute, the default) or 'twin' (the emulated "
+        "profile's calibrated device twin: outputs are computed here, the slot is held for the modelled service "
+        "time, plus the switch when the model changes; runs the host was slower than the device are counted in "
+        "status as twin_cpu_slower). Twins: edgetpu, ncs2, jetson-nano, jetson-tx2, rpi3",
     )
     serve.set_defaults(func=_serve)
     devices = commands.add_parser(

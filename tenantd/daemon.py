@@ -29,6 +29,7 @@ from tenantd.config import ConfigError, Policy, PolicyInForce, usable_cores
 from tenantd.devicehealth import DeviceHealth
 from tenantd.devices import MemoryModel, get_profile
 from tenantd.devices.detect import DeviceNameError, check_attached, check_device_name, default_profile, detect
+from tenantd.devices.twin import DeviceTwin, TwinUnavailable, get_twin
 from tenantd.events import Event, EventLog
 from tenantd.executor import Executor
 from tenantd.frontdoors.grpc import GrpcFrontDoor
@@ -67,6 +68,20 @@ class ServeConfig:
     # KServe v2 front doors, HOST:PORT (override the policy's http_listen / grpc_listen).
     http: str | None = None
     grpc: str | None = None
+    # "cpu": a request holds its slot for this host's compute; "twin": for the emulated device's
+    # modelled time (tenantd/devices/twin.py), outputs still computed here.
+    timing: str = "cpu"
+
+
+def device_twin(timing: str, profile: str) -> DeviceTwin | None:
+    if timing == "cpu":
+        return None
+    if timing != "twin":
+        raise ConfigError(f"timing must be 'cpu' or 'twin', not {timing!r}")
+    try:
+        return get_twin(profile)
+    except TwinUnavailable as exc:
+        raise ConfigError(f"--timing twin: {exc}") from None
 
 
 class Daemon:
@@ -119,7 +134,7 @@ class Daemon:
         self.catalog = Catalog()
         self.metrics = Metrics(self.catalog, self.policy)
         self.metrics_server = None if metrics_listen is None else MetricsServer(self.metrics, *metrics_listen)
-        self.executor = Executor(config.device, slots, threads)
+        self.executor = Executor(config.device, slots, threads, device_twin(config.timing, profile.name))
         memory = Admission(profile, capacity_bytes=policy.capacity_bytes, reserve_bytes=policy.reserve_bytes)
         self.admission = AdmissionControl(memory, self.catalog, self.events, self.policy, self.device_context)
         self.residency = Residency(self.executor, memory, profile, swap, self.events)

@@ -10,12 +10,21 @@ slot, as the devices it models run one model at a time.
 
 Inference is a blocking call into native code that releases the GIL; it runs on the scheduler's
 slot threads. Loads at submission run on the event loop's default thread pool.
+
+Twin timing (``--timing twin``, :mod:`tenantd.devices.twin`): outputs are still computed here, but a
+slot is held for the emulated device's modelled time (service, plus the switch-in when the device
+last ran another model, or nothing yet): after the real reload and compute, the slot sleeps the
+remainder. The modelled device runs one inference at a time across all slots (first come first
+served; for a Jetson, whose GPU time-slices processes, that keeps its throughput but not its
+processor-sharing latencies, which ``experiments/plan.py`` models). A run whose real work took
+longer than the modelled time is counted and flagged: the host, not the device model, set its time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tenantd.devices.twin import DeviceTwin, TwinModel
 from tenantd.runtimes import LoadedModel, Runtime, get_runtime_class
 
 WARM_WINDOW = 64
@@ -41,6 +51,8 @@ class Resident:
     runtime_overhead: int = 0  # the runtime library's cost, charged with the first model loaded
     last_used: float = 0.0
     warm_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WARM_WINDOW))
+    twin: TwinModel | None = None  # what the device twin takes this model for (twin timing)
+    file_bytes: int = 0  # the model file's size, for a twin that must estimate the model from it
 
     def warm_median_ms(self) -> float | None:
         return statistics.median(self.warm_ms) if self.warm_ms else None
@@ -65,19 +77,45 @@ class Reload:
 
 
 @dataclass(frozen=True)
+class TwinHold:
+    modelled_ms: float  # the twin's service + switch-in
+    switch_ms: float
+    held_ms: float  # how long the slot was held, measured: >= modelled_ms unless cpu_slower
+    source: str  # published | fitted | scaled | estimated
+    cpu_slower: bool  # this host's reload + compute took longer than the modelled device
+
+
+@dataclass(frozen=True)
 class RunResult:
     outputs: list[np.ndarray]
     compute_ms: float
     previous: str | None  # model that ran last on this slot
     reload: Reload | None = None  # the model had to be loaded first (swapping)
+    twin: TwinHold | None = None  # twin timing: what the slot was held for
 
     def switched(self, model: str) -> bool:
         return self.previous is not None and self.previous != model
 
+    def twin_timings(self) -> dict[str, object]:
+        if self.twin is None:
+            return {}
+        t = self.twin
+        return {
+            "device_ms": round(t.held_ms, 4),
+            "twin_ms": round(t.modelled_ms, 4),
+            "twin_switch_ms": round(t.switch_ms, 4),
+            "twin_source": t.source,
+            "twin_cpu_slower": t.cpu_slower,
+        }
+
 
 class Executor:
-    def __init__(self, device: str, slots: int, threads_per_model: int) -> None:
+    def __init__(self, device: str, slots: int, threads_per_model: int, twin: DeviceTwin | None = None) -> None:
         self.device = device
+        self.twin = twin
+        self.twin_cpu_slower = 0  # runs on which this host took longer than the modelled device
+        self._twin_device = threading.Lock()
+        self._twin_last: str | None = None  # the model the twin device ran last (under the lock)
         self.threads_per_model = threads_per_model
         self._runtimes: dict[str, Runtime] = {}
         self.resident: dict[str, Resident] = {}
@@ -105,7 +143,8 @@ class Executor:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         model = await loop.run_in_executor(None, rt.load, path)
-        return Resident(name=name, runtime=runtime, model=model), (time.perf_counter() - t0) * 1e3
+        elapsed = (time.perf_counter() - t0) * 1e3
+        return Resident(name=name, runtime=runtime, model=model, file_bytes=path.stat().st_size), elapsed
 
     def install(self, resident: Resident) -> Resident | None:
         """Make ``resident`` the model served under its name; returns the one it replaces, which
@@ -121,16 +160,46 @@ class Executor:
     def run(self, resident: Resident, inputs: list[np.ndarray], slot: int) -> RunResult:
         """Run one inference on the calling slot thread, reloading the model first if it was
         swapped out. Raises RuntimeFailure."""
+        if self.twin is None:
+            return self._run(resident, inputs, slot, None)
+        # The modelled device runs one inference at a time, whatever the slots: its one queue is
+        # the slots waiting here, and the switch is from the model it ran last, on any slot.
+        with self._twin_device:
+            return self._run(resident, inputs, slot, self.twin)
+
+    def _run(self, resident: Resident, inputs: list[np.ndarray], slot: int, twin: DeviceTwin | None) -> RunResult:
         previous = self._last_on_slot[slot]
+        held_from = time.perf_counter()
         reload = self._ensure_loaded(resident) if resident.model is None else None
         model = resident.model
         assert model is not None
         t0 = time.perf_counter()
         outputs = model.infer(inputs)
         compute_ms = (time.perf_counter() - t0) * 1e3
+        hold = None
+        if twin is not None:
+            hold = self._hold(twin, resident, self._twin_last, held_from)
+            self._twin_last = resident.name
         resident.last_used = time.monotonic()
         self._last_on_slot[slot] = resident.name
-        return RunResult(outputs, compute_ms, previous, reload)
+        return RunResult(outputs, compute_ms, previous, reload, hold)
+
+    def _hold(self, twin: DeviceTwin, resident: Resident, previous: str | None, held_from: float) -> TwinHold:
+        """Keep the slot until the twin's modelled time since ``held_from`` has passed."""
+        if resident.twin is None:
+            size = resident.file_bytes or (resident.path.stat().st_size if resident.path is not None else resident.size)
+            resident.twin = twin.model(resident.name, size)
+        service = twin.service(resident.twin)
+        switch = twin.switch_ms(resident.twin, None) if previous != resident.name else 0.0
+        modelled = service.ms + switch
+        deadline = held_from + modelled / 1e3
+        slower = time.perf_counter() > deadline
+        if slower:
+            self.twin_cpu_slower += 1
+        while (left := deadline - time.perf_counter()) > 0:
+            time.sleep(left)
+        held = (time.perf_counter() - held_from) * 1e3
+        return TwinHold(modelled, switch, held, service.source, slower)
 
     def _ensure_loaded(self, resident: Resident) -> Reload:
         """On the slot thread: unload least recently used idle models until ``resident`` fits,
@@ -201,10 +270,18 @@ class Executor:
         warm = resident.warm_median_ms()
         load_ms = result.reload.load_ms if result.reload else 0.0
         overhead = None if warm is None else load_ms + result.compute_ms - warm
-        if overhead is not None and (self.swapping is None or result.reload is not None):
+        if result.twin is not None:  # the device's modelled cost, not this host's reload
+            overhead = result.twin.switch_ms
+        if overhead is not None and (self.swapping is None or result.reload is not None or result.twin is not None):
             self.switch_overhead_ms += overhead
             self.switches_measured += 1
         return True, warm, overhead
+
+    def timing_status(self) -> dict[str, object]:
+        if self.twin is None:
+            return {"timing": "cpu"}
+        link = f" {self.twin.link}" if self.twin.link else ""
+        return {"timing": f"twin {self.twin.profile.name}{link}", "twin_cpu_slower": self.twin_cpu_slower}
 
     def close(self) -> None:
         for name in list(self.resident):

@@ -152,6 +152,7 @@ class InferenceCore:
             "compute_ms": round(result.compute_ms, 4),
             "total_ms": round(total_s * 1e3, 4),
             **switch,
+            **result.twin_timings(),
         }
         self.metrics.served(
             job.tenant,

@@ -223,4 +223,5 @@ class Residency:
             "mean_switch_overhead_ms": (
                 round(ex.switch_overhead_ms / ex.switches_measured, 4) if ex.switches_measured else None
             ),
+            **ex.timing_status(),
         }

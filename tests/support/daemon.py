@@ -40,6 +40,7 @@ def daemon_in_thread(
     policy: Policy | None = None,
     auth: str | None = None,
     metrics: str | None = None,
+    timing: str = "cpu",
 ) -> Iterator[Daemon]:
     """A real Daemon on a real socket, its event loop on a background thread."""
     daemon_box: list[Daemon] = []
@@ -48,7 +49,9 @@ def daemon_in_thread(
     loop = asyncio.new_event_loop()
 
     async def main() -> None:
-        daemon = Daemon(ServeConfig("cpu", endpoint, state_dir, policy or Policy(), auth=auth, metrics=metrics))
+        daemon = Daemon(
+            ServeConfig("cpu", endpoint, state_dir, policy or Policy(), auth=auth, metrics=metrics, timing=timing)
+        )
         daemon_box.append(daemon)
         await daemon.serve(lambda _endpoint: ready.set())
 
