@@ -158,6 +158,10 @@ class Operations:
             own = {name for name, r in self._catalog.models.items() if r.owner == request.tenant}
             status["resident"] = [m for m in status["resident"] if m in own]
             status["residency"]["loaded"] = [m for m in status["residency"]["loaded"] if m in own]
+            status["residency"]["instances"] = {m: n for m, n in status["residency"]["instances"].items() if m in own}
+            status["memory"]["instance_bytes"] = {
+                m: n for m, n in status["memory"]["instance_bytes"].items() if m in own
+            }
             status["models"] = len(own)
             status["damaged_models"] = [d for d in status["damaged_models"] if d["tenant"] == request.tenant]
             refusal = status["memory"]["last_refusal"]
