@@ -166,7 +166,12 @@ class Residency:
         if owner is not None and not self.swapping and resident.model is not None:
             task = asyncio.get_running_loop().create_task(self.grow(resident, owner), name=f"instances-{resident.name}")
             self._growing.add(task)
-            task.add_done_callback(self._growing.discard)
+            task.add_done_callback(self._grown)
+
+    def _grown(self, task: asyncio.Task[None]) -> None:
+        self._growing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("giving model instances failed", exc_info=task.exception())
 
     def wanted_instances(self, owner: str) -> int:
         """Instances the policy asks for a model of ``owner``: at most one per slot, and one where
