@@ -10,6 +10,7 @@ created; an EdgeTPU or NCS2 profile keeps one instance.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from models import tiny, tiny_onnx
 from tenantclient import TenantClient
+from tenantclient.cli import _print_status as print_status
 from tenantd.admission import Admission
 from tenantd.config import Policy, TenantPolicy
 from tenantd.daemon import Daemon
@@ -121,7 +123,7 @@ def two_slot_daemon(tmp_path: Path) -> Iterator[tuple[Daemon, str]]:
 
 
 def test_daemon_runs_a_busy_model_on_both_slots_and_charges_its_instance(
-    two_slot_daemon: tuple[Daemon, str], files: dict[str, Path]
+    two_slot_daemon: tuple[Daemon, str], files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     daemon, endpoint = two_slot_daemon
     with TenantClient(endpoint, tenant="alice") as alice:
@@ -132,6 +134,10 @@ def test_daemon_runs_a_busy_model_on_both_slots_and_charges_its_instance(
         status = operator.status()
         (event,) = operator.events(event="model.instances")
     assert status["residency"]["instances"] == {"cnn": 2}
+    print_status(status)  # what `tenantctl status` prints
+    printed = capsys.readouterr().out
+    assert re.search(r"^instances\s+cnn=2$", printed, re.MULTILINE), printed
+    assert re.search(r"^  instances\s+cnn \d+\.\d MiB \(charged", printed, re.MULTILINE), printed
     assert event["instances"] == 2 and event["wanted"] == 2 and event["limited_by"] is None
     # The extra instance is charged exactly what its creation measured, on top of the footprint.
     assert ledger.instances == {"cnn": event["instance_bytes"]}
