@@ -10,6 +10,7 @@ created; an EdgeTPU or NCS2 profile keeps one instance.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 from collections.abc import Iterator
@@ -148,7 +149,31 @@ def test_daemon_runs_a_busy_model_on_both_slots_and_charges_its_instance(
     )
 
     # Eight clients with one request in flight each: every reply equals direct invocation, and
-    # the one model ran on both slots.
+    # the one model ran on both slots at once (counted inside its infer).
+    model = daemon.executor.resident["cnn"].model
+    assert model is not None
+    infer, calls = model.infer, {"now": 0, "most": 0, "seen": 0}
+    count = threading.Lock()
+    # The first two calls wait for each other (the tiny model is too quick to overlap by chance):
+    # with one instance the second could never start, the wait would time out, and most == 1.
+    meet = threading.Barrier(2)
+
+    def counted(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        with count:
+            calls["now"] += 1
+            calls["most"] = max(calls["most"], calls["now"])
+            calls["seen"] += 1
+            first_two = calls["seen"] <= 2
+        try:
+            if first_two:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    meet.wait(timeout=30)
+            return infer(inputs)
+        finally:
+            with count:
+                calls["now"] -= 1
+
+    model.infer = counted  # type: ignore[method-assign]
     slots_seen: set[int] = set()
     mismatches: list[int] = []
     errors: list[BaseException] = []
@@ -174,6 +199,7 @@ def test_daemon_runs_a_busy_model_on_both_slots_and_charges_its_instance(
         thread.join(120)
     assert errors == [] and mismatches == []
     assert slots_seen == {0, 1}
+    assert calls["most"] == 2  # never more than its instances, and both were used
     assert daemon.executor.switches == 0  # two instances of one model: no slot ever switched
 
     # Removing the model releases its instances' charge with it.
@@ -258,3 +284,22 @@ def test_wanted_instances_follow_the_policy_and_the_slots(tmp_path: Path) -> Non
     assert residency.wanted_instances("someone") == 3  # the device's setting
     assert residency.wanted_instances("a") == 4  # auto: one per slot
     assert residency.wanted_instances("b") == 4  # never more than the slots
+
+
+def test_a_restarted_daemon_gives_restored_models_their_instances_again(tmp_path: Path, files: dict[str, Path]) -> None:
+    endpoint = f"ipc://{tmp_path}/tenantd.sock"
+    policy = Policy(slots=2, threads_per_model=1)
+    with daemon_in_thread(tmp_path / "state", endpoint, policy) as daemon:
+        with TenantClient(endpoint, tenant="alice") as alice:
+            alice.submit_model(files["tflite"], "cnn")
+        on_loop(daemon, daemon.residency.settled())
+    with daemon_in_thread(tmp_path / "state", endpoint, policy) as daemon:
+        on_loop(daemon, daemon.residency.settled())
+        assert daemon.residency.status()["instances"] == {"cnn": 2}
+        (charged,) = daemon.admission.memory.ledger.instances["cnn"]
+        with TenantClient(endpoint, tenant="alice") as alice:
+            assert np.array_equal(
+                alice.infer("cnn", image(5))["probs"], direct_litert(files["tflite"], image(5))["probs"]
+            )
+        with TenantClient(endpoint) as operator:
+            assert operator.status()["memory"]["instance_bytes"] == {"cnn": charged}
