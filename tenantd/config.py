@@ -61,7 +61,8 @@ class Policy(BaseModel):
     """How many requests for one model may run at once (one interpreter, infer request or session
     caller each), at most one per slot. ``auto``: one per slot. Each instance past the first is
     created only while the memory budget has room, and charged what it was measured to cost; an
-    EdgeTPU or NCS2 keeps one. Applies to models loaded from then on."""
+    EdgeTPU or NCS2 keeps one. A new policy that gives a loaded model more instances adds them at
+    once; fewer apply from the model's next load (a restart, or a new submission)."""
 
     queue_depth_per_tenant: Annotated[int, Field(ge=1)] = 64
     """Requests one tenant may have waiting; more get QUEUE_FULL."""

@@ -298,6 +298,7 @@ class Operations:
         )
         self._admission.memory.reconfigure(capacity_bytes=new.capacity_bytes, reserve_bytes=new.reserve_bytes)
         self._events.configure(new)
+        self._residency.regrow({name: record.owner for name, record in self._catalog.models.items()})
         await self._pipelines.apply_policy()
         self._events.emit(Event.POLICY_CHANGED, changed=changed, source=source)
         return {"changed": changed, "source": source, "consequences": self._admission.consequences()}

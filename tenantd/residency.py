@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,10 +163,25 @@ class Residency:
         the model then gets the instances its policy asks for, in the background."""
         self.retire(self.executor.install(resident))
         self._admission.release_instances(resident.name)  # the instances charged were the replaced model's
-        if owner is not None and not self.swapping and resident.model is not None:
-            task = asyncio.get_running_loop().create_task(self.grow(resident, owner), name=f"instances-{resident.name}")
-            self._growing.add(task)
-            task.add_done_callback(self._grown)
+        if owner is not None:
+            self._spawn_growth(resident, owner)
+
+    def regrow(self, owners: Mapping[str, str]) -> None:
+        """A new policy is in force: loaded models (``owners``: model -> tenant) that it gives
+        more instances get them now; fewer apply from a model's next load."""
+        for name, resident in list(self.executor.resident.items()):
+            owner = owners.get(name)
+            if owner is not None and resident.instances < self.wanted_instances(owner):
+                self._spawn_growth(resident, owner)
+
+    def _spawn_growth(self, resident: Resident, owner: str) -> None:
+        if self.swapping or resident.model is None:
+            return
+        if any(task.get_name() == f"instances-{resident.name}" for task in self._growing):
+            return  # one growth per model at a time: two would both count the same instances short
+        task = asyncio.get_running_loop().create_task(self.grow(resident, owner), name=f"instances-{resident.name}")
+        self._growing.add(task)
+        task.add_done_callback(self._grown)
 
     def _grown(self, task: asyncio.Task[None]) -> None:
         self._growing.discard(task)

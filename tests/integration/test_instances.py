@@ -303,3 +303,21 @@ def test_a_restarted_daemon_gives_restored_models_their_instances_again(tmp_path
             )
         with TenantClient(endpoint) as operator:
             assert operator.status()["memory"]["instance_bytes"] == {"cnn": charged}
+
+
+def test_a_new_policy_with_more_instances_gives_loaded_models_them_at_once(
+    tmp_path: Path, files: dict[str, Path]
+) -> None:
+    endpoint = f"ipc://{tmp_path}/tenantd.sock"
+    with daemon_in_thread(tmp_path / "state", endpoint, Policy(slots=2, threads_per_model=1, instances=1)) as daemon:
+        with TenantClient(endpoint, tenant="alice") as alice:
+            alice.submit_model(files["tflite"], "cnn")
+        on_loop(daemon, daemon.residency.settled())
+        assert daemon.residency.status()["instances"] == {"cnn": 1}
+        with TenantClient(endpoint) as operator:
+            result = operator.policy_set("slots = 2\nthreads_per_model = 1\ninstances = 2\n")
+            assert result["changed"] == ["instances"]
+            on_loop(daemon, daemon.residency.settled())
+            assert operator.status()["residency"]["instances"] == {"cnn": 2}
+            (event,) = operator.events(event="model.instances")
+        assert daemon.admission.memory.ledger.instances == {"cnn": event["instance_bytes"]}
