@@ -20,7 +20,8 @@ seeded RNG (random uint8 pixels for the CNN, standard normal float32 for the MLP
 * **daemon ping, c=1**: a closed loop of ``TenantClient.ping`` (no tensors, no scheduler, no
   runtime): the fixed cost of one request/reply round trip, for scale.
 * **daemon async, c in --concurrency**: ``c`` closed loops on one ``AsyncTenantClient`` run with
-  ``asyncio.gather``. The daemon runs one model one request at a time, so its ceiling is the
+  ``asyncio.gather``. The daemon runs the model with one instance (``instances = 1``: one request
+  at a time; experiments/throughput.py measures several), so its ceiling is the
   direct single-stream throughput; concurrency only lets transport overlap compute.
 
 How
@@ -360,7 +361,7 @@ def measure_async(endpoint: str, x: Tensor, concurrency: int, warmup_s: float, d
 def daemon_process(workdir: Path, threads: int | None) -> Iterator[str]:
     """``tenantd serve`` on an ipc socket under ``workdir`` (see :func:`experiments.harness.daemon_process`),
     with ``threads_per_model`` set when ``threads`` is given."""
-    policy = None if threads is None else f"threads_per_model = {threads}\n"
+    policy = "instances = 1\n" + ("" if threads is None else f"threads_per_model = {threads}\n")
     with harness.daemon_process(workdir, policy) as endpoint:
         yield endpoint
 
