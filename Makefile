@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: help demo test test-all bench bench-runtimes models lint clean
+.PHONY: help demo test test-all bench bench-runtimes bench-throughput models lint clean
 
 help:
 	@echo "make demo      start a daemon on this CPU, serve two tenants, print what happened; then a short"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-all  also the slow checks (-m slow)"
 	@echo "make bench     daemon vs direct LiteRT overhead benchmark (prints a table)"
 	@echo "make bench-runtimes  one network via LiteRT, OpenVINO, ONNX Runtime: direct vs daemon"
+	@echo "make bench-throughput  direct vs tenantd (vs PyTriton, Ray Serve) at 1/4/16 clients (BENCH_ARGS='--quick --peers-python P')"
 	@echo "make models    build the model zoo into .cache/models, ~4 min (MODELS_ARGS='NAMES --formats F' for part)"
 	@echo "make lint      ruff and mypy"
 
@@ -45,6 +46,9 @@ bench: $(STAMP)
 
 bench-runtimes: $(STAMP)
 	$(PY) -m experiments.runtimes_bench
+
+bench-throughput: $(STAMP)
+	$(PY) -m experiments.throughput $(BENCH_ARGS)
 
 models: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[zoo]'

@@ -20,7 +20,8 @@ seeded RNG (random uint8 pixels for the CNN, standard normal float32 for the MLP
 * **daemon ping, c=1**: a closed loop of ``TenantClient.ping`` (no tensors, no scheduler, no
   runtime): the fixed cost of one request/reply round trip, for scale.
 * **daemon async, c in --concurrency**: ``c`` closed loops on one ``AsyncTenantClient`` run with
-  ``asyncio.gather``. The daemon runs one model one request at a time, so its ceiling is the
+  ``asyncio.gather``. The daemon runs the model with one instance (``instances = 1``: one request
+  at a time; experiments/throughput.py measures several), so its ceiling is the
   direct single-stream throughput; concurrency only lets transport overlap compute.
 * **KServe HTTP binary / KServe gRPC, c in --kserve-concurrency** (default 1 and 8): the same
   model and input through the daemon's KServe v2 front doors (``--http``/``--grpc``, on loopback),
@@ -373,10 +374,10 @@ def daemon_process(workdir: Path, threads: int | None, doors: tuple[str, str] | 
     """``tenantd serve`` on an ipc socket under ``workdir`` (see :func:`experiments.harness.daemon_process`),
     with ``threads_per_model`` set when ``threads`` is given, and the KServe HTTP and gRPC front
     doors on the ``doors`` addresses when given."""
-    policy = "" if threads is None else f"threads_per_model = {threads}\n"
+    policy = "instances = 1\n" + ("" if threads is None else f"threads_per_model = {threads}\n")
     if doors is not None:
         policy += f'http_listen = "{doors[0]}"\ngrpc_listen = "{doors[1]}"\n'
-    with harness.daemon_process(workdir, policy or None) as endpoint:
+    with harness.daemon_process(workdir, policy) as endpoint:
         yield endpoint
 
 

@@ -10,6 +10,11 @@ to the daemon, not to each tenant. The budget comes from the device profile's me
 - ``cache``: bounded by host memory like ``shared`` (the parameter cache decides residency, not
   admission).
 
+A model's extra instances (a second interpreter of a busy model, see ``residency.py``) are charged
+one by one, each what its creation was measured to cost (``reserve_instance`` then
+``instance_loaded``), and only while the budget has room for them: they are never a reason to
+refuse a model, only something a model goes without when memory is short.
+
 A model is admitted when the ledger plus its footprint fits the budget. Under
 ``overcommit = "reject"`` it is otherwise refused with ADMISSION_DENIED naming the budget, the
 current use, the footprint and the shortfall. Decide-and-charge is one step on the event loop, so
@@ -73,14 +78,26 @@ class MemoryLedger:
     # the host cannot see them, so the shared budget must subtract them itself.
     pending_models: set[str] = field(default_factory=set)
     pending_runtimes: set[str] = field(default_factory=set)
+    # A model's instances beyond its first (whose cost is its footprint): bytes each, as measured.
+    instances: dict[str, list[int]] = field(default_factory=dict)
+    pending_instance_bytes: int = 0  # reserved for instances being created, not in host memory yet
 
     def total(self) -> int:
-        return sum(self.runtime_overhead.values()) + sum(self.models.values())
+        return (
+            sum(self.runtime_overhead.values())
+            + sum(self.models.values())
+            + sum(sum(each) for each in self.instances.values())
+        )
 
     def pending(self) -> int:
-        return sum(self.models.get(m, 0) for m in self.pending_models) + sum(
-            self.runtime_overhead.get(r, 0) for r in self.pending_runtimes
+        return (
+            sum(self.models.get(m, 0) for m in self.pending_models)
+            + sum(self.runtime_overhead.get(r, 0) for r in self.pending_runtimes)
+            + self.pending_instance_bytes
         )
+
+    def instance_bytes(self, model: str) -> int:
+        return sum(self.instances.get(model, ()))
 
 
 @dataclass(frozen=True)
@@ -223,6 +240,40 @@ class Admission:
     def release(self, model: str) -> None:
         self.ledger.models.pop(model, None)
         self.ledger.pending_models.discard(model)
+        self.release_instances(model)
+
+    @_locked
+    def reserve_instance(self, model: str, estimate: int) -> bool:
+        """Charge one more instance of ``model`` its ``estimate`` if the budget has room for it
+        (False, charging nothing, if not, or if the model is not charged at all). Settle it with
+        ``instance_loaded`` or ``instance_failed``."""
+        if model not in self.ledger.models or self.budget().free_bytes < estimate:
+            return False
+        self.ledger.instances.setdefault(model, []).append(max(0, estimate))
+        self.ledger.pending_instance_bytes += max(0, estimate)
+        return True
+
+    @_locked
+    def instance_loaded(self, model: str, estimate: int, measured: int) -> None:
+        """The instance reserved with ``estimate`` exists and cost ``measured`` bytes: charge that."""
+        self._unreserve(model, estimate)
+        self.ledger.instances.setdefault(model, []).append(max(0, measured))
+
+    @_locked
+    def instance_failed(self, model: str, estimate: int) -> None:
+        """The instance reserved with ``estimate`` was not created (or is no longer the model's)."""
+        self._unreserve(model, estimate)
+
+    def _unreserve(self, model: str, estimate: int) -> None:
+        self.ledger.pending_instance_bytes -= max(0, estimate)
+        charged = self.ledger.instances.get(model, [])
+        if max(0, estimate) in charged:
+            charged.remove(max(0, estimate))
+
+    @_locked
+    def release_instances(self, model: str) -> None:
+        """``model``'s extra instances are gone (or belong to a model it replaced)."""
+        self.ledger.instances.pop(model, None)
 
     @_locked
     def reconfigure(self, capacity_bytes: int | None, reserve_bytes: int | None) -> None:
@@ -409,5 +460,6 @@ class AdmissionControl:
             **budget.to_wire(),
             "runtime_overhead_bytes": dict(self.memory.ledger.runtime_overhead),
             "models_admitted": len(self.memory.ledger.models),
+            "instance_bytes": {m: sum(each) for m, each in sorted(self.memory.ledger.instances.items()) if each},
             "last_refusal": self.last_refusal,
         }

@@ -38,6 +38,9 @@ class TenantPolicy(BaseModel):
     max_in_flight: Annotated[int | None, Field(ge=1)] = None
     """Requests the tenant may have queued or running at once (else queue_depth_per_tenant)."""
 
+    instances: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] | None = None
+    """Instances of each of this tenant's models (else the device's ``instances``)."""
+
 
 DEFAULT_TENANT = TenantPolicy()
 
@@ -53,6 +56,13 @@ class Policy(BaseModel):
 
     threads_per_model: Annotated[int | None, Field(ge=1, le=256)] = None
     """Runtime threads per model. Default: cores // slots, at least 1, so slots x threads <= cores."""
+
+    instances: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
+    """How many requests for one model may run at once (one interpreter, infer request or session
+    caller each), at most one per slot. ``auto``: one per slot. Each instance past the first is
+    created only while the memory budget has room, and charged what it was measured to cost; an
+    EdgeTPU or NCS2 keeps one. A new policy that gives a loaded model more instances adds them at
+    once; fewer apply from the model's next load (a restart, or a new submission)."""
 
     queue_depth_per_tenant: Annotated[int, Field(ge=1)] = 64
     """Requests one tenant may have waiting; more get QUEUE_FULL."""

@@ -137,7 +137,7 @@ class Daemon:
         self.executor = Executor(config.device, slots, threads, device_twin(config.timing, profile.name))
         memory = Admission(profile, capacity_bytes=policy.capacity_bytes, reserve_bytes=policy.reserve_bytes)
         self.admission = AdmissionControl(memory, self.catalog, self.events, self.policy, self.device_context)
-        self.residency = Residency(self.executor, memory, profile, swap, self.events)
+        self.residency = Residency(self.executor, memory, profile, swap, self.events, self.policy)
         self.health = DeviceHealth(
             config.device,
             self.executor,
@@ -411,6 +411,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         dropped = await self.core.scheduler.drain(timeout)
         await self.frontdoor.cancel_tasks(deadline - time.monotonic())
+        await self.residency.close()
         await close_quietly(self.pipelines.uplinks)
         for door in self.kserve_doors:
             await door.close()

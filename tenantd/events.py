@@ -42,6 +42,7 @@ class Event(StrEnum):
     MODEL_DAMAGED = "model.damaged"
     MODEL_FILES_SET_ASIDE = "model.files_set_aside"
     MODEL_REMOVED = "model.removed"
+    MODEL_INSTANCES = "model.instances"
     SWITCH = "switch"
     SWITCH_SUMMARY = "switch.summary"
     REQUEST_ERROR = "request.error"
@@ -73,6 +74,7 @@ EVENT_TABLE: dict[Event, str] = {
     Event.MODEL_DAMAGED: "A model file is missing or not its recorded size at start-up: not loaded; status lists it.",
     Event.MODEL_FILES_SET_ASIDE: "At start-up, model files no stored model uses were moved to orphans/, not deleted.",
     Event.MODEL_REMOVED: "A model was removed by its tenant or the operator.",
+    Event.MODEL_INSTANCES: "A model got its instances: instances, wanted, instance_bytes (each measured), limited_by.",
     Event.SWITCH: "A slot ran another model than the one it ran last: the reload (if swapped) and overhead_ms.",
     Event.SWITCH_SUMMARY: "All switches of one model pair in a window of up to 10 s: count, reloads, overhead.",
     Event.REQUEST_ERROR: "A request got an error reply: op, tenant, code, message.",

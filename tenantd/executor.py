@@ -9,7 +9,9 @@ idle models until it fits (``room``). Each reload is measured. Swapping runs wit
 slot, as the devices it models run one model at a time.
 
 Inference is a blocking call into native code that releases the GIL; it runs on the scheduler's
-slot threads. Loads at submission run on the event loop's default thread pool.
+slot threads. Loads at submission run on the event loop's default thread pool. A loaded model may
+be given more instances (``add_instance``: one more call of it may run at once), each measured as
+it is created; ``measure_lock`` keeps two measured loads from overlapping.
 
 Twin timing (``--timing twin``, :mod:`tenantd.devices.twin`): outputs are still computed here, but a
 slot is held for the emulated device's modelled time (service, plus the switch-in when the device
@@ -34,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from tenantd.devices.twin import DeviceTwin, TwinModel
-from tenantd.runtimes import LoadedModel, Runtime, get_runtime_class
+from tenantd.memory import rss_bytes
+from tenantd.runtimes import LoadedModel, Runtime, RuntimeFailure, get_runtime_class
 
 WARM_WINDOW = 64
 
@@ -50,12 +53,19 @@ class Resident:
     size: int = 0  # what it occupies when loaded, in the swapping's unit (footprint or parameters)
     runtime_overhead: int = 0  # the runtime library's cost, charged with the first model loaded
     last_used: float = 0.0
+    reopen_instances: int = 1  # instances it had when its device was lost, to have again once back
     warm_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WARM_WINDOW))
     twin: TwinModel | None = None  # what the device twin takes this model for (twin timing)
     file_bytes: int = 0  # the model file's size, for a twin that must estimate the model from it
 
     def warm_median_ms(self) -> float | None:
         return statistics.median(self.warm_ms) if self.warm_ms else None
+
+    @property
+    def instances(self) -> int:
+        """How many calls of this model may run at once now (1 while it is not loaded)."""
+        model = self.model
+        return model.instances if model is not None else 1
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,30 @@ class Executor:
         # what a switch costs there), every switch otherwise.
         self.switch_overhead_ms = 0.0
         self.switches_measured = 0
+        # Held around every load or new instance whose memory growth is measured, so that the
+        # growth measured is that one's alone.
+        self.measure_lock = asyncio.Lock()
+
+    @property
+    def slots(self) -> int:
+        return len(self._last_on_slot)
+
+    def instances_of(self, name: str) -> int:
+        """Calls of model ``name`` that may run at once (the scheduler asks, under its lock)."""
+        resident = self.resident.get(name)
+        return 1 if resident is None else resident.instances
+
+    async def add_instance(self, resident: Resident) -> int:
+        """Give ``resident`` one more instance; returns the bytes the process grew by creating it
+        (never below 0). Raises RuntimeFailure."""
+        model = resident.model
+        if model is None:
+            raise RuntimeFailure(f"model {resident.name!r} is not loaded")
+        loop = asyncio.get_running_loop()
+        async with self.measure_lock:
+            before = rss_bytes()
+            await loop.run_in_executor(None, model.add_instance)
+            return max(0, rss_bytes() - before)
 
     def runtime(self, name: str) -> Runtime:
         if name not in self._runtimes:
@@ -234,6 +268,8 @@ class Executor:
         the device is still gone); models not reloaded stay unloaded, and the next call retries."""
         loaded = [r for r in list(self.resident.values()) if r.model is not None or r.path is None]
         for resident in loaded:
+            if resident.model is not None:
+                resident.reopen_instances = resident.model.instances
             try:
                 self.unload(resident)
             except Exception:  # noqa: BLE001 - unloading from a vanished device may fail any way; it is gone
@@ -246,7 +282,11 @@ class Executor:
         self._runtimes.clear()
         for resident in loaded:
             if resident.model is None:
-                resident.model = self.runtime(resident.runtime).load(resident.path or path_of(resident.name))
+                instances = resident.reopen_instances
+                model = self.runtime(resident.runtime).load(resident.path or path_of(resident.name))
+                for _ in range(instances - 1):  # as many as it had: the ledger still charges them
+                    model.add_instance()
+                resident.model = model
         return [r.name for r in loaded]
 
     @staticmethod

@@ -89,8 +89,10 @@ class InferenceCore:
             in_flight_limit=lambda tenant: self._policy().tenant(tenant).max_in_flight,
             loaded=residency.is_loaded,
             max_pass_over=current.max_pass_over,
+            instances=self._executor.instances_of,
         )
         residency.busy = self.scheduler.is_busy
+        residency.instances_changed = self.scheduler.instances_changed
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()

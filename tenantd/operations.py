@@ -158,6 +158,10 @@ class Operations:
             own = {name for name, r in self._catalog.models.items() if r.owner == request.tenant}
             status["resident"] = [m for m in status["resident"] if m in own]
             status["residency"]["loaded"] = [m for m in status["residency"]["loaded"] if m in own]
+            status["residency"]["instances"] = {m: n for m, n in status["residency"]["instances"].items() if m in own}
+            status["memory"]["instance_bytes"] = {
+                m: n for m, n in status["memory"]["instance_bytes"].items() if m in own
+            }
             status["models"] = len(own)
             status["damaged_models"] = [d for d in status["damaged_models"] if d["tenant"] == request.tenant]
             refusal = status["memory"]["last_refusal"]
@@ -294,6 +298,7 @@ class Operations:
         )
         self._admission.memory.reconfigure(capacity_bytes=new.capacity_bytes, reserve_bytes=new.reserve_bytes)
         self._events.configure(new)
+        self._residency.regrow({name: record.owner for name, record in self._catalog.models.items()})
         await self._pipelines.apply_policy()
         self._events.emit(Event.POLICY_CHANGED, changed=changed, source=source)
         return {"changed": changed, "source": source, "consequences": self._admission.consequences()}

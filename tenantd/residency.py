@@ -7,22 +7,31 @@ tells the executor how much room there is and tells the admission ledger what wa
 evicted). This module also owns the end of a model's life (a removed or replaced model is
 *retired*: unloaded once no slot is running it), the start of the daemon (stored models restored),
 and the record of each switch (a slot running another model than last time) with its overhead.
+
+It also gives a loaded model its instances: a busy model runs as many requests at once as it has
+instances (LiteRT interpreters, OpenVINO infer requests, callers of one ONNX Runtime session), up to
+one per slot (``instances`` in the policy; an EdgeTPU or NCS2 profile keeps one). Instances past the
+first are made after the model is installed, in the background, one at a time, each only if the
+budget has room for it (the first is estimated at the model's footprint, the next at what the
+first measured) and charged what its creation measured; the ``model.instances`` event says how many
+a model got and, if fewer than asked, why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from tenantd.admission import Admission
 from tenantd.catalog import Catalog
+from tenantd.config import Policy
 from tenantd.devices import DeviceProfile, MemoryModel
 from tenantd.events import Event, EventLog
 from tenantd.executor import Executor, Resident, RunResult, Swapping
-from tenantd.runtimes import RuntimeFailure, RuntimeNotAvailable
+from tenantd.runtimes import DeviceLost, RuntimeFailure, RuntimeNotAvailable
 from tenantd.scheduler import Job
 from tenantd.store import Store
 
@@ -39,14 +48,24 @@ def seed_warm(resident: Resident, probe: dict[str, Any]) -> None:
 
 class Residency:
     def __init__(
-        self, executor: Executor, admission: Admission, profile: DeviceProfile, swap: bool, events: EventLog
+        self,
+        executor: Executor,
+        admission: Admission,
+        profile: DeviceProfile,
+        swap: bool,
+        events: EventLog,
+        policy: Callable[[], Policy] = Policy,
     ) -> None:
         self.executor = executor
+        self._policy = policy
         self._admission = admission
         self._profile = profile
         self._events = events
         # Whether a model is running on a slot now; set by the inference core that owns the scheduler.
         self.busy: Callable[[str], bool] = lambda model: False
+        # Tells the scheduler a model has one more instance; set with ``busy``.
+        self.instances_changed: Callable[[], None] = lambda: None
+        self._growing: set[asyncio.Task[None]] = set()
         self._retired: list[Resident] = []  # removed or replaced, unloaded once idle
         self._loop: asyncio.AbstractEventLoop | None = None
         if swap:
@@ -131,7 +150,7 @@ class Residency:
                 catalog.models[record.name] = record
                 continue
             seed_warm(resident, record.probe)
-            self.executor.install(resident)
+            self.install(resident, record.owner)
             catalog.models[record.name] = record
             # Acknowledged models come back even if the budget shrank; over_budget says so.
             self._admission.charge(record.name, record.footprint_bytes, record.runtime, overhead)
@@ -139,9 +158,102 @@ class Residency:
                 Event.MODEL_LOADED, model=record.name, tenant=record.owner, load_ms=round(load_ms, 3), restored=True
             )
 
-    def install(self, resident: Resident) -> None:
-        """Serve ``resident`` under its name; the model it replaces is retired."""
+    def install(self, resident: Resident, owner: str | None = None) -> None:
+        """Serve ``resident`` under its name; the model it replaces is retired. With an ``owner``,
+        the model then gets the instances its policy asks for, in the background."""
         self.retire(self.executor.install(resident))
+        self._admission.release_instances(resident.name)  # the instances charged were the replaced model's
+        if owner is not None:
+            self._spawn_growth(resident, owner)
+
+    def regrow(self, owners: Mapping[str, str]) -> None:
+        """A new policy is in force: loaded models (``owners``: model -> tenant) that it gives
+        more instances get them now; fewer apply from a model's next load."""
+        for name, resident in list(self.executor.resident.items()):
+            owner = owners.get(name)
+            if owner is not None and resident.instances < self.wanted_instances(owner):
+                self._spawn_growth(resident, owner)
+
+    def _spawn_growth(self, resident: Resident, owner: str) -> None:
+        if self.swapping or resident.model is None:
+            return
+        if any(task.get_name() == f"instances-{resident.name}" for task in self._growing):
+            return  # one growth per model at a time: two would both count the same instances short
+        task = asyncio.get_running_loop().create_task(self.grow(resident, owner), name=f"instances-{resident.name}")
+        self._growing.add(task)
+        task.add_done_callback(self._grown)
+
+    def _grown(self, task: asyncio.Task[None]) -> None:
+        self._growing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("giving model instances failed", exc_info=task.exception())
+
+    def wanted_instances(self, owner: str) -> int:
+        """Instances the policy asks for a model of ``owner``: at most one per slot, and one where
+        the device profile says so or models are swapped."""
+        policy = self._policy()
+        asked = policy.tenant(owner).instances or policy.instances
+        limit = self.executor.slots
+        if self._profile.max_instances is not None:
+            limit = min(limit, self._profile.max_instances)
+        if self.swapping:
+            limit = 1
+        return limit if asked == "auto" else min(asked, limit)
+
+    async def grow(self, resident: Resident, owner: str) -> None:
+        """Add instances to ``resident`` until it has what its policy asks, the budget has no room
+        for one more, or the runtime cannot; then say so in a ``model.instances`` event."""
+        name, model, wanted = resident.name, resident.model, self.wanted_instances(owner)
+        if model is None or model.instances >= wanted:
+            return
+        measured: list[int] = []
+        limited_by = None
+        estimate = self._admission.ledger.models.get(name, 0)  # an upper bound: it holds the file too
+        while model.instances < wanted:
+            if not model.can_add_instances:
+                limited_by = f"the {resident.runtime} runtime runs one call of a model at a time"
+                break
+            if self.executor.resident.get(name) is not resident:
+                return  # removed or replaced meanwhile: its successor gets its own
+            if not self._admission.reserve_instance(name, estimate):
+                free = self._admission.budget().free_bytes
+                limited_by = f"budget: {free} bytes free, an instance needs about {estimate}"
+                break
+            try:
+                grew = await self.executor.add_instance(resident)
+            except (RuntimeFailure, DeviceLost) as exc:
+                self._admission.instance_failed(name, estimate)
+                limited_by = f"runtime: {exc}"
+                break
+            if self.executor.resident.get(name) is not resident:
+                self._admission.instance_failed(name, estimate)  # it went with the retired model
+                return
+            self._admission.instance_loaded(name, estimate, grew)
+            measured.append(grew)
+            estimate = max(measured)
+            self.instances_changed()
+        self._events.emit(
+            Event.MODEL_INSTANCES,
+            model=name,
+            tenant=owner,
+            instances=model.instances,
+            wanted=wanted,
+            instance_bytes=measured,
+            limited_by=limited_by,
+        )
+        if limited_by is not None:
+            log.info("model %s has %d of %d instance(s): %s", name, model.instances, wanted, limited_by)
+
+    async def settled(self) -> None:
+        """Wait until no model is being given instances (tests, shutdown)."""
+        while self._growing:
+            await asyncio.gather(*self._growing, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop giving models instances (shutdown)."""
+        for task in list(self._growing):
+            task.cancel()
+        await self.settled()
 
     def remove(self, name: str) -> None:
         self.retire(self.executor.evict(name))
@@ -216,6 +328,9 @@ class Residency:
             "swapping": swapping.unit if swapping else None,
             "room_bytes": swapping.room() if swapping else None,
             "loaded": self.loaded_models(),
+            "instances": {
+                r.name: r.instances for r in sorted(ex.resident.values(), key=lambda r: r.name) if r.model is not None
+            },
             "loaded_bytes": ex.loaded_size() if swapping else None,
             "reloads": ex.reloads,
             "evictions": ex.evictions,

@@ -11,9 +11,10 @@ have work waiting, so a tenant's burst fills only its own queue and each tenant 
 any gets a second one. ``weighted-fair``: the same, but a tenant of weight w gets w turns in a row.
 ``swap-aware``: a tenant whose next request is for a model already loaded goes first, so a swapping
 device switches less; a request passed over ``max_pass_over`` times goes first of all, so no tenant
-starves. Each tenant's own requests always run in the order they came. A model runs one request at a
-time (runtime interpreters are not re-entrant), so a tenant whose next request is for a busy model
-is passed over for that turn rather than holding a slot. Queues are bounded per tenant and per
+starves. Each tenant's own requests always run in the order they came. A model runs as many requests
+at once as it has instances (``instances(model)``: one interpreter each, as interpreters are not
+re-entrant), so a tenant whose next request is for a model with every instance busy is passed over
+for that turn rather than holding a slot. Queues are bounded per tenant and per
 device; a request with a deadline that cannot start in time is dropped by a timer, never run late.
 """
 
@@ -76,6 +77,7 @@ class Scheduler:
         in_flight_limit: Callable[[str], int | None] = lambda tenant: None,
         loaded: Callable[[str], bool] = lambda model: True,
         max_pass_over: int = 8,
+        instances: Callable[[str], int] = lambda model: 1,
     ) -> None:
         self.slots = slots
         self._execute = execute
@@ -85,6 +87,7 @@ class Scheduler:
         self._weight = weight if discipline == "weighted-fair" else (lambda tenant: 1)
         self._in_flight_limit = in_flight_limit
         self._loaded = loaded
+        self._instances = instances  # called with _cond held: must not take the scheduler's lock
         self.max_pass_over = max_pass_over
         self._turns_left: dict[str, int] = {}  # weighted-fair: turns the head tenant has left
         self.depth_per_tenant = depth_per_tenant
@@ -93,7 +96,7 @@ class Scheduler:
         # Everything below is guarded by _cond.
         self._queues: dict[str, deque[Job]] = {}
         self._ring: deque[str] = deque()  # tenants with waiting jobs, next to serve at the left
-        self._busy: set[str] = set()  # models running right now
+        self._busy: dict[str, int] = {}  # models running right now: how many calls each
         self._running: dict[int, Job] = {}  # slot -> job
         self._closing = False
         self.queued = 0
@@ -203,6 +206,16 @@ class Scheduler:
         with self._cond:
             return model in self._busy
 
+    def _full(self, model: str) -> bool:
+        """Every instance of ``model`` is running a call. Caller holds _cond."""
+        running = self._busy.get(model, 0)
+        return running > 0 and running >= self._instances(model)
+
+    def instances_changed(self) -> None:
+        """A model got more instances: a slot may take a job that waited for one."""
+        with self._cond:
+            self._cond.notify_all()
+
     def _expire(self, job: Job) -> None:
         with self._cond:
             if job.started:
@@ -239,7 +252,7 @@ class Scheduler:
         for _ in range(len(self._ring)):
             tenant = self._ring[0]
             queue = self._queues[tenant]
-            if queue[0].model in self._busy:
+            if self._full(queue[0].model):
                 self._turns_left.pop(tenant, None)
                 self._ring.rotate(-1)
                 continue
@@ -258,7 +271,7 @@ class Scheduler:
     def _take_swap_aware(self) -> Job | None:
         """A head job passed over too often, else the first head job whose model is loaded."""
         heads = [(i, self._queues[t][0]) for i, t in enumerate(self._ring)]
-        runnable = [(i, job) for i, job in heads if job.model not in self._busy]
+        runnable = [(i, job) for i, job in heads if not self._full(job.model)]
         starving = [(i, job) for i, job in runnable if job.passed_over >= self.max_pass_over]
         chosen = starving[0] if starving else next(((i, j) for i, j in runnable if self._loaded(j.model)), None)
         if chosen is None:
@@ -291,7 +304,7 @@ class Scheduler:
                         return
                     self._cond.wait()
                     job = self._take()
-                self._busy.add(job.model)
+                self._busy[job.model] = self._busy.get(job.model, 0) + 1
                 self._running[slot] = job
                 job.started = time.monotonic()
             try:
@@ -304,7 +317,9 @@ class Scheduler:
                 self._to_loop(job, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
             finally:
                 with self._cond:
-                    self._busy.discard(job.model)
+                    left = self._busy.pop(job.model) - 1
+                    if left:
+                        self._busy[job.model] = left
                     del self._running[slot]
                     # A job passed over because its model was busy may be runnable now.
                     self._cond.notify_all()

@@ -137,7 +137,6 @@ class Submission:
         self._policy = policy
         self._threads = threads
         self._probe_slots = ProbeSlots(MAX_CONCURRENT_PROBES)
-        self._load_lock = asyncio.Lock()
         self._by_name: dict[str, asyncio.Lock] = {}
         self._by_tenant: dict[str, asyncio.Lock] = {}
 
@@ -257,7 +256,7 @@ class Submission:
             if self._residency.swapping:
                 # Loaded by the first request that needs it (a measured reload), not here.
                 return self._residency.swappable(name, runtime, path, probe.footprint_bytes, probe.details), 0.0
-            async with self._load_lock:  # one load at a time, so the growth measured is this one's
+            async with self._executor.measure_lock:  # one at a time, so the growth measured is this load's
                 rss_before = rss_bytes()
                 resident, load_ms = await self._executor.load(name, runtime, path)
                 self._admission.memory.loaded(name, rss_bytes() - rss_before, runtime)
@@ -283,7 +282,7 @@ class Submission:
         replaced = self._catalog.models.get(record.name)
         self._catalog.models[record.name] = record
         replaced_resident = self._executor.resident.get(record.name) is not None
-        self._residency.install(resident)
+        self._residency.install(resident, record.owner)
         if replaced is not None and replaced.sha256 != record.sha256:
             await loop.run_in_executor(None, self._store.discard_blob_if_unreferenced, replaced.sha256)
         self._events.emit(

@@ -112,6 +112,8 @@ def _print_status(status: dict[str, Any]) -> None:
     for key in ("queue_depths", "requests", "errors"):
         value = status.get(key) or {}
         print(f"{key.ljust(width)}  {', '.join(f'{k}={v}' for k, v in value.items()) or '-'}")
+    instances = (status.get("residency") or {}).get("instances") or {}  # absent from older daemons
+    print(f"{'instances'.ljust(width)}  {', '.join(f'{k}={v}' for k, v in instances.items()) or '-'}")
     for damaged in status.get("damaged_models") or []:  # absent from daemons older than the list
         print(f"DAMAGED  model {damaged['model']} of tenant {damaged['tenant']}: {damaged['reason']}")
     memory = status.get("memory")
@@ -126,6 +128,8 @@ def _print_status(status: dict[str, Any]) -> None:
         overheads = ", ".join(f"{k} {_mib(v)}" for k, v in memory["runtime_overhead_bytes"].items()) or "-"
         print(f"  {'runtimes'.ljust(10)}  {overheads}")
         print(f"  {'models'.ljust(10)}  {memory['models_admitted']} admitted")
+        extra = ", ".join(f"{k} {_mib(v)}" for k, v in (memory.get("instance_bytes") or {}).items())
+        print(f"  {'instances'.ljust(10)}  {extra or '-'} (charged for instances past the first)")
         refusal = memory.get("last_refusal")
         if refusal:
             print(f"  last refused: {refusal['reason']} (tenant {refusal['tenant']})")

@@ -55,6 +55,9 @@ class DeviceProfile:
     sources: tuple[str, ...]
     cache_bytes: int | None = None  # on-chip parameter cache, for the cache memory model
     default_reserve_bytes: int = 0  # kept free for the host / runtime by default
+    # Instances of one model the device can run at once; None: one per execution slot. An NCS2
+    # belongs to one process and runs one graph at a time; an EdgeTPU runs one model at a time.
+    max_instances: int | None = None
 
     def to_wire(self) -> dict[str, object]:
         return {
@@ -63,6 +66,7 @@ class DeviceProfile:
             "memory_model": self.memory_model.value,
             "capacity_bytes": self.capacity_bytes,
             "cache_bytes": self.cache_bytes,
+            "max_instances": self.max_instances,
             "power_w": list(self.power_w),
             "price_usd": self.price_usd,
             "price_unit": self.price_unit,
@@ -127,6 +131,7 @@ PROFILES: dict[str, DeviceProfile] = {
             "device",
             ("slides", "openvino"),
             default_reserve_bytes=32 * MiB,
+            max_instances=1,
         ),
         DeviceProfile(
             "edgetpu",
@@ -139,6 +144,7 @@ PROFILES: dict[str, DeviceProfile] = {
             ("slides", "coral"),
             cache_bytes=8 * MiB,
             default_reserve_bytes=512 * MiB,
+            max_instances=1,
         ),
         DeviceProfile(
             "cuda",

@@ -1,7 +1,8 @@
 """The runtime interface: the one small contract every inference engine implements.
 
 A :class:`Runtime` loads model files (from bytes or a path) into :class:`LoadedModel` objects that
-report their input/output specs, run one inference at a time, and can be unloaded. ``release`` frees
+report their input/output specs, run ``instances`` inferences at a time (one unless the model was
+given more with ``add_instance``), and can be unloaded. ``release`` frees
 what the runtime holds for the whole process (a delegate, a device handle). :meth:`Runtime.load`
 first checks that the file refers to nothing outside its own bytes (:mod:`tenantd.modelfile`), then
 hands it to the engine's own loader, ``_load``: every load (the probe's and the daemon's) is
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from tenantd.errors import RuntimeFailure
 from tenantd.modelfile import check_self_contained
 from tenantwire.tensors import TensorSpec
 
@@ -29,7 +31,14 @@ def device_kind(device: str) -> str:
 
 
 class LoadedModel(abc.ABC):
-    """A model resident in a runtime. Not thread-safe: callers run one ``infer`` at a time."""
+    """A model resident in a runtime. Callers run at most ``instances`` calls of ``infer`` at once
+    (one, unless ``add_instance`` made more: the daemon's scheduler keeps to the count)."""
+
+    # Whether ``add_instance`` can give this model more concurrent calls (a LiteRT interpreter
+    # more, another OpenVINO infer request, one more caller of a thread-safe ORT session). False
+    # where the device runs one thing at a time (EdgeTPU) or the engine is not re-entrant.
+    can_add_instances: ClassVar[bool] = False
+    instances: int = 1
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -43,6 +52,12 @@ class LoadedModel(abc.ABC):
     @abc.abstractmethod
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run once on ``inputs`` (ordered as ``self.inputs``); outputs ordered as ``self.outputs``."""
+
+    def add_instance(self) -> None:
+        """Make one more concurrent ``infer`` possible, allocating (and warming) what it needs now,
+        so that the memory it costs shows at once. Called while calls may be running; ``instances``
+        goes up only once the new instance is ready. Raises :class:`RuntimeFailure`."""
+        raise RuntimeFailure(f"{type(self).__name__} runs one inference at a time")
 
     @abc.abstractmethod
     def unload(self) -> None:

@@ -114,6 +114,8 @@ def _is_lost(exc: BaseException) -> bool:
 
 
 class EdgeTPUModel(LiteRTModel):
+    can_add_instances = False  # one device that runs one model at a time: more interpreters gain nothing
+
     def __init__(self, interpreter: Any, delegate: Any, facts: dict[str, Any]) -> None:
         super().__init__(interpreter)
         self._delegate = delegate  # the interpreter uses it; it must outlive the interpreter

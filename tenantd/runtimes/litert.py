@@ -1,14 +1,18 @@
 """LiteRT (TensorFlow Lite) runtime on the CPU.
 
 Uses ``ai_edge_litert`` where installed and falls back to the older ``tflite_runtime`` wheel
-(about 2x slower here, and pinned to numpy<2) where only that exists. The interpreter is built
-from a file path where one is given, so the model is memory-mapped rather than copied. The EdgeTPU
-delegate builds on this module in a later runtime.
+(about 2x slower here, and pinned to numpy<2) where only that exists. A model may have several
+interpreters (instances), one per concurrent call, all built on one in-memory copy of the file.
+XNNPACK's packed weights are each interpreter's own: the classic ``Interpreter`` of ai-edge-litert
+2.3.0 has no option to share them (its weight cache, ``xnnpack_weight_cache_path``, is reachable
+only through the ``CompiledModel`` API). The EdgeTPU delegate builds on this module.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import queue
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,25 +44,66 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
     )
 
 
+class _Instance:
+    """One interpreter of a model and the input shapes it is allocated for."""
+
+    def __init__(self, interpreter: Any, shapes: list[tuple[int, ...]]) -> None:
+        self.interpreter = interpreter
+        self.shapes = list(shapes)
+
+
 class LiteRTModel(LoadedModel):
-    def __init__(self, interpreter: Any) -> None:
-        self._interpreter = interpreter
+    """A model and its interpreters: LiteRT runs one call per interpreter at a time, so each
+    instance is an interpreter of its own, all built on the same model buffer (``make``)."""
+
+    can_add_instances = True
+
+    def __init__(self, interpreter: Any, make: Callable[[], Any] | None = None) -> None:
+        self._make = make
         self._input_details = interpreter.get_input_details()
         self._output_details = interpreter.get_output_details()
         self._input_index = [d["index"] for d in self._input_details]
         self._output_index = [d["index"] for d in self._output_details]
-        self._shapes = [tuple(d["shape"]) for d in self._input_details]
+        self._shapes = [tuple(int(n) for n in d["shape"]) for d in self._input_details]
         self.inputs = tuple(_spec(d) for d in self._input_details)
         self.outputs = tuple(_spec(d) for d in self._output_details)
+        # Idle interpreters; a call takes one and puts it back, so concurrent calls never share one.
+        self._idle: queue.SimpleQueue[_Instance] = queue.SimpleQueue()
+        self._idle.put(_Instance(interpreter, self._shapes))
+        self.instances = 1
+
+    def add_instance(self) -> None:
+        if self._make is None:
+            raise RuntimeFailure("this model was loaded without a way to build more interpreters")
+        try:
+            interpreter = self._make()
+            interpreter.allocate_tensors()
+            interpreter.invoke()  # XNNPACK packs its weights on the first call: that memory shows now
+        except (ValueError, RuntimeError) as exc:
+            raise RuntimeFailure(f"LiteRT cannot build another interpreter: {exc}") from exc
+        self._idle.put(_Instance(interpreter, self._shapes))
+        self.instances += 1  # after the put: the scheduler may send one more call at once from now
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        interpreter = self._interpreter
+        try:
+            instance = self._idle.get_nowait()
+        except queue.Empty:
+            raise RuntimeFailure(f"more concurrent calls than the model's {self.instances} instance(s)") from None
+        try:
+            return self._run(instance, inputs)
+        finally:
+            self._idle.put(instance)
+
+    def _run(self, instance: _Instance, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        interpreter = instance.interpreter
+        if interpreter is None:
+            raise RuntimeFailure("the model was unloaded")
         try:
             resized = False
             for i, array in enumerate(inputs):
-                if array.shape != self._shapes[i]:
+                if array.shape != instance.shapes[i]:
                     interpreter.resize_tensor_input(self._input_index[i], list(array.shape))
-                    self._shapes[i] = array.shape
+                    instance.shapes[i] = array.shape
                     resized = True
             if resized:
                 interpreter.allocate_tensors()
@@ -70,7 +115,13 @@ class LiteRTModel(LoadedModel):
             raise RuntimeFailure(str(exc)) from exc
 
     def unload(self) -> None:
-        self._interpreter = None
+        idle, self._idle = self._idle, queue.SimpleQueue()
+        self._make = None
+        while True:
+            try:
+                idle.get_nowait().interpreter = None
+            except queue.Empty:
+                return
 
 
 class LiteRTRuntime(Runtime):
@@ -79,15 +130,21 @@ class LiteRTRuntime(Runtime):
     device_kinds = ("cpu",)
 
     def _load(self, source: bytes | Path) -> LiteRTModel:
+        # Every interpreter of the model is built on this one buffer (LiteRT keeps a reference and
+        # does not copy it), so an instance costs its own arena and packed weights, not the file
+        # again: a path would be memory-mapped once per interpreter.
+        content = source.read_bytes() if isinstance(source, Path) else bytes(source)
+        threads = self.num_threads
+
+        def make() -> Any:
+            return Interpreter(model_content=content, num_threads=threads)
+
         try:
-            if isinstance(source, Path):
-                interpreter = Interpreter(model_path=str(source), num_threads=self.num_threads)
-            else:
-                interpreter = Interpreter(model_content=bytes(source), num_threads=self.num_threads)
+            interpreter = make()
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise RuntimeFailure(f"LiteRT cannot load this model: {exc}") from exc
-        return LiteRTModel(interpreter)
+        return LiteRTModel(interpreter, make)
 
     @classmethod
     def param_bytes(cls, path: Path) -> int | None:

@@ -79,8 +79,11 @@ def _spec(port: Any, fallback: str) -> TensorSpec:
 
 
 class OpenVINOModel(LoadedModel):
+    can_add_instances = True
+
     def __init__(self, compiled: Any) -> None:
         self._compiled = compiled
+        self.instances = 1
         self.inputs = tuple(_spec(p, f"input{i}") for i, p in enumerate(compiled.inputs))
         self.outputs = tuple(_spec(p, f"output{i}") for i, p in enumerate(compiled.outputs))
         # Idle infer requests; a caller takes one (or makes one) so concurrent calls never share.
@@ -105,6 +108,19 @@ class OpenVINOModel(LoadedModel):
             raise RuntimeFailure(str(exc)) from exc
         self._idle.put(request)
         return outputs
+
+    def add_instance(self) -> None:
+        compiled = self._compiled
+        if compiled is None:
+            raise RuntimeFailure("the model was unloaded")
+        try:
+            request = compiled.create_infer_request()  # allocates its own input and output tensors
+        except (RuntimeError, TypeError, ValueError) as exc:
+            if _is_lost(exc):
+                raise DeviceLost(f"OpenVINO lost the device: {exc}") from exc
+            raise RuntimeFailure(f"OpenVINO cannot make another infer request: {exc}") from exc
+        self._idle.put(request)
+        self.instances += 1
 
     def unload(self) -> None:
         self._compiled = None

@@ -2,8 +2,10 @@
 where ``onnxruntime-gpu`` is installed.
 
 An ``InferenceSession`` is safe to call from several threads at once, so one loaded model can serve
-several slots. The session gets ``num_threads`` intra-op threads and one inter-op thread, as the
-daemon sizes its thread budget per model. On ``cuda:N`` the session is created with the CUDA
+several slots: an instance more is one caller more of the same session (its weights are shared;
+each concurrent run takes its activations from the session's arena as it runs). The session gets
+``num_threads`` intra-op threads and one inter-op thread, as the daemon sizes its thread budget per
+model. On ``cuda:N`` the session is created with the CUDA
 provider on device N and refuses to fall back silently to the CPU: a tenant who asked for the GPU
 gets the GPU or a clear error.
 """
@@ -57,8 +59,11 @@ def _spec(arg: Any) -> TensorSpec:
 
 
 class ONNXRuntimeModel(LoadedModel):
+    can_add_instances = True
+
     def __init__(self, session: Any) -> None:
         self._session = session
+        self.instances = 1
         self.inputs = tuple(_spec(a) for a in session.get_inputs())
         self.outputs = tuple(_spec(a) for a in session.get_outputs())
         self._input_names = [s.name for s in self.inputs]
@@ -75,6 +80,11 @@ class ONNXRuntimeModel(LoadedModel):
                 raise DeviceLost(f"ONNX Runtime lost the GPU: {exc}") from exc
             raise RuntimeFailure(str(exc)) from exc
         return [np.asarray(o) for o in outputs]
+
+    def add_instance(self) -> None:
+        if self._session is None:
+            raise RuntimeFailure("the model was unloaded")
+        self.instances += 1
 
     def unload(self) -> None:
         self._session = None

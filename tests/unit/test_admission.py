@@ -490,3 +490,70 @@ def test_a_loaded_model_moves_from_pending_into_the_hosts_measured_use() -> None
     adm.loaded("a", 1200 * MiB, "onnx")
     assert adm.ledger.pending() == 0
     assert adm.budget().free_bytes == 2048 * MiB - 1200 * MiB  # counted once, not twice
+
+
+# ---------------------------------------------------------------- instances
+
+
+def test_an_instance_is_reserved_at_its_estimate_and_charged_what_it_measured() -> None:
+    adm = admission("ncs2")  # 480 MiB budget, dedicated
+    assert adm.decide("a", 100 * MiB, "openvino", 0).admitted
+    assert adm.reserve_instance("a", 100 * MiB)
+    assert adm.budget().used_bytes == 200 * MiB  # reserved: a decision meanwhile sees it taken
+    assert adm.ledger.pending() == 100 * MiB + 100 * MiB  # the model's own load and the instance
+    adm.instance_loaded("a", 100 * MiB, 30 * MiB)
+    assert adm.ledger.instances == {"a": [30 * MiB]}
+    assert adm.ledger.pending_instance_bytes == 0
+    assert adm.budget().used_bytes == 130 * MiB
+    assert adm.ledger.instance_bytes("a") == 30 * MiB
+
+
+def test_no_instance_is_reserved_without_room_and_nothing_is_charged() -> None:
+    adm = admission("ncs2")
+    assert adm.decide("a", 300 * MiB, "openvino", 0).admitted
+    assert not adm.reserve_instance("a", 200 * MiB)  # 180 MiB free
+    assert adm.ledger.instances == {}
+    assert adm.budget().used_bytes == 300 * MiB
+    assert adm.reserve_instance("a", 180 * MiB)  # an exact fit is room
+
+
+def test_an_instance_of_a_model_not_charged_is_refused() -> None:
+    adm = admission("ncs2")
+    assert not adm.reserve_instance("ghost", 1)
+
+
+def test_a_failed_instance_gives_its_reservation_back() -> None:
+    adm = admission("ncs2")
+    assert adm.decide("a", 100 * MiB, "openvino", 0).admitted
+    assert adm.reserve_instance("a", 50 * MiB)
+    adm.instance_failed("a", 50 * MiB)
+    assert adm.ledger.instances.get("a", []) == []
+    assert adm.ledger.pending_instance_bytes == 0
+    assert adm.budget().used_bytes == 100 * MiB
+
+
+def test_releasing_a_model_releases_its_instances() -> None:
+    adm = admission("ncs2")
+    assert adm.decide("a", 100 * MiB, "openvino", 0).admitted
+    for measured in (20 * MiB, 22 * MiB):
+        assert adm.reserve_instance("a", 100 * MiB)
+        adm.instance_loaded("a", 100 * MiB, measured)
+    assert adm.budget().used_bytes == 142 * MiB
+    adm.release("a")
+    assert adm.ledger.instances == {}
+    assert adm.budget().used_bytes == 0
+
+
+def test_shared_budget_counts_a_reserved_instance_until_it_shows_in_host_memory() -> None:
+    host = FakeHost(total=4 * GiB, used=1 * GiB)
+    adm = admission("jetson-nano", host)
+    free = adm.budget().free_bytes
+    assert adm.decide("a", 100 * MiB, "litert", 0).admitted
+    host.used += 100 * MiB
+    adm.loaded("a", 100 * MiB, "litert")
+    assert adm.budget().free_bytes == free - 100 * MiB
+    assert adm.reserve_instance("a", 40 * MiB)
+    assert adm.budget().free_bytes == free - 140 * MiB  # not in the host's use yet: pending
+    host.used += 30 * MiB
+    adm.instance_loaded("a", 40 * MiB, 30 * MiB)
+    assert adm.budget().free_bytes == free - 130 * MiB

@@ -214,3 +214,20 @@ def test_defaults_follow_the_cpu_set_this_process_may_use() -> None:
     policy = Policy()
     assert policy.effective_slots() == cpus
     assert policy.effective_slots() * policy.effective_threads() <= cpus
+
+
+def test_instances_take_auto_or_a_count_for_the_device_and_per_tenant() -> None:
+    policy = config.parse_policy('instances = 3\n[tenants.a]\ninstances = "auto"\n[tenants.b]\ninstances = 1\n')
+    assert policy.instances == 3
+    assert policy.tenant("a").instances == "auto"
+    assert policy.tenant("b").instances == 1
+    assert policy.tenant("c").instances is None  # the device's setting applies
+    assert Policy().instances == "auto"
+
+
+@pytest.mark.parametrize("value", ['"many"', "0", "true", "1.5", "300"])
+def test_bad_instances_are_refused_naming_the_key(value: str) -> None:
+    with pytest.raises(ConfigError, match="instances"):
+        config.parse_policy(f"instances = {value}\n")
+    with pytest.raises(ConfigError, match=r"tenants\.a\.instances"):
+        config.parse_policy(f"[tenants.a]\ninstances = {value}\n")

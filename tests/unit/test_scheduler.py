@@ -814,3 +814,114 @@ def test_in_flight_limit_counts_queued_and_running() -> None:
         assert sorted(fake.started) == ["A0", "A1", "B0"]
 
     run(main)
+
+
+# --------------------------------------------------------------------------- instances
+
+
+def test_a_model_with_two_instances_runs_on_both_slots_at_once() -> None:
+    async def main() -> None:
+        fake = Fake(gated={"j1", "j2", "j3"})
+        sched = Scheduler(2, fake.execute, fake.drop, instances=lambda model: 2 if model == "m" else 1)
+        for label in ("j1", "j2", "j3"):
+            sched.submit(job("A", "m", label))
+        sched.start()
+        # Both start while neither has been released: two calls of one model at the same time.
+        await until(fake.started_future("j1"))
+        await until(fake.started_future("j2"))
+        assert fake.running_per_model["m"] == 2
+        assert {fake.slots_used["j1"], fake.slots_used["j2"]} == {0, 1}
+        assert sched.queue_depths() == {"A": 1}  # j3 waits for a slot
+        for label in ("j1", "j2"):
+            fake.release(label)
+        fake.release("j3")
+        assert await until(sched.drain(GUARD_S)) == 0
+        assert fake.max_per_model["m"] == 2
+        assert fake.started == ["j1", "j2", "j3"]  # one tenant's requests in the order they came
+
+    run(main)
+
+
+def test_instances_bound_concurrency_below_the_slots() -> None:
+    async def main() -> None:
+        fake = Fake(gated={"j1", "j2", "j3"})
+        sched = Scheduler(3, fake.execute, fake.drop, instances=lambda model: 2)
+        for label in ("j1", "j2", "j3"):
+            sched.submit(job("A", "m", label))
+        sched.start()
+        await until(fake.started_future("j1"))
+        await until(fake.started_future("j2"))
+        # The third slot is free but both instances are busy: a job for another model, queued
+        # behind j3, runs on it while j3 waits.
+        sched.submit(job("B", "p", "probe"))
+        await until(fake.finished_future("probe"))
+        assert "j3" not in fake.started
+        fake.release("j1")
+        await until(fake.started_future("j3"))
+        fake.release("j2")
+        fake.release("j3")
+        assert await until(sched.drain(GUARD_S)) == 0
+        assert fake.max_per_model["m"] == 2
+
+    run(main)
+
+
+def test_more_instances_let_a_waiting_job_start() -> None:
+    async def main() -> None:
+        fake = Fake(gated={"j1", "j2"})
+        count = {"m": 1}
+        sched = Scheduler(2, fake.execute, fake.drop, instances=lambda model: count[model])
+        sched.submit(job("A", "m", "j1"))
+        sched.submit(job("A", "m", "j2"))
+        sched.start()
+        await until(fake.started_future("j1"))
+        assert sched.queue_depths() == {"A": 1}
+        count["m"] = 2  # an instance was added (the residency's background growth)
+        sched.instances_changed()
+        await until(fake.started_future("j2"))  # while j1 still runs
+        assert fake.running_per_model["m"] == 2
+        fake.release("j1")
+        fake.release("j2")
+        assert await until(sched.drain(GUARD_S)) == 0
+
+    run(main)
+
+
+def test_tenants_still_take_turns_on_a_model_with_instances() -> None:
+    async def main() -> None:
+        # A floods its model; B asks twice. With two instances per model and one slot's worth of
+        # turns each, B's requests do not wait behind A's backlog: round-robin holds.
+        fake = Fake()
+        sched = Scheduler(1, fake.execute, fake.drop, instances=lambda model: 2)
+        for i in range(6):
+            sched.submit(job("A", "ma", f"A{i}"))
+        for i in range(2):
+            sched.submit(job("B", "mb", f"B{i}"))
+        sched.start()
+        assert await until(sched.drain(GUARD_S)) == 0
+        assert [label[0] for label in fake.started] == list("ABABAAAA")
+
+    run(main)
+
+
+def test_tenants_take_turns_on_two_slots_with_a_shared_busy_model() -> None:
+    async def main() -> None:
+        # Two tenants' requests for one model of two instances: both slots run it, and the
+        # tenants alternate, whatever each has queued.
+        fake = Fake(gated={"A0", "B0"})
+        sched = Scheduler(2, fake.execute, fake.drop, instances=lambda model: 2)
+        for i in range(4):
+            sched.submit(job("A", "m", f"A{i}"))
+        for i in range(2):
+            sched.submit(job("B", "m", f"B{i}"))
+        sched.start()
+        await until(fake.started_future("A0"))
+        await until(fake.started_future("B0"))
+        assert sorted(fake.started) == ["A0", "B0"]
+        fake.release("A0")
+        fake.release("B0")
+        assert await until(sched.drain(GUARD_S)) == 0
+        assert fake.started[2:4] in (["A1", "B1"], ["B1", "A1"])
+        assert fake.started[4:] == ["A2", "A3"]
+
+    run(main)
