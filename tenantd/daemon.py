@@ -197,6 +197,7 @@ class Daemon:
             )
             self.events.emit(Event.MODEL_FILES_SET_ASIDE, sha256=sorted(set_aside), folder=str(self.store.orphan_dir))
         self.loop = asyncio.get_running_loop()
+        self.submission.start()  # the probe host, in the background
         await self.residency.restore(self.store, self.catalog)
         self.pipelines.restore()
         budget = self.admission.report_over_budget()
@@ -289,6 +290,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         dropped = await self.core.scheduler.drain(timeout)
         await self.frontdoor.cancel_tasks(deadline - time.monotonic())
+        await self.submission.close()
         await close_quietly(self.pipelines.uplinks)
         self.frontdoor.close()
         self.executor.close()

@@ -39,6 +39,8 @@ class ProbeResult:
     ok: bool
     # The model needs more memory than the probe was allowed (the device budget's free memory).
     over_memory_limit: bool = False
+    # The probe host died while this probe ran: nothing is known about the model (probehost.py).
+    host_lost: bool = False
     reason: str = ""
     inputs: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -88,13 +90,14 @@ def _measure(
     # Where only one process may hold the device, the runtime names a stand-in to probe on.
     probe_device = cls.probe_device(device)
     runtime = cls(device=probe_device, num_threads=threads)
-    # runtime.load checks the file again; checking it here first loads the check's parser (the
-    # onnx package, where installed) before the model's own growth is measured: like the runtime
-    # library, it is paid once per process, not once per model.
-    check_self_contained(path, accept_opaque=cls.own_format is not None)
-    rss_runtime = rss_bytes()
     if runtime_overhead is None:
-        runtime_overhead = rss_runtime - rss_start
+        # runtime.load checks the file again; checking it here first loads the check's parser (the
+        # onnx package, where installed) before the model's own growth is measured: like the runtime
+        # library, it is paid once per process, not once per model. (A child of the probe host
+        # inherits the parser with the runtime, so it checks once, in load.)
+        check_self_contained(path, accept_opaque=cls.own_format is not None)
+        runtime_overhead = rss_bytes() - rss_start
+    rss_runtime = rss_bytes()
     if memory_limit is not None:
         largest = largest_declared_tensor(path)
         if largest is not None and largest[1] > memory_limit:
