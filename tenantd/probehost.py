@@ -275,6 +275,7 @@ class ProbeHost:
         self.fresh: dict[str, str] = {}  # runtime -> why its probes start a fresh process
         self.pid: int | None = None  # the host process while it is ready
         self.starts = 0
+        self.forked_probes = 0  # probes handed to the host to fork
 
     def start(self) -> None:
         """Start the host in the background (it is ready when its first message arrives)."""
@@ -330,6 +331,7 @@ class ProbeHost:
         except (OSError, ValueError) as exc:
             reason = f"its socket failed ({exc})"
         finally:
+            was_ready = self._socket is not None
             self._socket = self._control = None
             self.pid = None
             self.forked = {}
@@ -339,9 +341,16 @@ class ProbeHost:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+            reason += f", {_status_words(proc.returncode)}"
             for pending in self._pending.values():
                 if not pending.exit.done():
-                    pending.exit.set_exception(ProbeHostLost(f"the probe host stopped: {reason} ({proc.returncode})"))
+                    pending.exit.set_exception(ProbeHostLost(f"the probe host stopped ({reason})"))
+            if not self._closed:
+                # A host that had served is started again at once; one that died starting waits for
+                # the next probe after RESTART_INTERVAL_S, so a broken install cannot loop.
+                log.warning("the probe host stopped (%s)%s", reason, ": starting another" if was_ready else "")
+                if was_ready:
+                    loop.call_soon(self.start)
 
     def _on_message(self, message: dict[str, Any], ours: socket.socket) -> None:
         if message.get("ready"):
@@ -388,6 +397,7 @@ class ProbeHost:
         finally:
             os.close(out_w)
             os.close(err_w)
+        self.forked_probes += 1
         reading = asyncio.gather(_read_all(out_r), _read_all(err_r))
         try:
             (stdout, stderr), returncode = await asyncio.wait_for(
@@ -413,6 +423,13 @@ class ProbeHost:
                 self._socket.send(json.dumps({"id": probe_id, "kill": True}).encode())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(pending.exit), self.KILL_GRACE_S)
+
+
+def _status_words(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"
 
 
 class ProbeHostLost(Exception):
