@@ -56,6 +56,8 @@ from tenantd.runtimes import Runtime, get_runtime_class
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 64 * 1024
+# TENANTD_PROBE_HOST=0 turns the host off: every probe starts a fresh process, as before it existed.
+ENABLED = os.environ.get("TENANTD_PROBE_HOST", "1") != "0"
 # Runtimes whose import starts a thread (checked with this module's own check on this machine):
 # they are never imported by the host, so no throwaway child is spent finding it out again.
 THREADED_AT_IMPORT = {
@@ -279,6 +281,8 @@ class ProbeHost:
 
     def start(self) -> None:
         """Start the host in the background (it is ready when its first message arrives)."""
+        if not ENABLED:
+            return
         if not self._closed and (self._task is None or self._task.done()):
             self._started_at = time.monotonic()
             self.starts += 1
