@@ -81,16 +81,21 @@ def resident_file_pages() -> list[tuple[int, int]]:
     tables now: what a forked child must map again to start from the same resident set."""
     page = os.sysconf("SC_PAGE_SIZE")
     runs: list[tuple[int, int]] = []
-    with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            if len(fields) < 6 or not fields[5].startswith("/") or "r" not in fields[1]:
-                continue  # anonymous, [heap], [stack], [vdso], or not readable
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            raw = os.pread(pagemap.fileno(), (end - start) // page * 8, start // page * 8)
-            present = np.concatenate(([0], (np.frombuffer(raw, np.uint64) >> np.uint64(63)).astype(np.int8), [0]))
-            edges = np.flatnonzero(np.diff(present))
-            runs += [(start + int(a) * page, int(b - a) * page) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    try:
+        with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or not fields[5].startswith("/") or "r" not in fields[1]:
+                    continue  # anonymous, [heap], [stack], [vdso], or not readable
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                raw = os.pread(pagemap.fileno(), (end - start) // page * 8, start // page * 8)
+                present = (np.frombuffer(raw, np.uint64) >> np.uint64(63)).astype(np.int8)
+                edges = np.flatnonzero(np.diff(np.concatenate(([0], present, [0]))))
+                pairs = zip(edges[::2], edges[1::2], strict=True)
+                runs += [(start + int(a) * page, int(b - a) * page) for a, b in pairs]
+    except OSError as exc:  # the children then count the host's code they touch again: an overestimate
+        print(f"tenantd.probehost: cannot read this process's page map ({exc})", file=sys.stderr)
+        return []
     return runs
 
 
@@ -416,15 +421,20 @@ class ProbeHost:
         except ProbeHostLost as exc:
             return ProbeResult(ok=False, host_lost=True, reason=f"{exc} during this probe; the model was not judged")
         finally:
+            if not pending.exit.done():  # cancelled (the daemon stopping): the child must not outlive it
+                self._send_kill(probe_id)
             reading.cancel()
             await asyncio.gather(reading, return_exceptions=True)
             del self._pending[probe_id]
         return with_process(read_result(stdout, stderr, returncode), "forked")
 
-    async def _kill(self, probe_id: int, pending: _Pending) -> None:
+    def _send_kill(self, probe_id: int) -> None:
         if self._socket is not None:
             with contextlib.suppress(OSError):
                 self._socket.send(json.dumps({"id": probe_id, "kill": True}).encode())
+
+    async def _kill(self, probe_id: int, pending: _Pending) -> None:
+        self._send_kill(probe_id)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(pending.exit), self.KILL_GRACE_S)
 
