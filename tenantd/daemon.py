@@ -285,6 +285,7 @@ class Daemon:
             )
             self.events.emit(Event.MODEL_FILES_SET_ASIDE, sha256=sorted(set_aside), folder=str(self.store.orphan_dir))
         self.loop = asyncio.get_running_loop()
+        self.submission.start()  # the probe host, in the background
         await self.residency.restore(self.store, self.catalog)
         self.pipelines.restore()
         budget = self.admission.report_over_budget()
@@ -412,6 +413,7 @@ class Daemon:
         dropped = await self.core.scheduler.drain(timeout)
         await self.frontdoor.cancel_tasks(deadline - time.monotonic())
         await self.residency.close()
+        await self.submission.close()
         await close_quietly(self.pipelines.uplinks)
         for door in self.kserve_doors:
             await door.close()

@@ -39,6 +39,8 @@ class ProbeResult:
     ok: bool
     # The model needs more memory than the probe was allowed (the device budget's free memory).
     over_memory_limit: bool = False
+    # The probe host died while this probe ran: nothing is known about the model (probehost.py).
+    host_lost: bool = False
     reason: str = ""
     inputs: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -69,7 +71,12 @@ def _cap_address_space(limit: int) -> None:
 
 
 def _measure(
-    runtime_name: str, path: Path, threads: int, device: str = "cpu", memory_limit: int | None = None
+    runtime_name: str,
+    path: Path,
+    threads: int,
+    device: str = "cpu",
+    memory_limit: int | None = None,
+    runtime_overhead: int | None = None,
 ) -> dict[str, Any]:
     import numpy as np
 
@@ -83,10 +90,13 @@ def _measure(
     # Where only one process may hold the device, the runtime names a stand-in to probe on.
     probe_device = cls.probe_device(device)
     runtime = cls(device=probe_device, num_threads=threads)
-    # runtime.load checks the file again; checking it here first loads the check's parser (the
-    # onnx package, where installed) before the model's own growth is measured: like the runtime
-    # library, it is paid once per process, not once per model.
-    check_self_contained(path, accept_opaque=cls.own_format is not None)
+    if runtime_overhead is None:
+        # runtime.load checks the file again; checking it here first loads the check's parser (the
+        # onnx package, where installed) before the model's own growth is measured: like the runtime
+        # library, it is paid once per process, not once per model. (A child of the probe host
+        # inherits the parser with the runtime, so it checks once, in load.)
+        check_self_contained(path, accept_opaque=cls.own_format is not None)
+        runtime_overhead = rss_bytes() - rss_start
     rss_runtime = rss_bytes()
     if memory_limit is not None:
         largest = largest_declared_tensor(path)
@@ -134,7 +144,7 @@ def _measure(
         "first_infer_ms": first_infer_ms,
         "details": {
             "runtime_version": cls.version(),
-            "runtime_overhead_bytes": max(0, rss_runtime - rss_start, declared_overhead),
+            "runtime_overhead_bytes": max(0, runtime_overhead, declared_overhead),
             "load_bytes": max(0, rss_loaded - rss_runtime),
             "first_infer_bytes": max(0, rss_after - rss_loaded),
             "threads": threads,
@@ -147,6 +157,38 @@ def _measure(
     }
 
 
+def outcome(
+    runtime_name: str,
+    path: Path,
+    threads: int,
+    device: str = "cpu",
+    memory_limit: int | None = None,
+    runtime_overhead: int | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Probe ``path`` in this process: (the result as JSON data, the exit status it calls for).
+    ``runtime_overhead`` is what importing the runtime cost, when it was imported before (by the
+    probe host, before forking this process); otherwise it is measured here."""
+    try:
+        return _measure(runtime_name, path, threads, device, memory_limit, runtime_overhead), 0
+    except OverMemoryLimit as exc:
+        return {"ok": False, "over_memory_limit": True, "reason": str(exc)}, 1
+    except MemoryError:  # an allocation past the address-space cap, in Python or a runtime's binding
+        capped = memory_limit is not None
+        limit = f" of {_mib(memory_limit)} (the device budget's free memory)" if memory_limit is not None else ""
+        reason = f"the model ran out of the probe's memory{limit}"
+        return {"ok": False, "over_memory_limit": capped, "reason": reason}, 1
+    except ModelFileRefused as exc:  # said to the tenant as it is, with what was refused in details
+        return {"ok": False, "reason": str(exc), "details": {"model_file": exc.to_wire()}}, 1
+    except Exception as exc:  # noqa: BLE001 - the probe's job is to turn any failure into a reason
+        return {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}, 1
+
+
+def write_result(result: dict[str, Any]) -> None:
+    """The result as the one marked line on stdout that :func:`read_result` looks for."""
+    sys.stdout.write(RESULT_MARK + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tenantd.probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("runtime", help="runtime name, e.g. litert")
@@ -155,25 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="the daemon's device, e.g. cpu, edgetpu:usb:0")
     parser.add_argument("--memory-limit", type=int, help="bytes the model may use beyond the runtime library")
     args = parser.parse_args(argv)
-    try:
-        result = _measure(args.runtime, args.path, args.threads, args.device, args.memory_limit)
-        code = 0
-    except OverMemoryLimit as exc:
-        result = {"ok": False, "over_memory_limit": True, "reason": str(exc)}
-        code = 1
-    except MemoryError:  # an allocation past the address-space cap, in Python or a runtime's binding
-        capped = args.memory_limit is not None
-        limit = f" of {_mib(args.memory_limit)} (the device budget's free memory)" if capped else ""
-        result = {"ok": False, "over_memory_limit": capped, "reason": f"the model ran out of the probe's memory{limit}"}
-        code = 1
-    except ModelFileRefused as exc:  # said to the tenant as it is, with what was refused in details
-        result = {"ok": False, "reason": str(exc), "details": {"model_file": exc.to_wire()}}
-        code = 1
-    except Exception as exc:  # noqa: BLE001 - the probe's job is to turn any failure into a reason
-        result = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
-        code = 1
-    sys.stdout.write(RESULT_MARK + json.dumps(result) + "\n")
-    sys.stdout.flush()
+    result, code = outcome(args.runtime, args.path, args.threads, args.device, args.memory_limit)
+    write_result(result)
     return code
 
 
@@ -182,6 +207,26 @@ def _signal_name(returncode: int) -> str:
         return signal.Signals(-returncode).name
     except ValueError:
         return f"signal {-returncode}"
+
+
+def timed_out(timeout_s: float) -> ProbeResult:
+    return ProbeResult(
+        ok=False, reason=f"the probe did not finish within {timeout_s:g} s (the model hangs the runtime or is too slow)"
+    )
+
+
+def read_result(stdout: bytes, stderr: bytes, returncode: int) -> ProbeResult:
+    """The result a finished probe process left: its marked line, else why it has none."""
+    for line in reversed(stdout.decode(errors="replace").splitlines()):
+        if line.startswith(RESULT_MARK):
+            data = json.loads(line[len(RESULT_MARK) :])
+            return ProbeResult(**data)
+    if returncode < 0:
+        reason = f"the runtime crashed loading or running the model ({_signal_name(returncode)})"
+    else:
+        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
+        reason = f"the probe exited with status {returncode}: {' | '.join(tail) or 'no output'}"
+    return ProbeResult(ok=False, reason=reason)
 
 
 async def probe_model(
@@ -209,21 +254,9 @@ async def probe_model(
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        return ProbeResult(
-            ok=False,
-            reason=f"the probe did not finish within {timeout_s:g} s (the model hangs the runtime or is too slow)",
-        )
-    for line in reversed(stdout.decode(errors="replace").splitlines()):
-        if line.startswith(RESULT_MARK):
-            data = json.loads(line[len(RESULT_MARK) :])
-            return ProbeResult(**data)
+        return timed_out(timeout_s)
     assert proc.returncode is not None
-    if proc.returncode < 0:
-        reason = f"the runtime crashed loading or running the model ({_signal_name(proc.returncode)})"
-    else:
-        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
-        reason = f"the probe exited with status {proc.returncode}: {' | '.join(tail) or 'no output'}"
-    return ProbeResult(ok=False, reason=reason)
+    return read_result(stdout, stderr, proc.returncode)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Submission: a tenant's model file becomes a served model, or a typed refusal.
 
 The steps, in order: check the request (name, quota, device, runtime) -> store the file by its
-hash -> probe it in a throwaway process (load, specs, memory, one inference on zeros) -> admission
+hash -> probe it in a throwaway process, forked by the probe host where the runtime allows
+(load, specs, memory, one inference on zeros) -> admission
 (quotas, budget) -> load it on the device (or register it as swappable) -> write the durable
 record -> install it in the catalog and on the device, retiring a model it replaces. The reply goes
 out only after the record is committed, so an acknowledged model survives a kill -9. One
@@ -25,14 +26,30 @@ from tenantd.admission import AdmissionControl
 from tenantd.catalog import Catalog, require_tenant
 from tenantd.config import Policy
 from tenantd.devicehealth import DeviceHealth
-from tenantd.errors import AdmissionDenied, BadRequest, DeviceUnavailable, InvalidModel, ModelFailed, RuntimeUnavailable
+from tenantd.errors import (
+    AdmissionDenied,
+    BadRequest,
+    DeviceUnavailable,
+    InvalidModel,
+    ModelFailed,
+    RuntimeUnavailable,
+    Unavailable,
+)
 from tenantd.events import Event, EventLog
 from tenantd.executor import Executor, Resident
 from tenantd.lifecycle import Lifecycle
 from tenantd.memory import rss_bytes
-from tenantd.probe import ProbeResult, probe_model
+from tenantd.probe import ProbeResult
+from tenantd.probehost import ProbeHost
 from tenantd.residency import Residency, seed_warm
-from tenantd.runtimes import DeviceLost, RuntimeFailure, RuntimeNotAvailable, check_device, get_runtime_class
+from tenantd.runtimes import (
+    DeviceLost,
+    RuntimeFailure,
+    RuntimeNotAvailable,
+    available_runtimes,
+    check_device,
+    get_runtime_class,
+)
 from tenantd.runtimes import runtime_for_file as default_runtime
 from tenantd.store import ModelRecord, Store
 from tenantwire.errors import ErrorCode
@@ -137,8 +154,17 @@ class Submission:
         self._policy = policy
         self._threads = threads
         self._probe_slots = ProbeSlots(MAX_CONCURRENT_PROBES)
+        self.probe_host = ProbeHost(available_runtimes())
         self._by_name: dict[str, asyncio.Lock] = {}
         self._by_tenant: dict[str, asyncio.Lock] = {}
+
+    def start(self) -> None:
+        """Start the probe host (in the background: probes start fresh processes until it is ready)."""
+        self.probe_host.start()
+
+    async def close(self) -> None:
+        """Stop the probe host and reap it (after the submissions in flight have ended)."""
+        await self.probe_host.close()
 
     def name_lock(self, name: str) -> asyncio.Lock:
         """Held while a submission of ``name`` is between admission and install (a removal waits)."""
@@ -216,10 +242,15 @@ class Submission:
         memory = self._admission.memory
         limit = max(memory.budget().free_bytes + memory.ledger.models.get(name, 0), MIN_PROBE_MEMORY)
         async with self._probe_slots.turn(tenant) as turn:
-            probe = await probe_model(
-                runtime, path, self._threads, self._policy().probe_timeout_s, self._device, memory_limit=limit
+            probe = await self.probe_host.probe(
+                runtime, path, self._threads, self._policy().probe_timeout_s, self._device, limit
             )
-            turn.ok = probe.ok
+            turn.ok = probe.ok or probe.host_lost  # the host's death is not the tenant's doing
+        if probe.host_lost:
+            self._events.emit(
+                Event.MODEL_REFUSED, model=name, tenant=tenant, code=ErrorCode.UNAVAILABLE.value, reason=probe.reason
+            )
+            raise Unavailable(f"{probe.reason}: submit it again")
         if probe.over_memory_limit:
             details = {"memory_limit_bytes": limit}
             self._events.emit(

@@ -294,7 +294,10 @@ class AsyncTenantClient:
                     send.cancel()
 
         try:
-            reply = await asyncio.wait_for(exchange(), limit)
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives just as
+            # the reply does, so a cancelled caller went on to its next call (seen with fast probes).
+            async with asyncio.timeout(limit):
+                reply = await exchange()
         except TimeoutError:
             raise RequestTimeout(
                 f"no reply to {op} from {self.endpoint} within {limit:g} s (is the daemon running?)",
