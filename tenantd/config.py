@@ -29,7 +29,7 @@ class ModelPolicy(BaseModel):
     max_batch: Annotated[int, Field(ge=1, le=64)] | None = None
     """Requests of this model run as one batch, at most this many (else the tenant's or device's)."""
 
-    max_queue_delay_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
+    max_queue_delay_ms: Annotated[float, Field(ge=0, le=60_000)] | None = None
     """How long a request may wait for its batch to fill (else the tenant's or device's)."""
 
 
@@ -56,7 +56,7 @@ class TenantPolicy(BaseModel):
     max_batch: Annotated[int, Field(ge=1, le=64)] | None = None
     """Dynamic batching for this tenant's models (else the device's ``max_batch``)."""
 
-    max_queue_delay_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
+    max_queue_delay_ms: Annotated[float, Field(ge=0, le=60_000)] | None = None
     """How long this tenant's requests may wait for a batch to fill (else the device's)."""
 
     models: dict[str, ModelPolicy] = Field(default_factory=dict)
@@ -90,7 +90,7 @@ class Policy(BaseModel):
     along the first dimension, where its runtime takes a batch (``status`` shows each model's
     ``max_batch``). 1 (the default, as measured on a 2-core CPU: see the README) is off."""
 
-    max_queue_delay_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
+    max_queue_delay_ms: Annotated[float, Field(ge=0, le=60_000)] = 0.0
     """How long the oldest request of a batch may wait for more to arrive, when ``max_batch`` > 1
     and a slot is free; 0 batches only what is queued already. A request whose deadline would pass
     sooner does not wait."""
