@@ -12,7 +12,7 @@ alone, and status, metrics and the replies' timings show the batch sizes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ def dynamic_batch(model: bytes) -> bytes:
     graph = onnx.load_from_string(model)
     for value in (*graph.graph.input, *graph.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
-    return graph.SerializeToString()
+    return bytes(graph.SerializeToString())
 
 
 def batch_lost_inside() -> bytes:
@@ -53,7 +53,7 @@ def batch_lost_inside() -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,9 @@ def vector(seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("name", "make"), [("cnn.tflite", image), ("mlp.tflite", vector)])
-def test_a_litert_batch_splits_into_exactly_each_requests_unbatched_outputs(files: dict[str, Path], name: str, make) -> None:  # type: ignore[no-untyped-def]
+def test_a_litert_batch_splits_into_exactly_each_requests_unbatched_outputs(
+    files: dict[str, Path], name: str, make: Callable[[int], np.ndarray]
+) -> None:
     executor = Executor("cpu", slots=1, threads_per_model=1)
     resident, _ = asyncio.run(executor.load(name, "litert", files[name]))
     executor.install(resident)
@@ -162,7 +164,7 @@ def batching_daemon(tmp_path: Path) -> Iterator[tuple[Daemon, str]]:
 def test_the_daemon_runs_queued_requests_as_batches_and_splits_the_replies_exactly(
     batching_daemon: tuple[Daemon, str], files: dict[str, Path]
 ) -> None:
-    daemon, endpoint = batching_daemon
+    _, endpoint = batching_daemon
     with TenantClient(endpoint, tenant="alice") as alice:
         alice.submit_model(files["cnn.tflite"], "cnn")
         (info,) = alice.list_models()
