@@ -109,7 +109,7 @@ def _print_status(status: dict[str, Any]) -> None:
         print(f"{key.ljust(width)}  {status.get(key)}")
     for key in ("resident", "tenants", "runtimes"):
         print(f"{key.ljust(width)}  {', '.join(status.get(key) or []) or '-'}")
-    for key in ("queue_depths", "requests", "errors"):
+    for key in ("queue_depths", "batches", "requests", "errors"):  # batches: calls per batch size above 1
         value = status.get(key) or {}
         print(f"{key.ljust(width)}  {', '.join(f'{k}={v}' for k, v in value.items()) or '-'}")
     instances = (status.get("residency") or {}).get("instances") or {}  # absent from older daemons
