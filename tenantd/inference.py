@@ -155,7 +155,7 @@ class InferenceCore:
         loaded model can take. Called by the scheduler under its lock."""
         resident = self._executor.resident.get(job.model)
         can = 1 if resident is None else resident.max_batch
-        if can <= 1:
+        if can <= 1 or self._executor.twin is not None:  # a twin models one request per service time
             return 1, 0.0
         limit, delay_ms = self._policy().batching(job.tenant, job.model)
         return min(limit, can), delay_ms / 1e3
