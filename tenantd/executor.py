@@ -30,6 +30,7 @@ the batch inside it) is marked ``unbatchable`` and its requests run one by one f
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import threading
 import time
@@ -42,9 +43,10 @@ import numpy as np
 
 from tenantd.devices.twin import DeviceTwin, TwinModel
 from tenantd.memory import rss_bytes
-from tenantd.runtimes import LoadedModel, Runtime, RuntimeFailure, get_runtime_class
+from tenantd.runtimes import DeviceLost, LoadedModel, Runtime, RuntimeFailure, get_runtime_class
 
 WARM_WINDOW = 64
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -236,10 +238,17 @@ class Executor:
         the outputs, one result per request, in order; the first carries the switch, if any.
         Raises RuntimeFailure."""
         stacked = [np.concatenate(rows) for rows in zip(*inputs, strict=True)]
-        whole = self.run(resident, stacked, slot)
         n = len(inputs)
-        if any(out.ndim == 0 or out.shape[0] != n for out in whole.outputs):
+        try:
+            whole = self.run(resident, stacked, slot)
+            lost = [f"an output of shape {list(o.shape)}" for o in whole.outputs if o.ndim == 0 or o.shape[0] != n]
+        except DeviceLost:
+            raise
+        except RuntimeFailure as exc:  # the engine refused the larger first dimension (a fixed reshape)
+            lost = [str(exc)]
+        if lost:
             resident.unbatchable = True  # from now on the scheduler batches none of its requests
+            log.warning("model %s cannot batch (%s); its requests run one by one", resident.name, lost[0])
             return [self.run(resident, one, slot) for one in inputs]
         results = []
         for i in range(n):

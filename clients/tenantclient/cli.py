@@ -477,7 +477,12 @@ def policy_toml(policy: dict[str, Any]) -> str:
     for group, entries in tables.items():
         for name, fields in entries.items():
             lines.append(f"\n[{group}.{json.dumps(name)}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in fields.items() if v is not None]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in fields.items() if v is not None and not isinstance(v, dict)]
+            # A table inside (a tenant's per-model batching): [tenants."alice".models."cnn"].
+            for sub, inner in ((k, v) for k, v in fields.items() if isinstance(v, dict)):
+                for inner_name, inner_fields in inner.items():
+                    lines.append(f"\n[{group}.{json.dumps(name)}.{sub}.{json.dumps(inner_name)}]")
+                    lines += [f"{k} = {_toml_value(v)}" for k, v in inner_fields.items() if v is not None]
     return "\n".join(lines) + "\n"
 
 
