@@ -317,14 +317,18 @@ class Scheduler:
         return jobs
 
     def _owes(self, tenant: str) -> bool:
-        """The tenant owes turns for its batches and another tenant has work: it gives up this
-        turn (``weight`` of its debt). Caller holds _cond; ``tenant`` is at the ring's head."""
+        """The tenant owes turns for its batches and another tenant has work it can run now: it
+        gives up this turn (``weight`` of its debt). Caller holds _cond; ``tenant`` is at the
+        ring's head."""
         owed = self._owed.get(tenant, 0)
         if owed <= 0:
             return False
         if len(self._ring) < 2:
             self._owed.pop(tenant, None)  # nobody to give the turns to: the debt lapses
             return False
+        others = (self._queues[t] for t in self._ring if t != tenant)
+        if not any(not self._full(q[0].model) and not self._waits(q) for q in others):
+            return False  # nobody could take the turn now: giving it up would leave the slot idle
         left = owed - self._weight(tenant)
         if left > 0:
             self._owed[tenant] = left

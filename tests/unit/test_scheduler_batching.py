@@ -45,6 +45,9 @@ class Calls:
         self.dropped: dict[str, ErrorCode] = {}
         self.gate = threading.Event()
         self.blocking = threading.Event()
+        # Jobs labelled with a key here hold their slot until their own event is set.
+        self.gates: dict[str, threading.Event] = {}
+        self.holding: dict[str, threading.Event] = {}
         self._done: dict[str, asyncio.Future[None]] = {}
 
     def done(self, label: str) -> asyncio.Future[None]:
@@ -65,7 +68,10 @@ class Calls:
         labels = tuple(str(j.payload) for j in jobs)
         with self.lock:
             self.calls.append(labels)
-        if labels[0].startswith("block"):
+        if labels[0] in self.gates:
+            self.holding[labels[0]].set()
+            assert self.gates[labels[0]].wait(GUARD_S), f"the test never released {labels[0]}"
+        elif labels[0].startswith("block"):
             self.blocking.set()
             assert self.gate.wait(GUARD_S), "the test never released the blocker"
         self.loop.call_soon_threadsafe(self._finish, labels)
@@ -73,6 +79,14 @@ class Calls:
     def drop(self, job: Job, code: ErrorCode, message: str) -> None:
         self.dropped[str(job.payload)] = code
         self._finish((str(job.payload),))
+
+    def gated(self, label: str) -> None:
+        """Make ``label`` hold its slot until ``self.gates[label].set()``."""
+        self.gates[label] = threading.Event()
+        self.holding[label] = threading.Event()
+
+    async def holds(self, label: str) -> None:
+        assert await asyncio.to_thread(self.holding[label].wait, GUARD_S)
 
     async def blocked(self) -> None:
         """Wait (off the loop) until the blocker holds the slot."""
@@ -195,6 +209,33 @@ def test_fairness_counts_a_batch_as_its_requests() -> None:
             ("a5", "a6", "a7", "a8"),
             ("b5",),
         ]
+        await sched.drain(GUARD_S)
+
+    run(body)
+
+
+def test_a_tenant_that_owes_turns_still_runs_when_nobody_else_can() -> None:
+    """b's next request waits for b's busy model: a, owing a turn for its batch, must not leave
+    the free slot idle for it (b's model stays busy until a's work is done, so an idle slot hangs)."""
+
+    async def body() -> None:
+        calls = Calls()
+        sched = make(calls, by_model({"m": 2}), slots=2)
+        calls.gated("b-busy")
+        calls.gated("z-busy")
+        sched.submit(job("b", "nb", "b-busy"))
+        await calls.holds("b-busy")
+        sched.submit(job("z", "x", "z-busy"))
+        await calls.holds("z-busy")
+        sched.submit(job("b", "nb", "b2"))  # waits for its model: one instance, running b-busy
+        a = ["a1", "a2", "a3", "a4"]
+        for label in a:
+            sched.submit(job("a", "m", label))
+        calls.gates["z-busy"].set()
+        await calls.all_done(a)
+        assert calls.calls[2:] == [("a1", "a2"), ("a3", "a4")]
+        calls.gates["b-busy"].set()
+        await calls.all_done(["b2"])
         await sched.drain(GUARD_S)
 
     run(body)
