@@ -30,6 +30,7 @@ Fairness counts a batch as its requests: a tenant that took k in one turn owes k
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -298,7 +299,7 @@ class Scheduler:
         head = queue[0]
         batch = [head]
         if head.batchable:
-            for job in list(queue)[1:limit]:
+            for job in itertools.islice(queue, 1, limit):
                 if job.model != head.model or not job.batchable:
                     break
                 batch.append(job)
