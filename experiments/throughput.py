@@ -145,16 +145,16 @@ def _worker(conn: multiprocessing.connection.Connection) -> None:
     """A client process: on ("run", arm, target, model, input, start, warm, seconds) it runs a
     closed loop from ``start`` (a CLOCK_MONOTONIC time shared by all processes), and answers the
     latencies (ms) of the requests that started and ended inside the measuring window."""
-    calls: dict[tuple[str, str], Callable[[np.ndarray], list[np.ndarray]]] = {}
+    calls: dict[tuple[str, str, str], Callable[[np.ndarray], list[np.ndarray]]] = {}
     while True:
         message = conn.recv()
         if message[0] == "stop":
             return
         _, arm, target, model, x, start, warm, seconds = message
         try:
-            call = calls.get((arm, target))
+            call = calls.get((arm, target, model))
             if call is None:
-                call = calls[(arm, target)] = _client(arm, target, model)
+                call = calls[(arm, target, model)] = _client(arm, target, model)
             if message[0] == "check":
                 conn.send(call(x))
                 continue

@@ -20,11 +20,17 @@ remainder. The modelled device runs one inference at a time across all slots (fi
 served; for a Jetson, whose GPU time-slices processes, that keeps its throughput but not its
 processor-sharing latencies, which ``experiments/plan.py`` models). A run whose real work took
 longer than the modelled time is counted and flagged: the host, not the device model, set its time.
+
+Dynamic batching (``run_batch``): several requests of one model, each input one row, are stacked
+along the first dimension, run as one call, and each output is split back into one row per
+request. A model whose outputs do not come back with one row per request (a reshape that fixed
+the batch inside it) is marked ``unbatchable`` and its requests run one by one from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import threading
 import time
@@ -37,9 +43,10 @@ import numpy as np
 
 from tenantd.devices.twin import DeviceTwin, TwinModel
 from tenantd.memory import rss_bytes
-from tenantd.runtimes import LoadedModel, Runtime, RuntimeFailure, get_runtime_class
+from tenantd.runtimes import DeviceLost, LoadedModel, Runtime, RuntimeFailure, get_runtime_class
 
 WARM_WINDOW = 64
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +64,13 @@ class Resident:
     warm_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WARM_WINDOW))
     twin: TwinModel | None = None  # what the device twin takes this model for (twin timing)
     file_bytes: int = 0  # the model file's size, for a twin that must estimate the model from it
+    unbatchable: bool = False  # a batched run did not give one output row per request
+
+    @property
+    def max_batch(self) -> int:
+        """Requests one call of this model may carry (1 while it is not loaded, or cannot batch)."""
+        model = self.model
+        return 1 if model is None or self.unbatchable else model.max_batch
 
     def warm_median_ms(self) -> float | None:
         return statistics.median(self.warm_ms) if self.warm_ms else None
@@ -102,6 +116,7 @@ class RunResult:
     previous: str | None  # model that ran last on this slot
     reload: Reload | None = None  # the model had to be loaded first (swapping)
     twin: TwinHold | None = None  # twin timing: what the slot was held for
+    batch: int = 1  # requests in the call that computed these outputs
 
     def switched(self, model: str) -> bool:
         return self.previous is not None and self.previous != model
@@ -218,6 +233,39 @@ class Executor:
         self._last_on_slot[slot] = resident.name
         return RunResult(outputs, compute_ms, previous, reload, hold)
 
+    def run_batch(self, resident: Resident, inputs: list[list[np.ndarray]], slot: int) -> list[RunResult]:
+        """Run several requests of one model (each input of each one row) as one call and split
+        the outputs, one result per request, in order; the first carries the switch, if any.
+        Raises RuntimeFailure."""
+        stacked = [np.concatenate(rows) for rows in zip(*inputs, strict=True)]
+        n = len(inputs)
+        try:
+            whole = self.run(resident, stacked, slot)
+            lost = [f"an output of shape {list(o.shape)}" for o in whole.outputs if o.ndim == 0 or o.shape[0] != n]
+        except DeviceLost:
+            raise
+        except RuntimeFailure as exc:  # the engine refused the larger first dimension (a fixed reshape)
+            lost = [str(exc)]
+        if lost:
+            resident.unbatchable = True  # from now on the scheduler batches none of its requests
+            log.warning("model %s cannot batch (%s); its requests run one by one", resident.name, lost[0])
+            return [self.run(resident, one, slot) for one in inputs]
+        results = []
+        for i in range(n):
+            outputs = [out[i : i + 1] for out in whole.outputs]  # a view: a leading row stays contiguous
+            first = i == 0
+            results.append(
+                RunResult(
+                    outputs,
+                    whole.compute_ms,
+                    whole.previous if first else resident.name,
+                    whole.reload if first else None,
+                    whole.twin if first else None,
+                    batch=n,
+                )
+            )
+        return results
+
     def _hold(self, twin: DeviceTwin, resident: Resident, previous: str | None, held_from: float) -> TwinHold:
         """Keep the slot until the twin's modelled time since ``held_from`` has passed."""
         if resident.twin is None:
@@ -304,7 +352,8 @@ class Executor:
         reload its model is a switch even on a slot that last ran the same model."""
         switch = result.switched(resident.name) or result.reload is not None
         if not switch:
-            resident.warm_ms.append(result.compute_ms)
+            if result.batch == 1:  # a batch's time is not one request's warm time
+                resident.warm_ms.append(result.compute_ms)
             return False, None, None
         self.switches += 1
         warm = resident.warm_median_ms()

@@ -8,6 +8,11 @@ health, and queues it with the :class:`~tenantd.scheduler.Scheduler`; a slot thr
 :class:`~tenantd.executor.Executor`; the outcome, an :class:`Answer` or a
 :class:`~tenantwire.errors.TenantdError`, is handed to the caller's callback on the event loop,
 exactly once. :meth:`InferenceCore.infer` is the same as an awaitable.
+
+Dynamic batching: a request whose every input has one row is ``batchable``; the policy's
+``max_batch`` for its tenant's model, capped by what the loaded model can take, sizes the batches
+the scheduler gathers; :meth:`InferenceCore._execute_batch` runs them on the executor as one call
+and settles each job with its own rows. A request that already carries several rows runs alone.
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ class InferenceCore:
             loaded=residency.is_loaded,
             max_pass_over=current.max_pass_over,
             instances=self._executor.instances_of,
+            execute_batch=self._execute_batch,
+            batching=self._batching,
         )
         residency.busy = self.scheduler.is_busy
         residency.instances_changed = self.scheduler.instances_changed
@@ -125,6 +132,7 @@ class InferenceCore:
             model=record.name,
             payload=_Work(inputs, record, resident, done),
             deadline=None if deadline_ms is None else time.monotonic() + deadline_ms / 1e3,
+            batchable=all(a.ndim >= 1 and a.shape[0] == 1 for a in inputs),
         )
         self.scheduler.submit(job)  # raises QueueFull
 
@@ -142,6 +150,16 @@ class InferenceCore:
             raise outcome
         return outcome
 
+    def _batching(self, job: Job) -> tuple[int, float]:
+        """(max batch, max queue delay in s) for the job's model: the policy's, capped by what the
+        loaded model can take. Called by the scheduler under its lock."""
+        resident = self._executor.resident.get(job.model)
+        can = 1 if resident is None else resident.max_batch
+        if can <= 1 or self._executor.twin is not None:  # a twin models one request per service time
+            return 1, 0.0
+        limit, delay_ms = self._policy().batching(job.tenant, job.model)
+        return min(limit, can), delay_ms / 1e3
+
     def _finish(self, job: Job, slot: int, result: RunResult) -> None:
         work: _Work = job.payload
         self._residency.unload_retired()
@@ -156,6 +174,8 @@ class InferenceCore:
             **switch,
             **result.twin_timings(),
         }
+        if result.batch > 1:
+            timings["batch"] = result.batch
         self.metrics.served(
             job.tenant,
             job.model,
@@ -163,6 +183,7 @@ class InferenceCore:
             result.compute_ms / 1e3,
             total_s,
             None if overhead_ms is None else max(0.0, overhead_ms) / 1e3,  # below 0: noise
+            batch=result.batch,
         )
         names = [spec.name for spec in work.record.outputs]
         work.done(Answer(list(zip(names, result.outputs, strict=True)), timings))
@@ -181,8 +202,8 @@ class InferenceCore:
 
     # ------------------------------------------------------------------ on a slot thread
 
-    def _execute(self, job: Job, slot: int) -> None:
-        """Run the job, then hand the result to the event loop to answer."""
+    def _runnable(self, job: Job) -> bool:
+        """The job may still run on its model; if not, its refusal goes to the event loop."""
         work: _Work = job.payload
         loop = self._loop
         assert loop is not None
@@ -191,9 +212,18 @@ class InferenceCore:
             # owner and input checks no longer hold, so it must not run.
             message = f"model {job.model!r} was removed or replaced while this request waited"
             loop.call_soon_threadsafe(self._drop, job, UnknownModel.CODE, message)
-            return
+            return False
         if self._health.lost is not None:  # queued before the device went: do not touch it
             loop.call_soon_threadsafe(self._drop, job, DeviceUnavailable.CODE, self._health.message())
+            return False
+        return True
+
+    def _execute(self, job: Job, slot: int) -> None:
+        """Run the job, then hand the result to the event loop to answer."""
+        work: _Work = job.payload
+        loop = self._loop
+        assert loop is not None
+        if not self._runnable(job):
             return
         try:
             result = self._executor.run(work.resident, work.inputs, slot)
@@ -204,6 +234,29 @@ class InferenceCore:
             loop.call_soon_threadsafe(self._drop, job, ModelFailed.CODE, f"model {job.model!r}: {exc}")
             return
         loop.call_soon_threadsafe(self._finish, job, slot, result)
+
+    def _execute_batch(self, jobs: list[Job], slot: int) -> None:
+        """Run jobs of one model as one call; each is answered with its own rows."""
+        loop = self._loop
+        assert loop is not None
+        jobs = [job for job in jobs if self._runnable(job)]
+        if len(jobs) <= 1:
+            for job in jobs:
+                self._execute(job, slot)
+            return
+        works: list[_Work] = [job.payload for job in jobs]
+        try:
+            results = self._executor.run_batch(works[0].resident, [w.inputs for w in works], slot)
+        except DeviceLost as exc:
+            for job in jobs:
+                loop.call_soon_threadsafe(self._device_lost, job, str(exc))
+            return
+        except RuntimeFailure as exc:
+            for job in jobs:
+                loop.call_soon_threadsafe(self._drop, job, ModelFailed.CODE, f"model {job.model!r}: {exc}")
+            return
+        for job, result in zip(jobs, results, strict=True):
+            loop.call_soon_threadsafe(self._finish, job, slot, result)
 
 
 def match_inputs(specs: Sequence[TensorSpec], tensors: Sequence[tuple[str | None, np.ndarray]]) -> list[np.ndarray]:

@@ -38,6 +38,7 @@ from tenantd.config import ConfigError, PolicyInForce
 log = logging.getLogger("tenantd")
 
 # Edge inference takes milliseconds; a switch that reloads a large model, or a long queue, seconds.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # requests per call (dynamic batching; MAX_BATCH is 64)
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DEFAULT_METRICS_HOST = "127.0.0.1"
 OK = "OK"  # the code of a request that was answered with outputs
@@ -70,6 +71,12 @@ COUNTED: tuple[Family, ...] = (
         "histogram",
         TIMED,
         "time from queueing to the answer, for an answered request (queue + reload + compute)",
+    ),
+    Family(
+        "tenantd_inference_batch_size",
+        "histogram",
+        TIMED,
+        "requests in the call that answered a request (1 unbatched; above 1 with dynamic batching)",
     ),
     Family(
         "tenantd_switch_overhead_seconds",
@@ -232,6 +239,8 @@ class Metrics:
         self.compute_time = histogram("tenantd_inference_compute_seconds")
         self.total_time = histogram("tenantd_inference_total_seconds")
         self.switch_time = histogram("tenantd_switch_overhead_seconds")
+        batch = _family("tenantd_inference_batch_size")
+        self.batch_size = Histogram(batch.name, batch.help, batch.labels, registry=self.registry, buckets=BATCH_BUCKETS)
         self.requests = counter("tenantd_requests_total")
         self.errors = counter("tenantd_errors_total")
         self.replies_dropped = counter("tenantd_replies_dropped_total")
@@ -270,7 +279,14 @@ class Metrics:
         self._outcomes.setdefault(labels, set()).add(code)
 
     def served(
-        self, tenant: str, model: str, queue_s: float, compute_s: float, total_s: float, switch_s: float | None
+        self,
+        tenant: str,
+        model: str,
+        queue_s: float,
+        compute_s: float,
+        total_s: float,
+        switch_s: float | None,
+        batch: int = 1,
     ) -> None:
         """An inference request was answered with outputs, after these times."""
         labels = (tenant, model)  # from the catalog's record: bounded already
@@ -279,6 +295,7 @@ class Metrics:
         self.queue_time.labels(*labels).observe(queue_s)
         self.compute_time.labels(*labels).observe(compute_s)
         self.total_time.labels(*labels).observe(total_s)
+        self.batch_size.labels(*labels).observe(batch)
         self._timed.add(labels)
         if switch_s is not None:
             self.switch_time.labels(*labels).observe(switch_s)
@@ -319,7 +336,7 @@ class Metrics:
                 self.inference.remove(*labels, code)
         for labels in [k for k in self._timed if gone(k)]:
             self._timed.discard(labels)
-            for histogram in (self.queue_time, self.compute_time, self.total_time):
+            for histogram in (self.queue_time, self.compute_time, self.total_time, self.batch_size):
                 histogram.remove(*labels)
         for labels in [k for k in self._switched if gone(k)]:
             self._switched.discard(labels)

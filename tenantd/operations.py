@@ -188,6 +188,7 @@ class Operations:
             "queued": scheduler.queued,
             "running": scheduler.running,
             "queue_depths": scheduler.queue_depths(),
+            "batches": {str(size): calls for size, calls in sorted(scheduler.batches.items())},
             "models": len(self._catalog.models),
             "damaged_models": self._store.damaged_models(),
             "resident": self._residency.loaded_models(),

@@ -16,11 +16,21 @@ at once as it has instances (``instances(model)``: one interpreter each, as inte
 re-entrant), so a tenant whose next request is for a model with every instance busy is passed over
 for that turn rather than holding a slot. Queues are bounded per tenant and per
 device; a request with a deadline that cannot start in time is dropped by a timer, never run late.
+
+Dynamic batching (``batching(job)``: the most requests per call for the job's model, and how long
+the oldest may wait for more): a slot that takes a batchable job takes with it the batchable jobs
+of the same model queued right behind it in that tenant's queue (a model belongs to one tenant, so
+a batch is one tenant's), and ``execute_batch`` runs them as one call. When fewer are queued than
+the batch holds, the head job waits in its queue until it is ``max_queue_delay`` old (other
+tenants' jobs run meanwhile), unless a deadline in it would pass first or the device is draining.
+Fairness counts a batch as its requests: a tenant that took k in one turn owes k - 1 turns
+(``weight`` per round under weighted-fair), which it gives up to other waiting tenants.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -46,6 +56,7 @@ class Job:
     enqueued: float = 0.0
     started: float = 0.0
     passed_over: int = 0  # swap-aware: times another tenant's request went first
+    batchable: bool = False  # may share a call with others of its model (every input one row)
     # Set on the event loop when the daemon gave up waiting for this job (drain timeout): its
     # late result must not be answered a second time.
     abandoned: bool = False
@@ -61,6 +72,10 @@ class Job:
 Execute = Callable[[Job, int], None]
 Drop = Callable[[Job, ErrorCode, str], None]
 JobDone = Callable[[Job], None]
+# execute_batch(jobs, slot): as execute, for two or more jobs of one model run as one call.
+ExecuteBatch = Callable[[list[Job], int], None]
+# batching(job) -> (max batch, max queue delay in seconds) for the job's model; called under _cond.
+Batching = Callable[[Job], tuple[int, float]]
 
 
 class Scheduler:
@@ -78,6 +93,8 @@ class Scheduler:
         loaded: Callable[[str], bool] = lambda model: True,
         max_pass_over: int = 8,
         instances: Callable[[str], int] = lambda model: 1,
+        execute_batch: ExecuteBatch | None = None,
+        batching: Batching = lambda job: (1, 0.0),
     ) -> None:
         self.slots = slots
         self._execute = execute
@@ -88,6 +105,11 @@ class Scheduler:
         self._in_flight_limit = in_flight_limit
         self._loaded = loaded
         self._instances = instances  # called with _cond held: must not take the scheduler's lock
+        self._execute_batch = execute_batch
+        self._batching = batching if execute_batch is not None else (lambda job: (1, 0.0))
+        self._owed: dict[str, int] = {}  # turns a tenant owes for the extra requests of its batches
+        self._wake_at: float | None = None  # when the first batch waiting to fill is due (under _cond)
+        self.batches: dict[int, int] = {}  # batch size -> calls run at that size (sizes above 1)
         self.max_pass_over = max_pass_over
         self._turns_left: dict[str, int] = {}  # weighted-fair: turns the head tenant has left
         self.depth_per_tenant = depth_per_tenant
@@ -97,7 +119,7 @@ class Scheduler:
         self._queues: dict[str, deque[Job]] = {}
         self._ring: deque[str] = deque()  # tenants with waiting jobs, next to serve at the left
         self._busy: dict[str, int] = {}  # models running right now: how many calls each
-        self._running: dict[int, Job] = {}  # slot -> job
+        self._running: dict[int, list[Job]] = {}  # slot -> the job (or batch) it runs
         self._closing = False
         self.queued = 0
         self._threads: list[threading.Thread] = []
@@ -105,7 +127,7 @@ class Scheduler:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return sum(len(jobs) for jobs in self._running.values())
 
     # ---------------------------------------------------------------- lifecycle (event loop)
 
@@ -133,8 +155,9 @@ class Scheduler:
             self._queues.clear()
             self._ring.clear()
             self._turns_left.clear()
+            self._owed.clear()
             self.queued = 0
-            stuck = list(self._running.values())
+            stuck = [job for jobs in self._running.values() for job in jobs]
             self._cond.notify_all()  # slots waiting on a busy model may exit now
         for job in left:
             self._cancel_timer(job)
@@ -158,7 +181,7 @@ class Scheduler:
                 raise QueueFull(f"tenant {job.tenant!r}", self.depth_per_tenant)
             limit = self._in_flight_limit(job.tenant)
             if limit is not None:
-                running = sum(1 for j in self._running.values() if j.tenant == job.tenant)
+                running = sum(1 for jobs in self._running.values() for j in jobs if j.tenant == job.tenant)
                 if (len(queue) if queue else 0) + running >= limit:
                     raise QueueFull(f"tenant {job.tenant!r} in-flight", limit)
             if self.queued >= self.depth_total:
@@ -187,6 +210,7 @@ class Scheduler:
             self.depth_total = depth_total
             self.max_pass_over = max_pass_over
             self._turns_left.clear()
+            self._owed.clear()
             self._cond.notify_all()
 
     def settle(self, job: Job) -> bool:
@@ -228,6 +252,7 @@ class Scheduler:
             if not queue:
                 self._ring.remove(job.tenant)
                 self._turns_left.pop(job.tenant, None)
+                self._owed.pop(job.tenant, None)
         job.timer = None
         self._drop(job, ErrorCode.DEADLINE_EXCEEDED, "the request could not start before its deadline")
 
@@ -239,54 +264,128 @@ class Scheduler:
 
     # ---------------------------------------------------------------- slots (slot threads)
 
-    def _take(self) -> Job | None:
-        """The next job by the discipline whose model is idle, or None. Caller holds _cond."""
+    def _take(self) -> list[Job] | None:
+        """The next job by the discipline whose model is idle, with the jobs batched with it, or
+        None. Caller holds _cond."""
+        self._wake_at = None
         if self.discipline == "swap-aware":
-            job = self._take_swap_aware()
-            if job is not None:
-                return job
+            jobs = self._take_swap_aware()
+            if jobs is not None:
+                return jobs
         return self._take_in_turn()
 
-    def _take_in_turn(self) -> Job | None:
-        """Round-robin over tenants (weighted-fair: ``weight`` turns in a row each)."""
+    def _waits(self, queue: deque[Job]) -> bool:
+        """The tenant's head job should wait for its batch to fill: it is batchable, fewer jobs of
+        its model are queued behind it than a batch holds, it is younger than the queue delay, no
+        deadline in the batch would pass before that, and the device is not draining. Caller holds
+        _cond; notes when to look again in ``_wake_at``."""
+        head = queue[0]
+        if not head.batchable or self._closing:
+            return False
+        limit, delay = self._batching(head)
+        if limit <= 1 or delay <= 0:
+            return False
+        batch = self._batch_behind(queue, limit)
+        if len(batch) >= limit:
+            return False
+        due = head.enqueued + delay
+        if time.monotonic() >= due or any(j.deadline is not None and j.deadline <= due for j in batch):
+            return False
+        self._wake_at = due if self._wake_at is None else min(self._wake_at, due)
+        return True
+
+    def _batch_behind(self, queue: deque[Job], limit: int) -> list[Job]:
+        """The head job and the batchable jobs of its model right behind it, at most ``limit``."""
+        head = queue[0]
+        batch = [head]
+        if head.batchable:
+            for job in itertools.islice(queue, 1, limit):
+                if job.model != head.model or not job.batchable:
+                    break
+                batch.append(job)
+        return batch
+
+    def _pop(self, tenant: str) -> list[Job]:
+        """Take the tenant's head job and those batched with it off its queue; they owe turns."""
+        queue = self._queues[tenant]
+        limit = self._batching(queue[0])[0] if queue[0].batchable else 1
+        jobs = self._batch_behind(queue, max(1, limit))
+        for _ in jobs:
+            queue.popleft()
+        self.queued -= len(jobs)
+        if len(jobs) > 1:
+            self._owed[tenant] = self._owed.get(tenant, 0) + len(jobs) - 1
+        return jobs
+
+    def _owes(self, tenant: str) -> bool:
+        """The tenant owes turns for its batches and another tenant has work it can run now: it
+        gives up this turn (``weight`` of its debt). Caller holds _cond; ``tenant`` is at the
+        ring's head."""
+        owed = self._owed.get(tenant, 0)
+        if owed <= 0:
+            return False
+        if len(self._ring) < 2:
+            self._owed.pop(tenant, None)  # nobody to give the turns to: the debt lapses
+            return False
+        others = (self._queues[t] for t in self._ring if t != tenant)
+        if not any(not self._full(q[0].model) and not self._waits(q) for q in others):
+            return False  # nobody could take the turn now: giving it up would leave the slot idle
+        left = owed - self._weight(tenant)
+        if left > 0:
+            self._owed[tenant] = left
+        else:
+            self._owed.pop(tenant, None)
+        return True
+
+    def _take_in_turn(self) -> list[Job] | None:
+        """Round-robin over tenants (weighted-fair: ``weight`` turns in a row each); a batch of k
+        uses k turns, the ones past the tenant's weight owed for later rounds."""
         for _ in range(len(self._ring)):
             tenant = self._ring[0]
             queue = self._queues[tenant]
-            if self._full(queue[0].model):
+            if tenant not in self._turns_left and self._owes(tenant):
+                self._ring.rotate(-1)
+                continue
+            if self._full(queue[0].model) or self._waits(queue):
                 self._turns_left.pop(tenant, None)
                 self._ring.rotate(-1)
                 continue
-            job = queue.popleft()
-            self.queued -= 1
-            turns = self._turns_left.pop(tenant, self._weight(tenant)) - 1
+            jobs = self._pop(tenant)
+            turns = self._turns_left.pop(tenant, self._weight(tenant)) - len(jobs)
+            if turns < 0:
+                self._owed[tenant] = -turns  # the batch's requests past this round's turns
+            elif len(jobs) > 1:
+                self._owed.pop(tenant, None)  # this round's turns covered them
             if queue and turns > 0:
                 self._turns_left[tenant] = turns  # stays at the head for its next turn
             else:
                 self._ring.popleft()
                 if queue:
                     self._ring.append(tenant)
-            return job
+            return jobs
         return None
 
-    def _take_swap_aware(self) -> Job | None:
+    def _take_swap_aware(self) -> list[Job] | None:
         """A head job passed over too often, else the first head job whose model is loaded."""
         heads = [(i, self._queues[t][0]) for i, t in enumerate(self._ring)]
-        runnable = [(i, job) for i, job in heads if not self._full(job.model)]
+        runnable = [
+            (i, job) for i, job in heads if not self._full(job.model) and not self._waits(self._queues[self._ring[i]])
+        ]
         starving = [(i, job) for i, job in runnable if job.passed_over >= self.max_pass_over]
         chosen = starving[0] if starving else next(((i, j) for i, j in runnable if self._loaded(j.model)), None)
         if chosen is None:
             return None
-        index, job = chosen
+        index, _ = chosen
         for _, ahead in heads[:index]:
             ahead.passed_over += 1
         tenant = self._ring[index]
         del self._ring[index]
         queue = self._queues[tenant]
-        queue.popleft()
-        self.queued -= 1
+        jobs = self._pop(tenant)
+        self._owed.pop(tenant, None)  # swap-aware orders by residency, not by turns
         if queue:
             self._ring.append(tenant)
-        return job
+        return jobs
 
     def _to_loop(self, job: Job, code: ErrorCode, message: str) -> None:
         assert self._loop is not None
@@ -298,23 +397,36 @@ class Scheduler:
     def _slot(self, slot: int) -> None:
         while True:
             with self._cond:
-                job = self._take()
-                while job is None:
+                jobs = self._take()
+                while jobs is None:
                     if self._closing and self.queued == 0:
                         return
-                    self._cond.wait()
-                    job = self._take()
+                    # A batch waiting to fill is due at _wake_at even if nothing else happens.
+                    wake = self._wake_at
+                    self._cond.wait(None if wake is None else max(0.0, wake - time.monotonic()))
+                    jobs = self._take()
+                job = jobs[0]
                 self._busy[job.model] = self._busy.get(job.model, 0) + 1
-                self._running[slot] = job
-                job.started = time.monotonic()
+                self._running[slot] = jobs
+                started = time.monotonic()
+                for each in jobs:
+                    each.started = started
+                if len(jobs) > 1:
+                    self.batches[len(jobs)] = self.batches.get(len(jobs), 0) + 1
             try:
-                if job.deadline is not None and job.started > job.deadline:
-                    self._to_loop(job, ErrorCode.DEADLINE_EXCEEDED, "the request could not start before its deadline")
-                else:
-                    self._execute(job, slot)
+                late = [j for j in jobs if j.deadline is not None and started > j.deadline]
+                for each in late:
+                    self._to_loop(each, ErrorCode.DEADLINE_EXCEEDED, "the request could not start before its deadline")
+                run = [j for j in jobs if j not in late]
+                if len(run) > 1:
+                    assert self._execute_batch is not None
+                    self._execute_batch(run, slot)
+                elif run:
+                    self._execute(run[0], slot)
             except Exception as exc:
                 log.exception("slot %d: unhandled error running a job of tenant %s", slot, job.tenant)
-                self._to_loop(job, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+                for each in jobs:
+                    self._to_loop(each, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
             finally:
                 with self._cond:
                     left = self._busy.pop(job.model) - 1

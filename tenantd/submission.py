@@ -338,4 +338,6 @@ def model_info(record: ModelRecord, residency: Residency) -> dict[str, Any]:
     """A model as ``list_models`` and ``submit_model`` describe it."""
     info = record.to_wire()
     info["resident"] = residency.is_loaded(record.name)  # loaded right now
+    served = residency.executor.resident.get(record.name)
+    info["max_batch"] = 1 if served is None else served.max_batch  # requests one call can carry
     return info

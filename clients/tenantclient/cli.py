@@ -109,7 +109,7 @@ def _print_status(status: dict[str, Any]) -> None:
         print(f"{key.ljust(width)}  {status.get(key)}")
     for key in ("resident", "tenants", "runtimes"):
         print(f"{key.ljust(width)}  {', '.join(status.get(key) or []) or '-'}")
-    for key in ("queue_depths", "requests", "errors"):
+    for key in ("queue_depths", "batches", "requests", "errors"):  # batches: calls per batch size above 1
         value = status.get(key) or {}
         print(f"{key.ljust(width)}  {', '.join(f'{k}={v}' for k, v in value.items()) or '-'}")
     instances = (status.get("residency") or {}).get("instances") or {}  # absent from older daemons
@@ -477,7 +477,12 @@ def policy_toml(policy: dict[str, Any]) -> str:
     for group, entries in tables.items():
         for name, fields in entries.items():
             lines.append(f"\n[{group}.{json.dumps(name)}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in fields.items() if v is not None]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in fields.items() if v is not None and not isinstance(v, dict)]
+            # A table inside (a tenant's per-model batching): [tenants."alice".models."cnn"].
+            for sub, inner in ((k, v) for k, v in fields.items() if isinstance(v, dict)):
+                for inner_name, inner_fields in inner.items():
+                    lines.append(f"\n[{group}.{json.dumps(name)}.{sub}.{json.dumps(inner_name)}]")
+                    lines += [f"{k} = {_toml_value(v)}" for k, v in inner_fields.items() if v is not None]
     return "\n".join(lines) + "\n"
 
 

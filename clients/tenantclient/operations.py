@@ -45,6 +45,7 @@ class ModelInfo:
     sha256: str
     load_ms: float
     first_infer_ms: float
+    max_batch: int = 1  # requests one call of it can carry (dynamic batching); 1 from older daemons
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> ModelInfo:
@@ -61,6 +62,7 @@ class ModelInfo:
             sha256=data["sha256"],
             load_ms=float(data["load_ms"]),
             first_infer_ms=float(data["first_infer_ms"]),
+            max_batch=int(data.get("max_batch", 1)),
         )
 
 

@@ -48,6 +48,10 @@ class LoadedModel(abc.ABC):
     # Runtime facts worth recording with the model (on-chip vs streamed parameters, the engine's
     # precision); they travel in the probe's details.
     facts: dict[str, Any] = {}  # noqa: RUF012 - read-only default, replaced per instance
+    # How many requests one ``infer`` may carry stacked along the first dimension of every input
+    # (dynamic batching): 1 where the engine cannot take a larger first dimension (a static ONNX
+    # or IR shape, an EdgeTPU's compiled shapes). Outputs then carry one row per request too.
+    max_batch: int = 1
 
     @abc.abstractmethod
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -62,6 +66,21 @@ class LoadedModel(abc.ABC):
     @abc.abstractmethod
     def unload(self) -> None:
         """Free the model's memory. The object must not be used afterwards."""
+
+
+MAX_BATCH = 64  # the most requests a batched call may carry, whatever the engine allows
+
+
+def batch_capacity(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], resizable: bool) -> int:
+    """``max_batch`` for a model of these specs: MAX_BATCH when every input and output has a first
+    dimension that is dynamic (-1) or, where the engine resizes inputs (``resizable``: LiteRT's
+    ``resize_tensor_input``), 1; else 1. A model whose outputs turn out not to keep the batch
+    dimension is found at its first batched run and runs unbatched from then on (executor.py)."""
+    batchable = (-1, 1) if resizable else (-1,)
+    specs = (*inputs, *outputs)
+    if specs and all(len(s.shape) >= 1 and s.shape[0] in batchable for s in specs):
+        return MAX_BATCH
+    return 1
 
 
 class Runtime(abc.ABC):

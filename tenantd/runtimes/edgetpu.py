@@ -118,6 +118,8 @@ class EdgeTPUModel(LiteRTModel):
 
     def __init__(self, interpreter: Any, delegate: Any, facts: dict[str, Any]) -> None:
         super().__init__(interpreter)
+        # An EdgeTPU model is compiled for its shapes: a resized input would fall back to the CPU.
+        self.max_batch = 1
         self._delegate = delegate  # the interpreter uses it; it must outlive the interpreter
         self.facts = facts
 

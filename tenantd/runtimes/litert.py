@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tenantd.errors import RuntimeFailure
-from tenantd.runtimes.base import LoadedModel, Runtime
+from tenantd.runtimes.base import LoadedModel, Runtime, batch_capacity
 from tenantwire.tensors import TensorSpec
 
 try:
@@ -67,6 +67,8 @@ class LiteRTModel(LoadedModel):
         self._shapes = [tuple(int(n) for n in d["shape"]) for d in self._input_details]
         self.inputs = tuple(_spec(d) for d in self._input_details)
         self.outputs = tuple(_spec(d) for d in self._output_details)
+        # A batch resizes the interpreter's inputs (and back for the next single request).
+        self.max_batch = batch_capacity(self.inputs, self.outputs, resizable=True)
         # Idle interpreters; a call takes one and puts it back, so concurrent calls never share one.
         self._idle: queue.SimpleQueue[_Instance] = queue.SimpleQueue()
         self._idle.put(_Instance(interpreter, self._shapes))

@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - OpenVINO 2022.3 LTS (the last with MYR
     from openvino.runtime import Core, Tensor
 
 from tenantd.errors import DeviceLost, RuntimeFailure
-from tenantd.runtimes.base import LoadedModel, Runtime, device_kind
+from tenantd.runtimes.base import LoadedModel, Runtime, batch_capacity, device_kind
 from tenantwire import irbundle
 
 # Phrases with which OpenVINO's plugins report that the device itself went away (MYRIAD's XLink
@@ -86,6 +86,7 @@ class OpenVINOModel(LoadedModel):
         self.instances = 1
         self.inputs = tuple(_spec(p, f"input{i}") for i, p in enumerate(compiled.inputs))
         self.outputs = tuple(_spec(p, f"output{i}") for i, p in enumerate(compiled.outputs))
+        self.max_batch = batch_capacity(self.inputs, self.outputs, resizable=False)  # dynamic first dims
         # Idle infer requests; a caller takes one (or makes one) so concurrent calls never share.
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
 

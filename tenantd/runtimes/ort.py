@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from tenantd.errors import DeviceLost, RuntimeFailure
-from tenantd.runtimes.base import LoadedModel, Runtime, device_kind
+from tenantd.runtimes.base import LoadedModel, Runtime, batch_capacity, device_kind
 from tenantwire.tensors import TensorSpec
 
 # ONNX tensor type strings as ONNX Runtime reports them -> numpy dtype names.
@@ -66,6 +66,7 @@ class ONNXRuntimeModel(LoadedModel):
         self.instances = 1
         self.inputs = tuple(_spec(a) for a in session.get_inputs())
         self.outputs = tuple(_spec(a) for a in session.get_outputs())
+        self.max_batch = batch_capacity(self.inputs, self.outputs, resizable=False)  # symbolic first dims
         self._input_names = [s.name for s in self.inputs]
         self._output_names = [s.name for s in self.outputs]
 

@@ -17,7 +17,11 @@ def test_policy_show_prints_a_policy_file_that_policy_set_takes_back(
     tmp_path: Path, endpoint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     policy = Policy(
-        tenants={"alice": {"weight": 2, "max_models": 3}, "b.o-b": {"memory_quota_bytes": 10_000_000}},
+        tenants={
+            "alice": {"weight": 2, "max_models": 3, "models": {"c.nn": {"max_batch": 8, "max_queue_delay_ms": 2.0}}},
+            "b.o-b": {"memory_quota_bytes": 10_000_000, "max_batch": 4},
+        },
+        max_queue_delay_ms=1.5,
         uplinks={"cloud": Uplink(endpoint="tcp://127.0.0.1:5555", tenant="edge", tenants=["alice"])},
         default_deadline_ms=250.0,
     )
