@@ -23,7 +23,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from typing import Any, Dict, List, Optional  # noqa: F401 - used in type comments (Python 3.6 level)
+from typing import Any, Dict, List, Optional  # noqa: F401, UP035 - type comments at the Python 3.6 level
 
 ON_CHIP = "On-chip memory used for caching model parameters"
 STREAMED = "Off-chip memory used for streaming uncached model parameters"
