@@ -25,7 +25,15 @@ from tenantd.admission import AdmissionControl
 from tenantd.catalog import Catalog, require_tenant
 from tenantd.config import Policy
 from tenantd.devicehealth import DeviceHealth
-from tenantd.errors import AdmissionDenied, BadRequest, DeviceUnavailable, InvalidModel, ModelFailed, RuntimeUnavailable
+from tenantd.errors import (
+    AdmissionDenied,
+    BadRequest,
+    DeviceMemoryFull,
+    DeviceUnavailable,
+    InvalidModel,
+    ModelFailed,
+    RuntimeUnavailable,
+)
 from tenantd.events import Event, EventLog
 from tenantd.executor import Executor, Resident
 from tenantd.lifecycle import Lifecycle
@@ -262,6 +270,12 @@ class Submission:
                 self._admission.memory.loaded(name, rss_bytes() - rss_before, runtime)
                 seed_warm(resident, probe.details)
                 return resident, load_ms
+        except DeviceMemoryFull as exc:  # this model does not fit beside the loaded ones: refused, device fine
+            details = {"networks_loaded": exc.networks_loaded}
+            self._events.emit(
+                Event.MODEL_REFUSED, model=name, tenant=tenant, code=ErrorCode.ADMISSION_DENIED.value, reason=str(exc)
+            )
+            raise AdmissionDenied(f"the device has no room for this model: {exc}", details) from None
         except DeviceLost as exc:
             self._health.mark_lost(str(exc), name)
             raise DeviceUnavailable(f"the device was lost loading the model: {exc}") from None
