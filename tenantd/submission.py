@@ -42,6 +42,7 @@ from tenantd.probe import ProbeResult, probe_model
 from tenantd.residency import Residency, seed_warm
 from tenantd.runtimes import DeviceLost, RuntimeFailure, RuntimeNotAvailable, check_device, get_runtime_class
 from tenantd.runtimes import runtime_for_file as default_runtime
+from tenantd.runtimes.edgetpu_compiler import CompilerLogError, figures_for
 from tenantd.store import ModelRecord, Store
 from tenantwire.errors import ErrorCode
 from tenantwire.protocol import NAME_RE, Request
@@ -163,6 +164,7 @@ class Submission:
         filename = args.get("filename")
         if not isinstance(replace, bool) or (filename is not None and not isinstance(filename, str)):
             raise BadRequest("args.replace must be a bool and args.filename a string")
+        compiler_facts = compiler_figures(args.get("compiler_log"), filename)
         if len(request.frames) != 1 or request.tensors:
             raise BadRequest("submit_model takes exactly one buffer frame: the model file")
         data = memoryview(request.frames[0]).cast("B")
@@ -174,6 +176,8 @@ class Submission:
         runtime = args.get("runtime") or default_runtime(filename, self._device)
         if not isinstance(runtime, str):
             raise BadRequest("args.runtime must be a string")
+        if compiler_facts and runtime != "edgetpu":
+            raise BadRequest(f"args.compiler_log is for EdgeTPU models; this one is for runtime {runtime!r}")
         try:
             check_device(get_runtime_class(runtime), self._device)
         except RuntimeNotAvailable as exc:
@@ -189,6 +193,8 @@ class Submission:
                 self._catalog.check_name_free(name, tenant, replace)
                 self._admission.check_model_quota(name, tenant)
                 probe = await self._probe(name, tenant, runtime, path)
+                if compiler_facts:  # the compiler's own figures, over the probe's estimate from the file
+                    probe.details.update(compiler_facts, param_bytes=compiler_facts["edgetpu_on_chip_param_bytes"])
                 previous_charge = self._admission.memory.ledger.models.get(name)
                 self._admission.admit(
                     name, tenant, runtime, probe.footprint_bytes, int(probe.details.get("runtime_overhead_bytes", 0))
@@ -322,3 +328,19 @@ def model_info(record: ModelRecord, residency: Residency) -> dict[str, Any]:
     info = record.to_wire()
     info["resident"] = residency.is_loaded(record.name)  # loaded right now
     return info
+
+
+MAX_COMPILER_LOG = 1 << 20
+
+
+def compiler_figures(text: object, filename: str | None) -> dict[str, Any]:
+    """The EdgeTPU compiler's figures for this file from ``args.compiler_log`` (its stdout), or
+    none. Raises BadRequest for a log that is not one, or names no model of this file's name."""
+    if text is None:
+        return {}
+    if not isinstance(text, str) or len(text) > MAX_COMPILER_LOG:
+        raise BadRequest(f"args.compiler_log must be a string of at most {MAX_COMPILER_LOG} characters")
+    try:
+        return figures_for(text, filename)
+    except CompilerLogError as exc:
+        raise BadRequest(f"args.compiler_log: {exc}") from None

@@ -4,8 +4,10 @@ The compiler prints one block per input model (several when models are co-compil
 parameter cache: ``edgetpu_compiler a.tflite b.tflite``); the figures are on stdout only, not in
 the ``*_edgetpu.log`` operation log, and tenantd stores blobs by hash, so no file beside the model
 carries them. A tenant hands that stdout in with the submission (``tenantctl submit
---compiler-log FILE``), or the daemon runs the compiler itself where it is installed; otherwise
-the on-chip figure is an estimate, labelled as one. Edge TPU Compiler 16.0 prints, per model::
+--compiler-log FILE``); otherwise the on-chip figure is an estimate from the file, labelled as
+one. (Running ``edgetpu_compiler`` in the daemon would not help: it refuses an already compiled
+model, and compiling a submitted plain model would serve a different file than the one probed.)
+Edge TPU Compiler 16.0 prints, per model::
 
     Input model: 1.tflite
     Input size: 5.11MiB
@@ -20,9 +22,6 @@ Written at the Python 3.6 language level, for a device worker under an older Pyt
 
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from typing import Any, Dict, List, Optional  # noqa: F401, UP035 - type comments at the Python 3.6 level
 
 ON_CHIP = "On-chip memory used for caching model parameters"
@@ -104,28 +103,3 @@ def figures_for(text, model_name=None):
     if len(models) > 1:
         facts["edgetpu_cocompiled_group"] = [m["input_model"] for m in models]
     return facts
-
-
-def run_compiler(data, timeout_s=180.0):
-    # type: (bytes, float) -> str
-    """Run ``edgetpu_compiler`` on an uncompiled model where it is installed and return its stdout;
-    None-equivalent empty string where it is not installed. The compiler refuses an already
-    compiled model, so this serves only a file submitted uncompiled."""
-    compiler = shutil.which("edgetpu_compiler")
-    if compiler is None:
-        return ""
-    tmp = tempfile.mkdtemp(prefix="tenantd-edgetpu-")
-    try:
-        path = os.path.join(tmp, "model.tflite")
-        with open(path, "wb") as f:
-            f.write(data)
-        proc = subprocess.run(
-            [compiler, "-o", tmp, path],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=timeout_s,
-            check=False,
-        )
-        return proc.stdout.decode("utf-8", "replace") if proc.returncode == 0 else ""
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from models import tiny
+from tenantclient import TenantClient
+from tenantclient.errors import BadRequest
+from tenantd.daemon import Daemon
 from tenantd.errors import RuntimeFailure
 from tenantd.runtimes.edgetpu import EdgeTPURuntime, model_facts
 from tenantd.runtimes.edgetpu_compiler import CompilerLogError, figures_for, parse_compiler_log
@@ -213,3 +216,19 @@ def test_the_probe_process_validates_an_edgetpu_model_without_a_device(tmp_path:
     assert result["ok"], result
     assert result["details"]["probe_device"] == "cpu" and result["details"]["trial_load"] == "deferred"
     assert result["first_infer_ms"] == 0.0 and result["inputs"][0]["dtype"] == "uint8"
+
+
+def test_the_compiler_log_travels_with_the_submission_and_is_checked(daemon: Daemon, endpoint: str) -> None:
+    """``submit_model(..., compiler_log=...)`` reaches the daemon, which reads it before anything
+    else: a log that is not compiler stdout, one for another file, or one given for a model that
+    is not an EdgeTPU model is refused with the reason. (Accepting one needs an EdgeTPU daemon:
+    tests/hardware; the figures' use is test_compiler_figures_are_each_models_own.)"""
+    data = tiny.mlp(4, [8], 2)
+    with TenantClient(endpoint, tenant="alice") as alice:
+        with pytest.raises(BadRequest, match=r"not its \*_edgetpu\.log"):
+            alice.submit_model(data, "m", compiler_log="Operator  Count  Status\n")
+        with pytest.raises(BadRequest, match=r"2 co-compiled models.*say which one"):
+            alice.submit_model(data, "m", compiler_log=CO_COMPILED)
+        with pytest.raises(BadRequest, match=r"for EdgeTPU models; this one is for runtime 'litert'"):
+            alice.submit_model(data, "m", compiler_log=ONE_MODEL)
+        assert alice.list_models() == []
