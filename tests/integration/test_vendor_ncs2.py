@@ -5,12 +5,20 @@ its real error strings, quoted there with their source); the real stick: tests/h
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from models import tiny_onnx
+from tenantclient import TenantClient
+from tenantclient import errors as E
+from tenantd.config import Policy
 from tenantd.errors import DeviceLost, DeviceMemoryFull
 from tenantd.runtimes import openvino as ov
 from tests.stubs.myriad import INIT_FAILED, OUT_OF_MEMORY, MyriadCore
+from tests.support.daemon import daemon_in_thread
+from tests.support.faulty_runtime import faulty_model
 
 CNN = {"image": 32, "channels": (8, 16, 32), "classes": 10, "seed": 7}
 
@@ -54,3 +62,23 @@ def test_the_charge_is_fp16_weights_and_activations_not_host_rss(monkeypatch: py
     # At least the weights at half their FP32 size; activations of a 32x32 CNN add well under 1 MB.
     assert weights_fp32 // 2 <= charged < weights_fp32 // 2 + 2**20
     model.unload()
+
+
+def test_the_daemon_refuses_the_model_that_does_not_fit_and_keeps_serving(tmp_path: Path, endpoint: str) -> None:
+    """Through a real daemon: the runtime's DeviceMemoryFull (a full NCS2) reaches the tenant as
+    ADMISSION_DENIED with ``networks_loaded``, the device is not marked lost, and the models
+    already loaded keep being served. (A daemon cannot be started on ncs2:0 without a stick, so the
+    device here is the faulty test runtime's simulated one, with room for two models.)"""
+    x = np.ones((1, 4), np.float32)
+    with daemon_in_thread(tmp_path / "state", endpoint, Policy(profile="ncs2")) as daemon:
+        with TenantClient(endpoint, tenant="alice") as alice:
+            for i in range(2):
+                alice.submit_model(faulty_model(device_room=2, sleep_ms=i), f"m{i}", runtime="faulty")
+            with pytest.raises(E.AdmissionDenied, match="no room for this model") as refused:
+                alice.submit_model(faulty_model(device_room=2, sleep_ms=9), "m2", runtime="faulty")
+            assert refused.value.details["networks_loaded"] == 2
+            assert alice.status()["device_state"] == "available"
+            np.testing.assert_array_equal(alice.infer("m0", x)["y"], 2 * x)
+            assert {m.name for m in alice.list_models()} == {"m0", "m1"}
+        refusals = daemon.events.tail(event="model.refused")
+        assert refusals[-1]["code"] == "ADMISSION_DENIED"
