@@ -47,7 +47,7 @@ from tenantd.runtimes.tflitefile import EDGETPU_OP, ModelInfo, NotTFLite
 from tenantwire.tensors import TensorSpec
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
-__all__ = ["EDGETPU_OP", "EdgeTPURuntime", "delegate_device", "loader", "model_facts"]
+__all__ = ["EDGETPU_OP", "EdgeTPURuntime", "check_listed", "delegate_device", "list_devices", "loader", "model_facts"]
 _LOST_MARKS = ("usb transfer error", "libusb", "failed to load delegate", "no edge tpu", "device not found")
 # Which model ran last on each device (by model key), so a switch is seen on its first invoke.
 _LAST_RAN: dict[str, tuple[int, frozenset[str]]] = {}
@@ -91,6 +91,16 @@ def list_devices() -> list[dict[str, str]] | None:
     except ImportError:
         return None
     return [dict(d) for d in list_edge_tpus()]
+
+
+def check_listed(device: str | None, found: list[dict[str, str]]) -> None:
+    """Raise DeviceLost unless pycoral lists the device (``usb:N``/``pci:N``: the Nth of that type;
+    ``usb``/``pci``: any of that type; None: any)."""
+    kind, _, index = (device or "").partition(":")
+    of_kind = [d for d in found if not kind or d.get("type") == kind]
+    if len(of_kind) <= int(index or 0):
+        listed = ", ".join(f"{d.get('type')} {d.get('path')}" for d in found) or "none"
+        raise DeviceLost(f"pycoral lists no EdgeTPU {device or '(any)'} (list_edge_tpus: {listed})")
 
 
 def model_facts(info: ModelInfo) -> dict[str, Any]:
@@ -189,6 +199,7 @@ class EdgeTPURuntime(Runtime):
             if how == "pycoral":
                 from pycoral.utils.edgetpu import make_interpreter
 
+                check_listed(device, list_devices() or [])
                 interpreter = make_interpreter(data, device=device)
                 delegate = None  # pycoral's interpreter holds its own
             else:

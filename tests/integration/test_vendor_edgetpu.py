@@ -187,6 +187,17 @@ def test_a_second_process_cannot_open_a_held_edgetpu(tmp_path: Path, models: lis
     assert holder.returncode == 0  # the holder was not disturbed
 
 
+def test_pycoral_must_list_the_device(tmp_path: Path, models: list[str]) -> None:
+    """With pycoral, the device is looked up in ``list_edge_tpus()`` first: a stick that is not
+    listed is a lost device, named with what pycoral did list."""
+    env = _env(tmp_path, "edgetpu", STUB_EDGETPU_DEVICES="pci:0")
+    proc = _session(env, "edgetpu:usb:0", models[0])
+    out, _ = proc.communicate(timeout=120)
+    refused = _lines(out)[0]
+    assert proc.returncode == 3 and refused["error"] == "DeviceLost"
+    assert "pycoral lists no EdgeTPU usb:0 (list_edge_tpus: pci /dev/apex_0)" in str(refused["reason"])
+
+
 def test_a_usb_transfer_error_aborts_the_process(tmp_path: Path, models: list[str]) -> None:
     """libedgetpu aborts on a USB transfer error (google-coral/edgetpu#494, #476): no exception
     reaches Python, so the runtime's DeviceLost mapping cannot fire in process. Only a process
