@@ -584,6 +584,18 @@ def unsupported_op_model() -> bytes:
     return g.finish([x], [y], "tenantd tiny model with an unsupported custom op")
 
 
+def edgetpu_stand_in(op_bytes: int = 1000, shape: Sequence[int] = (1, 4), name: str = "stand-in") -> bytes:
+    """A stand-in for an EdgeTPU-compiled model: uint8 in and out, one ``edgetpu-custom-op`` whose
+    custom options (where the compiler puts the EdgeTPU's instructions and parameters) are
+    ``op_bytes`` long. It exercises tenantd's file checks and the stub vendor modules, never an
+    EdgeTPU: real compiled models come from ``edgetpu_compiler``."""
+    g = _Graph()
+    x, y = g.tensor("input", list(shape), np.uint8), g.tensor("output", list(shape), np.uint8)
+    g.op(schema.BuiltinOperator.CUSTOM, [x], [y], custom_code="edgetpu-custom-op")
+    g.operators[-1].customOptions = list(b"\x01" * op_bytes)
+    return g.finish([x], [y], f"tenantd EdgeTPU stand-in {name}")
+
+
 def param_bytes(model: bytes) -> int:
     """Total bytes of constant data referenced by the tensors of a .tflite model (see
     :func:`tenantd.runtimes.litert.tflite_param_bytes`, which the daemon uses too)."""

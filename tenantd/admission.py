@@ -330,8 +330,9 @@ class AdmissionControl:
         return self.memory.profile
 
     def swaps(self) -> bool:
-        """Whether served models may be unloaded: the policy says swap, or the device is a cache."""
-        return self._policy().overcommit == "swap" or self.profile.memory_model is MemoryModel.CACHE
+        """Whether served models may be unloaded: the policy says swap. (A cache device keeps its
+        models loaded: the device itself streams parameters in on a switch.)"""
+        return self._policy().overcommit == "swap"
 
     def check_model_quota(self, name: str, tenant: str) -> None:
         limit = self._policy().tenant(tenant).max_models

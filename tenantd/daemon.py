@@ -106,8 +106,10 @@ class Daemon:
             raise ConfigError(f"profile {profile.name!r} has no fixed capacity: set capacity_bytes in the policy")
         # Running on one device while enforcing another's memory model, to plan for it.
         emulated = profile.name != own_profile
-        swap = policy.overcommit == "swap" or profile.memory_model is MemoryModel.CACHE
-        if swap and policy.slots is None:
+        # An EdgeTPU-like cache keeps every admitted model loaded (its parameters are streamed in by
+        # the device on a switch); it runs one model at a time, so one slot unless the policy says.
+        swap = policy.overcommit == "swap"
+        if (swap or profile.memory_model is MemoryModel.CACHE) and policy.slots is None:
             slots = 1
             if policy.threads_per_model is None:  # the cores go to the one slot
                 threads = usable_cores()

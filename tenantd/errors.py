@@ -114,3 +114,14 @@ class DeviceLost(RuntimeFailure):
     """The vendor's runtime reports that the device itself is gone (a USB stick unplugged, a GPU
     fallen off the bus), not that this model or this input failed. The daemon answers it
     differently: the device is marked unavailable and retried, rather than the request alone failing."""
+
+
+class DeviceMemoryFull(RuntimeFailure):
+    """The device is there but has no room for one more model (an NCS2 whose 512 MB hold the
+    networks already loaded: MYRIAD reports ``NC_OUT_OF_MEMORY`` or fails to init the device).
+    Admission's answer for this model, not a lost device for everyone: ``networks_loaded`` says
+    how many the device holds."""
+
+    def __init__(self, message: str, networks_loaded: int) -> None:
+        super().__init__(message)
+        self.networks_loaded = networks_loaded

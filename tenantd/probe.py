@@ -123,23 +123,34 @@ def _measure(
                 )
 
     zeros = [np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=spec.dtype) for spec in model.inputs]
-    t0 = time.perf_counter()
-    outputs = model.infer(zeros)
-    first_infer_ms = (time.perf_counter() - t0) * 1e3
-    rss_after = rss_bytes()
-    t0 = time.perf_counter()
-    model.infer(zeros)  # a second, warm run: the reference a switch's overhead is measured against
-    warm_infer_ms = (time.perf_counter() - t0) * 1e3
-    if len(outputs) != len(model.outputs):
-        raise RuntimeError(f"model declares {len(model.outputs)} outputs but returned {len(outputs)}")
+    first_infer_ms = warm_infer_ms = 0.0
+    # A device-only format validated without its device (an EdgeTPU-compiled model: the device has
+    # one owner) cannot run here; its trial load and first inference are the device owner's.
+    if model.facts.get("trial_load") != "deferred":
+        t0 = time.perf_counter()
+        outputs = model.infer(zeros)
+        first_infer_ms = (time.perf_counter() - t0) * 1e3
+        rss_after = rss_bytes()
+        t0 = time.perf_counter()
+        model.infer(zeros)  # a second, warm run: the reference a switch's overhead is measured against
+        warm_infer_ms = (time.perf_counter() - t0) * 1e3
+        if len(outputs) != len(model.outputs):
+            raise RuntimeError(f"model declares {len(model.outputs)} outputs but returned {len(outputs)}")
+    else:
+        rss_after = rss_bytes()
 
+    footprint = max(0, rss_after - rss_runtime) + int(model.device_bytes)
+    if device.split(":", 1)[0] == "ncs2" and "myriad_bytes" in model.facts:
+        # Probed on the CPU plugin (one process per stick): the stick holds FP16 weights and
+        # activations in its own memory, which the CPU plugin's host RSS does not measure.
+        footprint = int(model.facts["myriad_bytes"])
     # What the process costs on the device beyond its resident set (a CUDA context in shared DRAM).
     declared_overhead = cls.process_overhead_bytes(device) or 0
     return {
         "ok": True,
         "inputs": [s.to_wire() for s in model.inputs],
         "outputs": [s.to_wire() for s in model.outputs],
-        "footprint_bytes": max(0, rss_after - rss_runtime) + int(model.device_bytes),
+        "footprint_bytes": footprint,
         "load_ms": load_ms,
         "first_infer_ms": first_infer_ms,
         "details": {

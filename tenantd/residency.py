@@ -1,7 +1,8 @@
 """Residency: which admitted models are loaded on the device right now, and how that changes.
 
-Without swapping every served model stays loaded. With swapping (the policy's ``overcommit =
-"swap"``, or a device whose memory model is a parameter cache, like the EdgeTPU's) a served model
+Without swapping every served model stays loaded, as on a device whose memory model is a
+parameter cache (the EdgeTPU: the device streams a model's parameters in on a switch, so its
+interpreters stay loaded). With swapping (the policy's ``overcommit = "swap"``) a served model
 may be unloaded and is reloaded by the first request that needs it (:class:`~tenantd.executor.Swapping`
 tells the executor how much room there is and tells the admission ledger what was loaded or
 evicted). This module also owns the end of a model's life (a removed or replaced model is
@@ -77,17 +78,6 @@ class Residency:
 
     def _swapping(self) -> Swapping:
         admission = self._admission
-        if self._profile.memory_model is MemoryModel.CACHE:
-            # Residency in the on-chip cache, counted in parameter bytes; host memory (the
-            # admission ledger) holds every admitted model either way.
-            cache = self._profile.cache_bytes or 0
-            return Swapping(
-                unit="parameters",
-                room=lambda: cache - self.executor.loaded_size(),
-                loaded=lambda r: admission.loaded(r.name, 0, r.runtime),
-                evicted=lambda r: admission.unloaded(r.name),
-                busy=lambda name: self.busy(name),
-            )
 
         # overcommit = "swap": the ledger holds the loaded models only.
         def loaded(resident: Resident) -> None:
@@ -109,8 +99,6 @@ class Residency:
         swapping = self.executor.swapping
         assert swapping is not None
         size = footprint
-        if swapping.unit == "parameters":
-            size = int(details.get("param_bytes") or footprint)
         resident = Resident(
             name=name,
             runtime=runtime,

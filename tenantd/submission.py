@@ -29,6 +29,7 @@ from tenantd.devicehealth import DeviceHealth
 from tenantd.errors import (
     AdmissionDenied,
     BadRequest,
+    DeviceMemoryFull,
     DeviceUnavailable,
     InvalidModel,
     ModelFailed,
@@ -51,6 +52,7 @@ from tenantd.runtimes import (
     get_runtime_class,
 )
 from tenantd.runtimes import runtime_for_file as default_runtime
+from tenantd.runtimes.edgetpu_compiler import CompilerLogError, figures_for
 from tenantd.store import ModelRecord, Store
 from tenantwire.errors import ErrorCode
 from tenantwire.protocol import NAME_RE, Request
@@ -181,6 +183,7 @@ class Submission:
         filename = args.get("filename")
         if not isinstance(replace, bool) or (filename is not None and not isinstance(filename, str)):
             raise BadRequest("args.replace must be a bool and args.filename a string")
+        compiler_facts = compiler_figures(args.get("compiler_log"), filename)
         if len(request.frames) != 1 or request.tensors:
             raise BadRequest("submit_model takes exactly one buffer frame: the model file")
         data = memoryview(request.frames[0]).cast("B")
@@ -192,6 +195,8 @@ class Submission:
         runtime = args.get("runtime") or default_runtime(filename, self._device)
         if not isinstance(runtime, str):
             raise BadRequest("args.runtime must be a string")
+        if compiler_facts and runtime != "edgetpu":
+            raise BadRequest(f"args.compiler_log is for EdgeTPU models; this one is for runtime {runtime!r}")
         try:
             check_device(get_runtime_class(runtime), self._device)
         except RuntimeNotAvailable as exc:
@@ -207,6 +212,8 @@ class Submission:
                 self._catalog.check_name_free(name, tenant, replace)
                 self._admission.check_model_quota(name, tenant)
                 probe = await self._probe(name, tenant, runtime, path)
+                if compiler_facts:  # the compiler's own figures, over the probe's estimate from the file
+                    probe.details.update(compiler_facts, param_bytes=compiler_facts["edgetpu_on_chip_param_bytes"])
                 previous_charge = self._admission.memory.ledger.models.get(name)
                 self._admission.admit(
                     name, tenant, runtime, probe.footprint_bytes, int(probe.details.get("runtime_overhead_bytes", 0))
@@ -293,6 +300,12 @@ class Submission:
                 self._admission.memory.loaded(name, rss_bytes() - rss_before, runtime)
                 seed_warm(resident, probe.details)
                 return resident, load_ms
+        except DeviceMemoryFull as exc:  # this model does not fit beside the loaded ones: refused, device fine
+            details = {"networks_loaded": exc.networks_loaded}
+            self._events.emit(
+                Event.MODEL_REFUSED, model=name, tenant=tenant, code=ErrorCode.ADMISSION_DENIED.value, reason=str(exc)
+            )
+            raise AdmissionDenied(f"the device has no room for this model: {exc}", details) from None
         except DeviceLost as exc:
             self._health.mark_lost(str(exc), name)
             raise DeviceUnavailable(f"the device was lost loading the model: {exc}") from None
@@ -341,3 +354,19 @@ def model_info(record: ModelRecord, residency: Residency) -> dict[str, Any]:
     served = residency.executor.resident.get(record.name)
     info["max_batch"] = 1 if served is None else served.max_batch  # requests one call can carry
     return info
+
+
+MAX_COMPILER_LOG = 1 << 20
+
+
+def compiler_figures(text: object, filename: str | None) -> dict[str, Any]:
+    """The EdgeTPU compiler's figures for this file from ``args.compiler_log`` (its stdout), or
+    none. Raises BadRequest for a log that is not one, or names no model of this file's name."""
+    if text is None:
+        return {}
+    if not isinstance(text, str) or len(text) > MAX_COMPILER_LOG:
+        raise BadRequest(f"args.compiler_log must be a string of at most {MAX_COMPILER_LOG} characters")
+    try:
+        return figures_for(text, filename)
+    except CompilerLogError as exc:
+        raise BadRequest(f"args.compiler_log: {exc}") from None

@@ -5,7 +5,7 @@
     tenantctl infer MODEL FILE.npy|FILE.npz --tenant T [--out OUT.npz]
     tenantctl models [--tenant T]
     tenantctl events [--limit N] [--event KIND]
-    tenantctl submit FILE --name N --tenant T [--runtime R] [--replace]
+    tenantctl submit FILE --name N --tenant T [--runtime R] [--replace] [--compiler-log FILE]
     tenantctl remove N --tenant T
     tenantctl policy show | policy set FILE     (set: operator only)
     tenantctl keys reload                       (operator only)
@@ -399,10 +399,19 @@ class Submit(ClientCommand[ModelInfo]):
         parser.add_argument("--tenant", required=True, help="tenant that will own the model")
         parser.add_argument("--runtime", help="runtime to use (default: chosen from the file suffix)")
         parser.add_argument("--replace", action="store_true", help="replace the tenant's model of the same name")
+        parser.add_argument(
+            "--compiler-log",
+            type=Path,
+            metavar="FILE",
+            help="EdgeTPU models: a file holding what edgetpu_compiler printed on its standard output "
+            "(not its *_edgetpu.log), so the daemon knows the model's on-chip and streamed parameter bytes; "
+            "without it they are estimated from the file",
+        )
 
     def call(self, client: TenantClient, args: argparse.Namespace) -> ModelInfo:
         model = _existing_file(args.file)
-        return client.submit_model(model, args.name, runtime=args.runtime, replace=args.replace)
+        log = _existing_file(args.compiler_log).read_text(errors="replace") if args.compiler_log else None
+        return client.submit_model(model, args.name, runtime=args.runtime, replace=args.replace, compiler_log=log)
 
     def hint(self, error: TenantError) -> str | None:
         return "add --replace to replace it" if isinstance(error, AlreadyExists) else None

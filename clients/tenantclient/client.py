@@ -343,10 +343,14 @@ class AsyncTenantClient:
         runtime: str | None = None,
         replace: bool = False,
         timeout: float = DEFAULT_SUBMIT_TIMEOUT_S,
+        compiler_log: str | None = None,
     ) -> ModelInfo:
         """Upload a model file (a path or its bytes) under ``name``; returns it once stored,
-        probed and loaded. Raises InvalidModel, AlreadyExists, Forbidden, AdmissionDenied..."""
-        return await self._run(operations.submit_model(model, name, runtime, replace, timeout))
+        probed and loaded. ``compiler_log``: for an EdgeTPU model, the standard output
+        ``edgetpu_compiler`` printed for it (its on-chip and streamed parameter bytes; for a
+        co-compiled group, the file's own block is picked by its name). Raises InvalidModel,
+        AlreadyExists, Forbidden, AdmissionDenied..."""
+        return await self._run(operations.submit_model(model, name, runtime, replace, timeout, compiler_log))
 
     async def list_models(self) -> list[ModelInfo]:
         """The tenant's models (every model when the client has no tenant)."""
@@ -556,9 +560,10 @@ class TenantClient:
         runtime: str | None = None,
         replace: bool = False,
         timeout: float = DEFAULT_SUBMIT_TIMEOUT_S,
+        compiler_log: str | None = None,
     ) -> ModelInfo:
         """Upload a model file (a path or its bytes) under ``name``; see :meth:`AsyncTenantClient.submit_model`."""
-        return self._run(operations.submit_model(model, name, runtime, replace, timeout))
+        return self._run(operations.submit_model(model, name, runtime, replace, timeout, compiler_log))
 
     def list_models(self) -> list[ModelInfo]:
         return self._run(operations.list_models())

@@ -152,7 +152,12 @@ def status() -> Call[dict[str, Any]]:
 
 
 def submit_model(
-    model: str | os.PathLike[str] | bytes, name: str, runtime: str | None, replace: bool, timeout: float
+    model: str | os.PathLike[str] | bytes,
+    name: str,
+    runtime: str | None,
+    replace: bool,
+    timeout: float,
+    compiler_log: str | None = None,
 ) -> Call[ModelInfo]:
     if isinstance(model, bytes):
         data, filename = model, None
@@ -168,6 +173,8 @@ def submit_model(
         args["filename"] = filename
     if runtime:
         args["runtime"] = runtime
+    if compiler_log:
+        args["compiler_log"] = compiler_log
     return Call(Op.SUBMIT_MODEL, _model, args, blobs=[data], timeout=timeout)
 
 

@@ -164,14 +164,43 @@ def _ncs2(usb: list[tuple[str, str, str]]) -> list[Detected]:
     ]  # fmt: skip
 
 
+# The SoC in a Jetson's device-tree ``compatible`` list -> its family (NVIDIA's L4T device trees).
+_TEGRA_FAMILY = {
+    "tegra210": "jetson-nano",
+    "tegra186": "jetson-tx2",
+    "tegra194": "jetson-xavier",
+    "tegra234": "jetson-orin",
+}
+
+
+def jetson_profile(model: str, compatible: list[str]) -> str:
+    """The profile of a Jetson from its device tree: the model string where it names the module
+    ("NVIDIA Jetson Orin Nano Developer Kit" is an Orin, never the 4 GB Nano), else the SoC in the
+    ``compatible`` strings ("nvidia,tegra234" -> Orin). ``cuda`` when neither tells."""
+    lowered = model.lower()
+    if "orin" in lowered:
+        return "jetson-orin"
+    if "xavier" in lowered or "jetson-agx" in lowered:
+        return "jetson-xavier"
+    if "tx2" in lowered:
+        return "jetson-tx2"
+    if "nano" in lowered:
+        return "jetson-nano"
+    for entry in compatible:
+        family = _TEGRA_FAMILY.get(entry.split(",", 1)[-1].strip().lower())
+        if family is not None:
+            return family
+    return "cuda"
+
+
 def _jetson(root: Path) -> Detected | None:
     release = _read(root / "etc/nv_tegra_release")
     model = (_read(root / "proc/device-tree/model") or "").replace("\x00", "").strip()
-    if release is None and "jetson" not in model.lower():
+    compatible = [c for c in (_read(root / "proc/device-tree/compatible") or "").split("\x00") if c]
+    if release is None and "jetson" not in model.lower() and not any("tegra" in c for c in compatible):
         return None
-    lowered = model.lower()
-    profile = "jetson-tx2" if "tx2" in lowered else "jetson-nano" if "nano" in lowered else "cuda"
-    details: dict[str, Any] = {"model": model or None}
+    profile = jetson_profile(model, compatible)
+    details: dict[str, Any] = {"model": model or None, "compatible": compatible or None}
     if release:
         details["l4t_release"] = release.splitlines()[0].lstrip("# ").strip()
     return Detected(

@@ -39,6 +39,9 @@ SOURCES: dict[str, str] = {
     "v100": "NVIDIA Tesla V100 datasheet: 16 GB HBM2, 250-300 W board power",
     "coral": "Coral docs, 'Run multiple models with multiple Edge TPUs' and edgetpu#518: ~8 MB on-chip "
     "parameter cache shared by co-compiled models",
+    "jetson": "NVIDIA Jetson module data sheets: Xavier NX 10-20 W, AGX Xavier 10-30 W, Orin Nano 7-15 W, "
+    "AGX Orin 15-60 W; memory is the module's LPDDR4x/LPDDR5 shared by CPU and GPU; price: the lowest "
+    "developer kit of the family (Xavier NX USD 399, Orin Nano USD 499)",
     "openvino": "OpenVINO docs: MYRIAD plugin last shipped in 2022.3 LTS; one process per NCS2 stick",
 }
 
@@ -120,6 +123,28 @@ PROFILES: dict[str, DeviceProfile] = {
             "device",
             ("slides",),
             default_reserve_bytes=512 * MiB,
+        ),
+        DeviceProfile(
+            "jetson-xavier",
+            "NVIDIA Jetson Xavier (NX 8/16 GB, AGX 16/32/64 GB DRAM shared by host and GPU, read from it)",
+            MemoryModel.SHARED,
+            None,
+            (10.0, 30.0),
+            399.0,
+            "device",
+            ("jetson",),
+            default_reserve_bytes=1 * GiB,
+        ),
+        DeviceProfile(
+            "jetson-orin",
+            "NVIDIA Jetson Orin (Nano 4/8 GB, NX 8/16 GB, AGX 32/64 GB DRAM shared by host and GPU, read from it)",
+            MemoryModel.SHARED,
+            None,
+            (7.0, 60.0),
+            499.0,
+            "device",
+            ("jetson",),
+            default_reserve_bytes=1 * GiB,
         ),
         DeviceProfile(
             "ncs2",

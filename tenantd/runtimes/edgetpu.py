@@ -1,44 +1,57 @@
-"""LiteRT with the EdgeTPU delegate: EdgeTPU-compiled ``.tflite`` models on a Coral device.
+"""The EdgeTPU runtime: EdgeTPU-compiled ``.tflite`` models on a Coral device, as Coral documents it.
 
-As pycoral's ``make_interpreter`` does, each model's interpreter gets the ``libedgetpu`` delegate
-(``load_delegate('libedgetpu.so.1', {'device': 'usb:0'})``) for the device the daemon owns
-(``edgetpu:usb:0`` -> ``usb:0``, ``edgetpu:pci:0`` -> ``pci:0``, bare ``edgetpu`` -> the first
-found). Ops the compiler mapped to the EdgeTPU run there as one ``edgetpu-custom-op``; the rest
-run on the host CPU through LiteRT, as they would under pycoral.
+Loading: with Coral's own ``pycoral`` where it is installed (``pycoral.utils.edgetpu``:
+``list_edge_tpus()`` to find devices, ``make_interpreter(model, device='usb:0')`` to load), else
+LiteRT (``ai_edge_litert``) or ``tflite_runtime`` with ``load_delegate('libedgetpu.so.1',
+{'device': 'usb:0'})``. Ops the compiler mapped to the EdgeTPU run there as one
+``edgetpu-custom-op``; the rest run on the host CPU, as under pycoral.
 
-Parameters: the EdgeTPU caches up to ~8 MB of parameters on chip and streams the rest from host
-memory on every inference. The compiler reports that split in its log (``edgetpu_compiler`` writes
-``MODEL_edgetpu.log``: "On-chip memory used for caching model parameters" and "Off-chip memory
-used for streaming uncached model parameters"); the model file itself does not in any documented
-form. Loaded from a path with that log beside it, a model records both figures in its facts;
-otherwise it records what the file does tell: whether it is EdgeTPU-compiled and the bytes inside
-its EdgeTPU ops (parameters plus instructions: an upper bound on its parameters). Models compiled
-together (``edgetpu_compiler a.tflite b.tflite``) share the cache by design; the compiler's log
-for such a group names every model, and each model's facts then carry the group.
+The parameter cache (Coral's compiler docs, "Parameter data caching"): about 8 MB on the chip
+holds ONE model's parameters, or one co-compiled group's; running another model flushes it and
+libedgetpu streams the new model's parameters in itself. So interpreters stay loaded (dropping
+one drops the delegate and closes the device, google-coral/edgetpu#492), and a switch is the first
+invoke after a different model ran on the device: this module counts those and times them
+(``edgetpu_cache_switches``, ``edgetpu_last_switch_ms`` in the model's facts). Models of one
+co-compiled group do not flush each other.
 
-Device loss: libedgetpu reports a pulled USB stick as USB transfer errors during ``invoke``, and a
-missing device as a failure to load the delegate; both raise :class:`DeviceLost`.
+Probing: Coral allows one process per device (a second open aborts the first on USB,
+google-coral/edgetpu#237, #645). The probe therefore never opens it: on the stand-in device
+``cpu`` this runtime validates the file statically (:mod:`tenantd.runtimes.tflitefile`: a TFLite
+flatbuffer whose custom op ``edgetpu-custom-op`` is present, with its input/output specs) and
+defers the trial load to the device's owner (``facts['trial_load'] == 'deferred'``). A
+model with no EdgeTPU op is loaded on the CPU for real (it would run there entirely).
+
+Parameter figures: from the compiler's stdout (:mod:`tenantd.runtimes.edgetpu_compiler`), supplied
+with the submission; otherwise the bytes inside the model's EdgeTPU ops, labelled an estimate.
+
+Device loss: libedgetpu's USB transfer errors are fatal aborts in C++ ("F usb_driver.cc ...
+Abort", google-coral/edgetpu#494, #476), not exceptions: no code in this process can catch them,
+only a supervisor of the process can (the device worker). A delegate that cannot be created (no
+device, or one held by another process) raises :class:`DeviceLost`.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from tenantd.errors import DeviceLost, RuntimeFailure
-from tenantd.runtimes.litert import LiteRTModel, LiteRTRuntime, tflite_param_bytes
+import numpy as np
 
-try:
-    from ai_edge_litert.interpreter import Interpreter, load_delegate
-except ImportError:  # pragma: no cover - only where tflite-runtime alone is installed
-    from tflite_runtime.interpreter import Interpreter, load_delegate
+from tenantd.errors import DeviceLost, RuntimeFailure
+from tenantd.runtimes.base import LoadedModel, Runtime, device_kind
+from tenantd.runtimes.litert import LiteRTModel, LiteRTRuntime
+from tenantd.runtimes.tflitefile import EDGETPU_OP, ModelInfo, NotTFLite
+from tenantwire.tensors import TensorSpec
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
-EDGETPU_OP = "edgetpu-custom-op"
+__all__ = ["EDGETPU_OP", "EdgeTPURuntime", "check_listed", "delegate_device", "list_devices", "loader", "model_facts"]
 _LOST_MARKS = ("usb transfer error", "libusb", "failed to load delegate", "no edge tpu", "device not found")
-_SIZE = r"([\d.]+)\s*(B|KiB|MiB|GiB)"
-_UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+# Which model ran last on each device (by model key), so a switch is seen on its first invoke.
+_LAST_RAN: dict[str, tuple[int, frozenset[str]]] = {}
+_LAST_LOCK = threading.Lock()
 
 
 def delegate_device(device: str) -> str | None:
@@ -53,59 +66,50 @@ def delegate_device(device: str) -> str | None:
     return rest
 
 
-def _size(text: str, label: str) -> int | None:
-    match = re.search(re.escape(label) + r":\s*" + _SIZE, text)
-    return round(float(match.group(1)) * _UNITS[match.group(2)]) if match else None
+def loader() -> str:
+    """Which package opens the device here: ``pycoral`` (Coral's, with ``pycoral.utils.edgetpu``;
+    the unrelated PyPI project of that name has none), else ``ai_edge_litert``, else
+    ``tflite_runtime``."""
+    try:
+        from pycoral.utils import edgetpu  # noqa: F401 - presence check
+
+        return "pycoral"
+    except ImportError:
+        pass
+    try:
+        from ai_edge_litert.interpreter import load_delegate  # noqa: F401 - presence check
+
+        return "ai_edge_litert"
+    except ImportError:
+        return "tflite_runtime"
 
 
-def parse_compiler_log(text: str) -> dict[str, Any]:
-    """The parameter split ``edgetpu_compiler`` reports for one model, and the co-compiled group
-    when its log lists several input models."""
-    facts: dict[str, Any] = {}
-    on_chip = _size(text, "On-chip memory used for caching model parameters")
-    streamed = _size(text, "Off-chip memory used for streaming uncached model parameters")
-    if on_chip is not None:
-        facts["edgetpu_on_chip_param_bytes"] = on_chip
-    if streamed is not None:
-        facts["edgetpu_streamed_param_bytes"] = streamed
-    group = re.findall(r"^Input model:\s*(\S+)", text, re.MULTILINE)
-    if len(group) > 1:
-        facts["edgetpu_cocompiled_group"] = [Path(m).name for m in group]
-    return facts
-
-
-def edgetpu_op_bytes(data: bytes) -> int | None:
-    """Bytes in the custom options of a model's EdgeTPU ops, or None for a model not compiled for
-    the EdgeTPU (it would run entirely on the host CPU)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    if not schema.Model.ModelBufferHasIdentifier(data, 0):
-        raise ValueError("not a TFLite model: missing 'TFL3' file identifier")
-    root = schema.Model.GetRootAs(data, 0)
-    codes = {
-        i
-        for i in range(root.OperatorCodesLength())
-        if (root.OperatorCodes(i).CustomCode() or b"") == EDGETPU_OP.encode()
-    }
-    if not codes:
+def list_devices() -> list[dict[str, str]] | None:
+    """pycoral's ``list_edge_tpus()`` (``[{'type': 'usb', 'path': ...}]``), or None without pycoral."""
+    try:
+        from pycoral.utils.edgetpu import list_edge_tpus
+    except ImportError:
         return None
-    total = 0
-    for s in range(root.SubgraphsLength()):
-        graph = root.Subgraphs(s)
-        for o in range(graph.OperatorsLength()):
-            op = graph.Operators(o)
-            if op.OpcodeIndex() in codes:
-                total += op.CustomOptionsLength()
-    return total
+    return [dict(d) for d in list_edge_tpus()]
 
 
-def model_facts(data: bytes, log_text: str | None) -> dict[str, Any]:
-    op_bytes = edgetpu_op_bytes(data)
-    facts: dict[str, Any] = {"edgetpu_compiled": op_bytes is not None}
-    if op_bytes is not None:
-        facts["edgetpu_op_bytes"] = op_bytes
-    if log_text:
-        facts.update(parse_compiler_log(log_text))
+def check_listed(device: str | None, found: list[dict[str, str]]) -> None:
+    """Raise DeviceLost unless pycoral lists the device (``usb:N``/``pci:N``: the Nth of that type;
+    ``usb``/``pci``: any of that type; None: any)."""
+    kind, _, index = (device or "").partition(":")
+    of_kind = [d for d in found if not kind or d.get("type") == kind]
+    if len(of_kind) <= int(index or 0):
+        listed = ", ".join(f"{d.get('type')} {d.get('path')}" for d in found) or "none"
+        raise DeviceLost(f"pycoral lists no EdgeTPU {device or '(any)'} (list_edge_tpus: {listed})")
+
+
+def model_facts(info: ModelInfo) -> dict[str, Any]:
+    """What the file itself says; the on-chip figure from the file alone is an estimate."""
+    facts: dict[str, Any] = {"edgetpu_compiled": info.edgetpu_compiled}
+    if info.edgetpu_compiled:
+        facts["edgetpu_op_bytes"] = info.edgetpu_op_bytes
+        facts["edgetpu_on_chip_param_bytes"] = min(info.edgetpu_op_bytes, 8 * 2**20)
+        facts["edgetpu_param_source"] = "estimate from the EdgeTPU ops' bytes (no compiler output given)"
     return facts
 
 
@@ -116,73 +120,126 @@ def _is_lost(exc: BaseException) -> bool:
 class EdgeTPUModel(LiteRTModel):
     can_add_instances = False  # one device that runs one model at a time: more interpreters gain nothing
 
-    def __init__(self, interpreter: Any, delegate: Any, facts: dict[str, Any]) -> None:
+    def __init__(self, interpreter: Any, delegate: Any, facts: dict[str, Any], device: str) -> None:
         super().__init__(interpreter)
         # An EdgeTPU model is compiled for its shapes: a resized input would fall back to the CPU.
         self.max_batch = 1
         self._delegate = delegate  # the interpreter uses it; it must outlive the interpreter
-        self.facts = facts
+        self._device = device
+        self.facts = dict(facts, edgetpu_cache_switches=0)
+        group = facts.get("edgetpu_cocompiled_group") or ()
+        self._group = frozenset(str(m) for m in group)
 
     def infer(self, inputs: list[Any]) -> list[Any]:
+        with _LAST_LOCK:
+            last = _LAST_RAN.get(self._device)
+            # Another model (not of this one's co-compiled group) ran last: its parameters are in
+            # the cache, and libedgetpu streams this model's in on this invoke.
+            switch = last is not None and last[0] != id(self) and not (self._group and last[1] == self._group)
+            _LAST_RAN[self._device] = (id(self), self._group)
+        t0 = time.perf_counter()
         try:
-            return super().infer(inputs)
+            outputs = super().infer(inputs)
         except RuntimeFailure as exc:
             if _is_lost(exc):
                 raise DeviceLost(f"the EdgeTPU is gone: {exc}") from exc
             raise
+        if switch:
+            self.facts["edgetpu_cache_switches"] += 1
+            self.facts["edgetpu_last_switch_ms"] = round((time.perf_counter() - t0) * 1e3, 4)
+        return outputs
 
     def unload(self) -> None:
         super().unload()
         self._delegate = None
+        with _LAST_LOCK:
+            if _LAST_RAN.get(self._device, (None,))[0] == id(self):
+                del _LAST_RAN[self._device]
 
 
-class EdgeTPURuntime(LiteRTRuntime):
+class StaticEdgeTPUModel(LoadedModel):
+    """An EdgeTPU-compiled model validated without the device: specs from the file; running it
+    needs the device, whose owner does the trial load."""
+
+    def __init__(self, info: ModelInfo, facts: dict[str, Any]) -> None:
+        self.inputs = tuple(TensorSpec(t.name, t.dtype, t.shape) for t in info.inputs)
+        self.outputs = tuple(TensorSpec(t.name, t.dtype, t.shape) for t in info.outputs)
+        self.facts = dict(facts, trial_load="deferred")
+
+    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        raise RuntimeFailure("an EdgeTPU-compiled model runs only on the EdgeTPU; its trial load is the device owner's")
+
+    def unload(self) -> None:
+        pass
+
+
+class EdgeTPURuntime(Runtime):
     name = "edgetpu"
     suffixes = (".tflite",)
     device_kinds = ("edgetpu",)
 
-    def _load(self, source: bytes | Path) -> EdgeTPUModel:
+    def _load(self, source: bytes | Path) -> LoadedModel:
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
-        log_path = source.with_name(source.stem + ".log") if isinstance(source, Path) else None
-        log_text = log_path.read_text(errors="replace") if log_path is not None and log_path.is_file() else None
         try:
-            facts = model_facts(data, log_text)
-        except ValueError as exc:
-            raise RuntimeFailure(f"not a TFLite model: {exc}") from exc
+            info = ModelInfo(data)
+        except NotTFLite as exc:
+            raise RuntimeFailure(f"not an EdgeTPU model: {exc}") from exc
+        facts = model_facts(info)
+        if device_kind(self.device) == "cpu":  # the probe's stand-in: never the device
+            if info.edgetpu_compiled:
+                return StaticEdgeTPUModel(info, facts)
+            model = LiteRTRuntime(device="cpu", num_threads=self.num_threads)._load(data)
+            model.facts = dict(facts, edgetpu_note="not compiled for the EdgeTPU: it runs on the host CPU")
+            return model
         device = delegate_device(self.device)
+        interpreter, delegate = self._open(data, device)
+        return EdgeTPUModel(interpreter, delegate, facts, self.device)
+
+    def _open(self, data: bytes, device: str | None) -> tuple[Any, Any]:
+        how = loader()
         try:
-            delegate = load_delegate(EDGETPU_LIBRARY, {"device": device} if device else {})
-        except (ValueError, OSError) as exc:
-            # No device answering to that name (unplugged, or held by another process).
-            raise DeviceLost(f"cannot open EdgeTPU {device or '(any)'}: {exc}") from exc
-        try:
-            if isinstance(source, Path):
-                interpreter = Interpreter(
-                    model_path=str(source), experimental_delegates=[delegate], num_threads=self.num_threads
-                )
+            if how == "pycoral":
+                from pycoral.utils.edgetpu import make_interpreter
+
+                check_listed(device, list_devices() or [])
+                interpreter = make_interpreter(data, device=device)
+                delegate = None  # pycoral's interpreter holds its own
             else:
+                if how == "ai_edge_litert":
+                    from ai_edge_litert.interpreter import Interpreter, load_delegate
+                else:
+                    from tflite_runtime.interpreter import Interpreter, load_delegate
+                delegate = load_delegate(EDGETPU_LIBRARY, {"device": device} if device else {})
                 interpreter = Interpreter(
                     model_content=data, experimental_delegates=[delegate], num_threads=self.num_threads
                 )
+        except (ValueError, OSError) as exc:
+            # No device answering to that name: unplugged, or held by another process.
+            raise DeviceLost(f"cannot open EdgeTPU {device or '(any)'} with {how}: {exc}") from exc
+        try:
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             if _is_lost(exc):
                 raise DeviceLost(f"the EdgeTPU is gone: {exc}") from exc
-            raise RuntimeFailure(f"LiteRT with the EdgeTPU delegate cannot load this model: {exc}") from exc
-        return EdgeTPUModel(interpreter, delegate, facts)
+            raise RuntimeFailure(f"{how} with the EdgeTPU delegate cannot load this model: {exc}") from exc
+        return interpreter, delegate
+
+    @classmethod
+    def probe_device(cls, device: str) -> str:
+        # One process per EdgeTPU: the probe validates on the CPU and defers the trial load.
+        return "cpu"
 
     @classmethod
     def param_bytes(cls, path: Path) -> int | None:
-        """What the model needs in the parameter cache: the compiler's on-chip figure where its log
-        is beside the file, else the bytes inside its EdgeTPU ops, else (not compiled) its tensors'."""
+        """What the model needs in the parameter cache, from the file alone (an estimate: the bytes
+        inside its EdgeTPU ops, else, not compiled, its tensors'); the compiler's figure, where
+        given, travels in the probe's facts instead."""
         try:
-            data = path.read_bytes()
-            log_path = path.with_name(path.stem + ".log")
-            if log_path.is_file():
-                on_chip = parse_compiler_log(log_path.read_text(errors="replace")).get("edgetpu_on_chip_param_bytes")
-                if on_chip is not None:
-                    return int(on_chip)
-            op_bytes = edgetpu_op_bytes(data)
-            return op_bytes if op_bytes is not None else tflite_param_bytes(data)
-        except (OSError, ValueError):
+            info = ModelInfo(path.read_bytes())
+        except (OSError, NotTFLite):
             return None
+        return info.edgetpu_op_bytes if info.edgetpu_compiled else info.param_bytes
+
+    @classmethod
+    def version(cls) -> str:
+        return f"{LiteRTRuntime.version()} via {loader()}"

@@ -9,6 +9,15 @@ compiled model serves requests through a pool of OpenVINO's asynchronous infer r
 concurrent caller, so one compiled model may run on several slots at once; on the CPU it is
 compiled with as many streams as the daemon has slots and full f32 precision (the CPU plugin would
 otherwise pick bf16 on CPUs that have it, and outputs would drift from the other runtimes').
+
+NCS2 (MYRIAD, OpenVINO 2022.3 LTS, the last with the plugin): the stick computes in FP16 and keeps
+weights and activations in its own 512 MB, so a model's charge is its weights at FP16 plus its
+intermediate tensors at FP16 (``myriad_bytes`` in its facts, an estimate that assumes no reuse of
+activation memory), never the CPU plugin's host RSS. When the stick's memory is full the plugin
+throws "Failed to allocate graph: NC_OUT_OF_MEMORY", or fails to boot a further graph with "Can
+not init Myriad device: NC_ERROR" (openvinotoolkit/openvino#2418, at the 10th network; both
+thrown by the plugin's myriad_executor.cpp): with networks already loaded that is
+:class:`DeviceMemoryFull` (admission's refusal of this model, with the count), not a lost device.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ try:
 except ImportError:  # pragma: no cover - OpenVINO 2022.3 LTS (the last with MYRIAD) has them only here
     from openvino.runtime import Core, Tensor
 
-from tenantd.errors import DeviceLost, RuntimeFailure
+from tenantd.errors import DeviceLost, DeviceMemoryFull, RuntimeFailure
 from tenantd.runtimes.base import LoadedModel, Runtime, batch_capacity, device_kind
 from tenantwire import irbundle
 
@@ -36,6 +45,34 @@ from tenantwire import irbundle
 # transport when a stick is pulled; the NPU/GPU plugins' lost-device errors), as opposed to a
 # model or input problem.
 _LOST_MARKS = ("x_link_error", "xlink", "device was disconnected", "device lost", "device_lost", "nc_error")
+
+
+# MYRIAD's words for "no room for this graph on the stick" (see the module's docstring).
+_FULL_MARKS = ("nc_out_of_memory", "can not init myriad device")
+
+
+def _is_full(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(mark in text for mark in _FULL_MARKS)
+
+
+def myriad_bytes(model: Any) -> int:
+    """What a model needs on an NCS2: every Constant's elements at FP16 (float weights are
+    converted; integer ones keep their size) plus every other op's static outputs at FP16. An
+    upper bound on activations (the plugin reuses their memory), from the model read on any
+    device."""
+    total = 0
+    for op in model.get_ops():
+        if op.get_type_name() == "Result":  # the tensor its producer already counted
+            continue
+        for i in range(op.get_output_size()):
+            shape = op.get_output_partial_shape(i)
+            if not shape.is_static:
+                continue
+            count = int(np.prod([d.get_length() for d in shape])) if len(shape) else 1
+            dtype = np.dtype(op.get_output_element_type(i).to_dtype())
+            total += count * (2 if dtype.kind == "f" else dtype.itemsize)
+    return total
 
 
 def _is_lost(exc: BaseException) -> bool:
@@ -81,8 +118,9 @@ def _spec(port: Any, fallback: str) -> TensorSpec:
 class OpenVINOModel(LoadedModel):
     can_add_instances = True
 
-    def __init__(self, compiled: Any) -> None:
+    def __init__(self, compiled: Any, on_unload: Any = None) -> None:
         self._compiled = compiled
+        self._on_unload = on_unload
         self.instances = 1
         self.inputs = tuple(_spec(p, f"input{i}") for i, p in enumerate(compiled.inputs))
         self.outputs = tuple(_spec(p, f"output{i}") for i, p in enumerate(compiled.outputs))
@@ -124,6 +162,8 @@ class OpenVINOModel(LoadedModel):
         self.instances += 1
 
     def unload(self) -> None:
+        if self._compiled is not None and self._on_unload is not None:
+            self._on_unload()
         self._compiled = None
         self._idle = queue.SimpleQueue()
 
@@ -136,6 +176,7 @@ class OpenVINORuntime(Runtime):
     def __init__(self, device: str = "cpu", num_threads: int = 1, slots: int = 1) -> None:
         super().__init__(device, num_threads, slots)
         self._core: Any = Core()
+        self.networks = 0  # networks compiled and not yet unloaded (an NCS2 holds only so many)
 
     def _config(self) -> dict[str, Any]:
         if device_kind(self.device) == "cpu":
@@ -175,14 +216,33 @@ class OpenVINORuntime(Runtime):
         try:
             target = ov_device(self.device, list(self._core.available_devices))
             model = self._read(source)
+            needs = myriad_bytes(model)
             compiled = self._core.compile_model(model, target, self._config())
         except irbundle.BundleError as exc:
             raise RuntimeFailure(f"OpenVINO cannot load this model: {exc}") from exc
         except (RuntimeError, TypeError, ValueError) as exc:
+            held = self.networks
+            # "Can not init Myriad device" with nothing loaded is a stick that does not answer.
+            if (
+                device_kind(self.device) == "ncs2"
+                and _is_full(exc)
+                and (held or "nc_out_of_memory" in str(exc).lower())
+            ):
+                raise DeviceMemoryFull(
+                    f"the NCS2 holds {held} network(s) and has no room for this one ({exc})", held
+                ) from exc
             if _is_lost(exc):
                 raise DeviceLost(f"OpenVINO lost the device: {exc}") from exc
             raise RuntimeFailure(f"OpenVINO cannot load this model: {exc}") from exc
-        return OpenVINOModel(compiled)
+        self.networks += 1
+        loaded = OpenVINOModel(compiled, self._unloaded)
+        loaded.facts = {"myriad_bytes": needs, "myriad_bytes_basis": "estimate: FP16 weights + every activation"}
+        if device_kind(self.device) == "ncs2":
+            loaded.device_bytes = needs
+        return loaded
+
+    def _unloaded(self) -> None:
+        self.networks = max(0, self.networks - 1)
 
     @classmethod
     def probe_device(cls, device: str) -> str:

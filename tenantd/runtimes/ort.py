@@ -5,14 +5,26 @@ An ``InferenceSession`` is safe to call from several threads at once, so one loa
 several slots: an instance more is one caller more of the same session (its weights are shared;
 each concurrent run takes its activations from the session's arena as it runs). The session gets
 ``num_threads`` intra-op threads and one inter-op thread, as the daemon sizes its thread budget per
-model. On ``cuda:N`` the session is created with the CUDA
-provider on device N and refuses to fall back silently to the CPU: a tenant who asked for the GPU
-gets the GPU or a clear error.
+model.
+
+On ``cuda:N`` the session is created with the CUDA provider on device N, then CPU. ONNX Runtime
+assigns shape subgraphs of ordinary exported models to the CPU on purpose, so
+``session.disable_cpu_ep_fallback`` would refuse them ("This session contains graph nodes that
+are assigned to the default CPU EP, but fallback to CPU EP has been explicitly disabled by the
+user."); and when the CUDA provider cannot start (no cuDNN, a driver mismatch) ONNX Runtime falls
+back to the CPU for the whole session with only a warning. So the check is on what the session
+got: ``session.get_providers()`` must contain ``CUDAExecutionProvider``, else the load fails with
+a clear error. GPU memory, which the host's RSS does not show, is measured around the load and
+the first runs: this process's figure from NVML (``pynvml``/nvidia-ml-py) where importable, else
+the device's ``cudaMemGetInfo`` delta (cuda-python), else an estimate (the file's size), labelled
+as such in ``gpu_bytes_source``.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +70,52 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(name=str(arg.name), dtype=dtype, shape=shape)
 
 
+def gpu_meter(index: int) -> tuple[str, Callable[[], int]] | None:
+    """How to read the GPU memory this process uses on device ``index``: NVML's per-process
+    figure, else cudaMemGetInfo's used bytes on the device; None where neither is importable."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+
+        def nvml() -> int:
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == os.getpid():
+                    return int(proc.usedGpuMemory or 0)
+            return 0
+
+        return "nvml", nvml
+    except Exception:  # noqa: BLE001 - no pynvml, no driver, no such GPU: try the next meter
+        pass
+    try:
+        from cuda.bindings import runtime as cudart
+
+        def mem_get_info() -> int:
+            cudart.cudaSetDevice(index)
+            _, free, total = cudart.cudaMemGetInfo()
+            return int(total) - int(free)
+
+        mem_get_info()
+        return "cudaMemGetInfo", mem_get_info
+    except Exception:  # noqa: BLE001 - no cuda-python or no device
+        return None
+
+
 class ONNXRuntimeModel(LoadedModel):
     can_add_instances = True
 
-    def __init__(self, session: Any) -> None:
+    def __init__(
+        self, session: Any, meter: tuple[str, Callable[[], int]] | None = None, baseline: int = 0, estimate: int = 0
+    ) -> None:
         self._session = session
+        self._meter = meter
+        self._baseline = baseline
+        self._estimate = estimate
+        if meter is not None:
+            self.facts = {"gpu_bytes_source": meter[0]}
+        elif estimate:
+            self.facts = {"gpu_bytes_source": "estimate: the model file's size (no NVML or cudaMemGetInfo here)"}
         self.instances = 1
         self.inputs = tuple(_spec(a) for a in session.get_inputs())
         self.outputs = tuple(_spec(a) for a in session.get_outputs())
@@ -81,6 +134,13 @@ class ONNXRuntimeModel(LoadedModel):
                 raise DeviceLost(f"ONNX Runtime lost the GPU: {exc}") from exc
             raise RuntimeFailure(str(exc)) from exc
         return [np.asarray(o) for o in outputs]
+
+    @property
+    def device_bytes(self) -> int:  # type: ignore[override]
+        """GPU memory the model holds now (it grows with ONNX Runtime's arena on the first runs)."""
+        if self._meter is not None:
+            return max(0, self._meter[1]() - self._baseline)
+        return self._estimate
 
     def add_instance(self) -> None:
         if self._session is None:
@@ -112,8 +172,9 @@ class ONNXRuntime(Runtime):
         options.intra_op_num_threads = max(1, self.num_threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: warnings about unused initialisers are not the tenant's
-        if device_kind(self.device) == "cuda":
-            options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        cuda = device_kind(self.device) == "cuda"
+        meter = gpu_meter(int(self.device.partition(":")[2] or 0)) if cuda else None
+        baseline = meter[1]() if meter is not None else 0
         try:
             model = str(source) if isinstance(source, Path) else bytes(source)
             session = ort.InferenceSession(model, sess_options=options, providers=self._providers())
@@ -123,7 +184,16 @@ class ONNXRuntime(Runtime):
             if any(mark in str(exc).lower() for mark in _LOST_MARKS):
                 raise DeviceLost(f"ONNX Runtime lost the GPU: {exc}") from exc
             raise RuntimeFailure(f"ONNX Runtime cannot load this model: {exc}") from exc
-        return ONNXRuntimeModel(session)
+        if not cuda:
+            return ONNXRuntimeModel(session)
+        got = list(session.get_providers())
+        if "CUDAExecutionProvider" not in got:
+            raise RuntimeFailure(
+                f"ONNX Runtime could not use the GPU for {self.device!r}: the session runs on {got} (the CUDA "
+                "provider failed to start; its warning is in the daemon's log: check CUDA and cuDNN versions)"
+            )
+        size = source.stat().st_size if isinstance(source, Path) else len(source)
+        return ONNXRuntimeModel(session, meter, baseline, estimate=size)
 
     @classmethod
     def version(cls) -> str:

@@ -8,11 +8,15 @@ gets an execution context, one CUDA stream, device buffers for every I/O tensor
 (``cuda.mem_alloc``) and page-locked host buffers; an inference copies inputs host-to-device,
 enqueues the engine, copies outputs back, all asynchronously on the stream, then synchronises.
 TensorRT 10's named-tensor API (``set_tensor_address`` + ``execute_async_v3``) is used where it
-exists, the 8.x bindings API (``execute_async_v2``) otherwise.
+exists, the 8.x bindings API (``execute_async_v2``) otherwise. Building: TensorRT 8.2 (JetPack
+4.6, the last for the Nano and TX2, on Python 3.6) has no ``set_memory_pool_limit`` /
+``MemoryPoolType`` (they came in 8.4) and sets the workspace with ``config.max_workspace_size``;
+TensorRT 10 has only the former.
 
-Memory: the engine's own device memory (activations, ``device_memory_size``) and its I/O buffers
-are the model's ``device_bytes``; on a Jetson that memory is the host's DRAM, so the probe charges
-it to the shared ledger. The CUDA context, cuDNN and TensorRT libraries cost each process about
+Memory: a model's ``device_bytes`` are the engine itself (its serialized size: the weights it
+copies to the GPU on deserialization), its activations (``device_memory_size_v2`` in 10,
+``device_memory_size`` before) and its I/O buffers; on a Jetson that memory is the host's DRAM,
+so the probe charges it to the shared ledger. The CUDA context, cuDNN and TensorRT libraries cost each process about
 0.8 GB of that DRAM (NVIDIA forum; TensorRT#2217), which resident-set growth does not show, so on
 a Jetson the runtime declares that figure as its per-process overhead.
 
@@ -109,7 +113,7 @@ def _io(engine: Any) -> list[tuple[str, tuple[int, ...], np.dtype[Any], bool]]:
 
 
 class TensorRTModel(LoadedModel):
-    def __init__(self, engine: Any, ctx: _Context) -> None:
+    def __init__(self, engine: Any, ctx: _Context, engine_bytes: int = 0) -> None:
         self._engine = engine
         self._ctx = ctx
         with ctx:
@@ -124,8 +128,12 @@ class TensorRTModel(LoadedModel):
         self.inputs = tuple(TensorSpec(t.name, t.dtype.name, t.shape) for t in self._inputs)
         self.outputs = tuple(TensorSpec(t.name, t.dtype.name, t.shape) for t in self._outputs)
         memory = int(getattr(engine, "device_memory_size_v2", 0) or getattr(engine, "device_memory_size", 0) or 0)
-        self.device_bytes = memory + sum(t.host.nbytes for t in self._tensors)
-        self.facts = {"tensorrt_engine_device_bytes": memory}
+        self.device_bytes = engine_bytes + memory + sum(t.host.nbytes for t in self._tensors)
+        self.facts = {
+            "tensorrt_engine_bytes": engine_bytes,
+            "tensorrt_activation_bytes": memory,
+            "tensorrt_api": "10 (named tensors)" if hasattr(engine, "num_io_tensors") else "8.x (bindings)",
+        }
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         if self._engine is None:
@@ -186,13 +194,16 @@ class TensorRTRuntime(Runtime):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise RuntimeFailure(f"TensorRT cannot parse this ONNX model: {errors}")
         config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, ONNX_WORKSPACE_BYTES)
+        if hasattr(config, "set_memory_pool_limit") and hasattr(trt, "MemoryPoolType"):  # TensorRT >= 8.4
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, ONNX_WORKSPACE_BYTES)
+        else:  # TensorRT 8.2 (JetPack 4.6)
+            config.max_workspace_size = ONNX_WORKSPACE_BYTES
         if builder.platform_has_fast_fp16:
             config.set_flag(trt.BuilderFlag.FP16)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise RuntimeFailure("TensorRT could not build an engine from this ONNX model (see the daemon's log)")
-        return serialized
+        return bytes(serialized)
 
     def _load(self, source: bytes | Path) -> TensorRTModel:
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
@@ -205,7 +216,7 @@ class TensorRTRuntime(Runtime):
                 raise RuntimeFailure(
                     "TensorRT cannot deserialize this engine (built for another GPU or TensorRT version?)"
                 )
-            return TensorRTModel(engine, self._ctx)
+            return TensorRTModel(engine, self._ctx, engine_bytes=len(plan))
         except cuda.Error as exc:
             if _is_lost(exc):
                 raise DeviceLost(f"the GPU is gone: {exc}") from exc

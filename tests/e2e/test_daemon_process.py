@@ -267,9 +267,10 @@ def test_invalid_policy_names_the_key(tmp_path: Path) -> None:
     assert "slots" in proc.stderr and "queue_depht" in proc.stderr
 
 
-def test_done_when_ncs2_stops_at_the_memory_bound_and_edgetpu_swaps(tmp_path: Path) -> None:
+def test_done_when_ncs2_stops_at_the_memory_bound_and_edgetpu_switches(tmp_path: Path) -> None:
     """Issue 3's closing scenario, through the CLI: the same four models are refused at the memory
-    bound of an emulated NCS2 and all served, with logged switches, on an emulated EdgeTPU."""
+    bound of an emulated NCS2 and all served, kept loaded, with logged switches, on an emulated
+    EdgeTPU."""
     from models import tiny
 
     paths = []
@@ -300,8 +301,10 @@ def test_done_when_ncs2_stops_at_the_memory_bound_and_edgetpu_swaps(tmp_path: Pa
                 for p in paths:
                     alice.infer(p.stem, x)
         switches = tenantctl(edgetpu.endpoint, "--json", "events", "--event", "switch").stdout
-        reloads = [e for e in json.loads(switches) if e["reload"]]
-        assert len(reloads) == 8 and all(e["overhead_ms"] is not None for e in reloads)
+        events = json.loads(switches)
+        # Two rounds over four models: every run after the first follows another model.
+        assert len(events) == 7 and not any(e["reload"] for e in events)
+        assert all(e["overhead_ms"] is not None for e in events)
         assert "mean switch overhead" in tenantctl(edgetpu.endpoint, "status").stdout
     finally:
         assert edgetpu.stop() == 0

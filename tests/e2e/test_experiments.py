@@ -162,8 +162,9 @@ def test_concurrency_quick_edgetpu_keeps_admitting_and_switches(
         assert [int(s["tenants"]) for s in steps] == list(range(1, 9)), steps
         assert all(s["refused"] == "False" and s["overcommit"] == "swap" for s in steps)
         last = steps[-1]
-        assert int(last["switches"]) > 0 and int(last["reloads"]) > 0, last
-        assert float(last["reload_overhead_ms"]) > 0 and float(last["reload_overhead_share"]) > 0, last
+        # Models stay loaded on an EdgeTPU (the device streams parameters in on a switch): switches
+        # are counted, nothing is reloaded.
+        assert int(last["switches"]) > 0 and int(last["reloads"]) == 0, last
         assert last["discipline"] == discipline
         assert int(last["models_admitted"]) == 8
     report = (out / "report.md").read_text()

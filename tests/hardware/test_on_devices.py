@@ -90,6 +90,32 @@ def test_edgetpu_runs_a_compiled_model() -> None:
     model.unload()
 
 
+@pytest.mark.edgetpu
+def test_edgetpu_switches_are_first_invokes_and_the_probe_leaves_the_device_alone() -> None:
+    """Two models on one device, both kept loaded (Coral: the cache holds one model's parameters;
+    the next model's first invoke streams its own in): a switch is counted on the first invoke
+    after the other model ran, and the later invokes of the same model are no switch. While the
+    device is held, the probe's static validation still works (it never opens the device)."""
+    device = attached("edgetpu", "edgetpu")
+    compiled = os.environ.get("TENANTD_EDGETPU_MODEL")
+    if not compiled:
+        pytest.skip("set TENANTD_EDGETPU_MODEL to an EdgeTPU-compiled .tflite (edgetpu_compiler output)")
+    other = os.environ.get("TENANTD_EDGETPU_MODEL_B", compiled)
+    cls = get_runtime_class("edgetpu")
+    runtime = cls(device=device.device)
+    a, b = runtime.load(Path(compiled)), runtime.load(Path(other))
+    xa = np.zeros(a.inputs[0].shape, a.inputs[0].dtype)
+    xb = np.zeros(b.inputs[0].shape, b.inputs[0].dtype)
+    for model, x in ((a, xa), (a, xa), (b, xb), (b, xb), (a, xa)):
+        model.infer([x])
+    assert (a.facts["edgetpu_cache_switches"], b.facts["edgetpu_cache_switches"]) == (1, 1)
+    print(f"EdgeTPU switch (first invoke after the other model): {a.facts['edgetpu_last_switch_ms']} ms")
+    static = cls(device=cls.probe_device(device.device)).load(Path(compiled))
+    assert static.facts["trial_load"] == "deferred" and static.inputs == a.inputs
+    a.unload()
+    b.unload()
+
+
 @pytest.mark.ncs2
 def test_ncs2_runs_ir_through_myriad(cnn_files: dict[str, Path], tmp_path: Path) -> None:
     device = attached("ncs2", "openvino")
@@ -98,14 +124,43 @@ def test_ncs2_runs_ir_through_myriad(cnn_files: dict[str, Path], tmp_path: Path)
     xml = tiny_onnx.save_ir(cnn_files["onnx"].read_bytes(), tmp_path / "cnn.xml")
     model = get_runtime_class("openvino")(device=device.device).load(irbundle.pack_files(xml))  # IR travels bundled
     compare(model, cnn_files["tflite"], FP16_TOLERANCE)
+    # Charged what the stick holds (FP16 weights + activations), not host memory.
+    assert model.device_bytes == model.facts["myriad_bytes"] > 0
+
+
+@pytest.mark.ncs2
+def test_ncs2_full_stick_refuses_with_the_count(cnn_files: dict[str, Path], tmp_path: Path) -> None:
+    """Load the same network until MYRIAD runs out (openvinotoolkit/openvino#2418 saw it at the
+    10th): the refusal is DeviceMemoryFull with the count, never DeviceLost."""
+    from tenantd.errors import DeviceMemoryFull
+
+    device = attached("ncs2", "openvino")
+    from models import tiny_onnx
+
+    bundle = irbundle.pack_files(tiny_onnx.save_ir(cnn_files["onnx"].read_bytes(), tmp_path / "cnn.xml"))
+    runtime = get_runtime_class("openvino")(device=device.device)
+    loaded = []
+    try:
+        for _ in range(64):
+            loaded.append(runtime.load(bundle))
+    except DeviceMemoryFull as exc:
+        assert exc.networks_loaded == len(loaded) > 0
+        print(f"NCS2 full after {len(loaded)} networks of this CNN: {exc}")
+    else:
+        pytest.skip("64 copies of the small CNN fit on this stick: no memory bound reached")
+    finally:
+        for model in loaded:
+            model.unload()
 
 
 @pytest.mark.jetson
 def test_jetson_tensorrt_builds_from_onnx_and_charges_shared_memory(cnn_files: dict[str, Path]) -> None:
     device = attached("cuda", "tensorrt", jetson=True)
+    assert device.profile in ("jetson-nano", "jetson-tx2", "jetson-xavier", "jetson-orin")
     cls = get_runtime_class("tensorrt")
     model = cls(device=device.device).load(cnn_files["onnx"])
-    assert model.device_bytes > 0 and model.facts["tensorrt_engine_device_bytes"] >= 0
+    facts = model.facts
+    assert model.device_bytes >= facts["tensorrt_engine_bytes"] + facts["tensorrt_activation_bytes"] > 0
     assert cls.process_overhead_bytes(device.device) == 800 * 2**20
     compare(model, cnn_files["tflite"], FP16_TOLERANCE)
     model.unload()
@@ -127,5 +182,7 @@ def test_cuda_onnxruntime_provider(cnn_files: dict[str, Path]) -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime here has no CUDA provider (install onnxruntime-gpu)")
     model = get_runtime_class("onnxruntime")(device=device.device).load(cnn_files["onnx"])
-    compare(model, cnn_files["tflite"], FP32_TOLERANCE)
+    compare(model, cnn_files["tflite"], FP32_TOLERANCE)  # a session that fell back to the CPU is refused at load
+    print(f"ONNX Runtime CUDA charged {model.device_bytes} bytes ({model.facts['gpu_bytes_source']})")
+    assert model.device_bytes > 0
     model.unload()

@@ -32,36 +32,34 @@ def three_mib_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
-def test_edgetpu_cache_admits_all_and_swaps_with_measured_reloads(
+def test_edgetpu_cache_keeps_every_model_loaded_and_measures_switches(
     tmp_path: Path, endpoint: str, three_mib_models: list[Path]
 ) -> None:
+    """Coral's cache model: the ~8 MB parameter cache holds one model's parameters; the next
+    model's first invoke streams its own in (libedgetpu does it). So every admitted model stays
+    loaded (four 3 MiB models, more than the cache holds), nothing is reloaded, and a switch is the
+    first run after a different model, measured against that model's warm runs."""
     with daemon_in_thread(tmp_path / "state", endpoint, Policy(profile="edgetpu")) as daemon:
         with TenantClient(endpoint, tenant="a") as a:
             for i, path in enumerate(three_mib_models):
                 info = a.submit_model(path, f"m{i}")
-                assert not info.resident  # loaded by the first request that needs it
-            # Pairs of requests: the first of each pair may need a reload, the second runs warm.
+                assert info.resident  # loaded at submission, and it stays loaded
             sequence = [0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 1, 1, 2, 2, 3, 3]
-            reloads = []
+            switched = []
             for i in sequence:
                 result = a.infer_detailed(f"m{i}", X)
                 assert np.array_equal(result.outputs["probs"], direct_litert(three_mib_models[i], X)["probs"])
-                reloads.append("load_ms" in result.timings)
-                residency = a.status()["residency"]
-                assert residency["loaded_bytes"] <= 8 * MiB  # within the cache, in parameter bytes
+                assert "load_ms" not in result.timings  # never an interpreter rebuilt to "swap"
+                switched.append(bool(result.timings["switch"]))
             status = a.status()
-        # Every first request of a pair reloads (four models cycle through a two-model cache).
-        assert reloads == [True, False] * 8
+        # The first of each pair ran after another model (the very first after none).
+        assert switched == [False, False] + [True, False] * 7
         residency = status["residency"]
-        assert residency["swapping"] == "parameters" and residency["reloads"] == 8
-        assert residency["evictions"] >= 6 and len(residency["loaded"]) == 2
-        assert residency["mean_switch_overhead_ms"] is not None
-        switches = [e for e in daemon.events.tail(limit=1000, event="switch") if e["reload"]]
-        assert len(switches) == 8
-        assert all(e["load_ms"] > 0 for e in switches)
-        # Every reload's overhead is stated: the probe's warm run seeds each model's warm median.
-        assert all(e["overhead_ms"] is not None for e in switches)
-        assert any(e["evicted"] for e in switches)
+        assert residency["swapping"] is None and residency["reloads"] == 0
+        assert len(residency["loaded"]) == 4
+        switches = daemon.events.tail(limit=1000, event="switch")
+        assert len(switches) == 7 and not any(e["reload"] for e in switches)
+        assert all(e["overhead_ms"] is not None for e in switches)  # warm medians seeded by the probe
 
 
 def test_swap_keeps_loaded_models_within_a_dedicated_budget(tmp_path: Path, endpoint: str) -> None:
@@ -126,7 +124,7 @@ def test_the_ledger_charges_exactly_the_loaded_models_through_removes_and_replac
         assert "m0" not in daemon.admission.memory.ledger.models
 
 
-def test_a_restart_under_the_cache_profile_counts_unloaded_models_as_pending(
+def test_a_restart_under_the_cache_profile_loads_every_model_again(
     tmp_path: Path, endpoint: str, three_mib_models: list[Path]
 ) -> None:
     policy = Policy(profile="edgetpu")
@@ -136,5 +134,6 @@ def test_a_restart_under_the_cache_profile_counts_unloaded_models_as_pending(
     with daemon_in_thread(tmp_path / "state", endpoint, policy) as daemon:
         ledger = daemon.admission.memory.ledger
         assert set(ledger.models) == {"m0", "m1", "m2"}  # admitted against host memory
-        assert ledger.pending_models == {"m0", "m1", "m2"}  # none of them in host memory yet
+        assert not ledger.pending_models  # all loaded again at start-up, as they were
+        assert set(daemon.executor.resident) == {"m0", "m1", "m2"}
         assert ledger.runtime_overhead["litert"] > 0

@@ -13,6 +13,7 @@ from models import tiny
 from tenantclient import AsyncTenantClient, TenantClient
 from tenantclient import errors as E
 from tenantd.config import Policy, TenantPolicy
+from tenantd.probe import probe_model
 from tests.conftest import ModelFiles
 from tests.support.daemon import daemon_in_thread
 from tests.support.faulty_runtime import faulty_model
@@ -76,9 +77,23 @@ def test_default_deadline_applies_to_requests_without_one(tmp_path: Path, endpoi
 
 
 def switches_for(discipline: str, tmp_path: Path, endpoint: str, models: list[bytes]) -> int:
-    """Four tenants, one model each, on an emulated EdgeTPU whose cache holds two of them; each
-    tenant queues five requests behind a blocker, all at once; count the reloads."""
-    policy = Policy(profile="edgetpu", discipline=discipline, max_pass_over=4)
+    """Four tenants, one model each, on a swapping device whose memory holds fewer than four of
+    them (an EdgeTPU no longer swaps: its models stay loaded); each tenant queues five requests
+    behind a blocker, all at once; count the reloads."""
+    path = tmp_path / f"probe-{discipline}.tflite"
+    path.write_bytes(models[0])
+    probe = asyncio.run(probe_model("litert", path, threads=1, timeout_s=60))
+    assert probe.ok
+    capacity = int(probe.details["runtime_overhead_bytes"]) + int(3.5 * probe.footprint_bytes)
+    policy = Policy(
+        profile="ncs2",
+        overcommit="swap",
+        capacity_bytes=capacity,
+        reserve_bytes=0,
+        slots=1,
+        discipline=discipline,
+        max_pass_over=4,
+    )
     with daemon_in_thread(tmp_path / discipline, endpoint, policy) as daemon:
 
         async def run() -> None:
@@ -104,7 +119,7 @@ def test_swap_aware_switches_less_than_round_robin_on_the_same_requests(tmp_path
     models = [tiny.sized_mlp(3 * MiB, seed=40 + i) for i in range(4)]
     round_robin = switches_for("round-robin", tmp_path, endpoint, models)
     swap_aware = switches_for("swap-aware", tmp_path, endpoint, models)
-    # Round-robin cycles four models through a two-model cache: nearly every request reloads.
+    # Round-robin cycles four models through room for fewer: nearly every request reloads.
     assert round_robin >= 15
     assert swap_aware < round_robin / 2, (swap_aware, round_robin)
 

@@ -83,9 +83,10 @@ def test_twin_timing_holds_the_device_for_the_modelled_time(
     residency = status["residency"]
     assert residency["timing"] == "twin edgetpu usb3"
     assert residency["twin_cpu_slower"] == sum(t["twin_cpu_slower"] for t in results)
-    # Switch events state the device's modelled switch, not this host's reload time: the cold
-    # start (a reload from the store under the cache profile), then the two changes of model.
-    assert sorted(e["overhead_ms"] for e in switch_events) == pytest.approx([10.43, 10.43, 24.63])
+    # Switch events state the device's modelled switch, not this host's time: the two changes of
+    # model. (Models stay loaded under the cache profile; the cold start's parameter streaming is
+    # in the first request's twin_ms above, and is no switch between models.)
+    assert sorted(e["overhead_ms"] for e in switch_events) == pytest.approx([10.43, 24.63])
 
 
 def test_daemon_and_simulator_agree_on_a_burst(tmp_path: Path, endpoint: str, small_models: dict[str, Path]) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tenantd.errors import DeviceLost, RuntimeFailure
+from tenantd.errors import DeviceLost, DeviceMemoryFull, RuntimeFailure
 from tenantd.runtimes.base import LoadedModel, Runtime
 from tenantwire.tensors import TensorSpec
 
@@ -30,11 +30,20 @@ MAGIC = b"FAULTY"
 
 
 def faulty_model(
-    load: str = "ok", infer: str = "ok", sleep_ms: float = 0.0, flag: str = "", hog_bytes: int = 0
+    load: str = "ok",
+    infer: str = "ok",
+    sleep_ms: float = 0.0,
+    flag: str = "",
+    hog_bytes: int = 0,
+    device_room: int | None = None,
 ) -> bytes:
     """``load="hog"`` allocates and touches ``hog_bytes`` while loading, as a runtime building a
-    model whose declared tensors are small but whose working memory is not."""
+    model whose declared tensors are small but whose working memory is not. ``device_room``: the
+    simulated device holds that many models of this runtime at once; one more raises
+    DeviceMemoryFull, as an NCS2 whose memory is full (the probe, a fresh process, always fits)."""
     spec: dict[str, object] = {"load": load, "infer": infer, "sleep_ms": sleep_ms, "hog_bytes": hog_bytes}
+    if device_room is not None:
+        spec["device_room"] = device_room
     if flag:
         spec["flag"] = flag
     return MAGIC + json.dumps(spec).encode()
@@ -45,8 +54,9 @@ def _unplugged(spec: dict[str, object]) -> bool:
 
 
 class FaultyModel(LoadedModel):
-    def __init__(self, spec: dict[str, object]) -> None:
+    def __init__(self, spec: dict[str, object], held: list[object] | None = None) -> None:
         self.spec = spec
+        self._held = held
         self.inputs = (TensorSpec("x", "float32", (1, 4)),)
         self.outputs = (TensorSpec("y", "float32", (1, 4)),)
         self.running = 0
@@ -73,7 +83,8 @@ class FaultyModel(LoadedModel):
                 self.running -= 1
 
     def unload(self) -> None:
-        pass
+        if self._held is not None and self in self._held:
+            self._held.remove(self)
 
 
 class FaultyRuntime(Runtime):
@@ -100,4 +111,10 @@ class FaultyRuntime(Runtime):
             os.abort()
         if _unplugged(spec):
             raise DeviceLost("cannot open the (simulated) device: it is unplugged")
-        return FaultyModel(spec)
+        held: list[object] = self.__dict__.setdefault("held", [])
+        room = spec.get("device_room")
+        if isinstance(room, int) and len(held) >= room:
+            raise DeviceMemoryFull(f"Failed to allocate graph: NC_OUT_OF_MEMORY ({len(held)} loaded)", len(held))
+        model = FaultyModel(spec, held)
+        held.append(model)
+        return model

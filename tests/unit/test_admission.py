@@ -430,9 +430,9 @@ def test_slide_figures_for_measured_cloud_power(name: str, watts: float) -> None
 
 def test_get_profile_of_an_unknown_name_lists_the_known_ones() -> None:
     with pytest.raises(KeyError) as info:
-        get_profile("jetson-orin")
+        get_profile("jetson-agx-thor")
     message = str(info.value.args[0])
-    assert "jetson-orin" in message
+    assert "jetson-agx-thor" in message
     for name in PROFILES:
         assert name in message
 

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from tenantd.devices import detect as D
+from tenantd.devices.profiles import MemoryModel, get_profile
 
 
 def write(root: Path, rel: str, text: str) -> None:
@@ -71,6 +72,44 @@ def test_jetson_nano_is_cuda0_with_shared_memory_and_its_profile(base: Path) -> 
     assert D.default_profile("cuda:0", base) == "jetson-nano"
     write(base, "proc/device-tree/model", "NVIDIA Jetson TX2\x00")
     assert D.default_profile("cuda:0", base) == "jetson-tx2"
+
+
+@pytest.mark.parametrize(
+    ("model", "compatible", "profile"),
+    [
+        # Device-tree strings as L4T ships them (model, then the NUL-separated compatible list).
+        (
+            "NVIDIA Jetson Orin Nano Developer Kit",
+            "nvidia,p3768-0000+p3767-0005\x00nvidia,p3767-0005\x00nvidia,tegra234",
+            "jetson-orin",
+        ),
+        (
+            "NVIDIA Jetson AGX Orin Developer Kit",
+            "nvidia,p3737-0000+p3701-0000\x00nvidia,p3701-0000\x00nvidia,tegra234",
+            "jetson-orin",
+        ),
+        ("NVIDIA Jetson Xavier NX Developer Kit", "nvidia,p3509-0000+p3668-0000\x00nvidia,tegra194", "jetson-xavier"),
+        ("Jetson-AGX", "nvidia,p2972-0000\x00nvidia,galen\x00nvidia,tegra194", "jetson-xavier"),
+        ("", "nvidia,p3509-0000+p3668-0001\x00nvidia,tegra194", "jetson-xavier"),  # model missing: the SoC
+        (
+            "NVIDIA Jetson Nano Developer Kit",
+            "nvidia,p3450-0000\x00nvidia,jetson-nano\x00nvidia,tegra210",
+            "jetson-nano",
+        ),
+    ],
+)
+def test_xavier_and_orin_from_the_device_tree_with_shared_memory(
+    base: Path, model: str, compatible: str, profile: str
+) -> None:
+    write(base, "etc/nv_tegra_release", "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref\n")
+    write(base, "proc/device-tree/model", model + "\x00")
+    write(base, "proc/device-tree/compatible", compatible + "\x00")
+    jetson = D.detect(base)[-1]
+    assert (jetson.device, jetson.profile) == ("cuda:0", profile)
+    assert D.default_profile("cuda:0", base) == profile
+    shared = get_profile(profile)
+    assert shared.memory_model is MemoryModel.SHARED  # host and GPU share the DRAM: read from the host
+    assert jetson.memory_bytes == 4045332 * 1024
 
 
 def test_nvidia_gpus_from_proc_without_nvml(base: Path) -> None:
