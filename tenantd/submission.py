@@ -215,9 +215,8 @@ class Submission:
                 if compiler_facts:  # the compiler's own figures, over the probe's estimate from the file
                     probe.details.update(compiler_facts, param_bytes=compiler_facts["edgetpu_on_chip_param_bytes"])
                 previous_charge = self._admission.memory.ledger.models.get(name)
-                self._admission.admit(
-                    name, tenant, runtime, probe.footprint_bytes, int(probe.details.get("runtime_overhead_bytes", 0))
-                )
+                overhead = int(probe.details.get("runtime_overhead_bytes", 0))
+                self._admission.admit(name, tenant, runtime, probe.footprint_bytes, overhead, data.nbytes)
                 try:
                     resident, load_ms = await self._load(name, tenant, runtime, path, probe)
                     record = ModelRecord(
