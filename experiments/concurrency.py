@@ -30,7 +30,10 @@ capacity, so the models get the device's DRAM minus its reserve, which stands fo
 own OS. Other work on the emulating machine comes and goes by hundreds of MB, which would move
 a 1 GB device's bound at random, so the capacity is re-anchored the same way before each new
 tenant; ``--live-host`` sets it once and lets the budget follow this host's use live, as the
-daemon does on a real Jetson. Every step records the host's use and the budget.
+daemon does on a real Jetson. Every step records the host's use and the budget. Under twin timing
+(the default) none of this applies: the daemon admits against each twin's modelled memory, not this
+host's, so nothing is anchored and the limits are ``experiments.plan``'s (``--scale`` only sizes
+the stand-in files).
 
 Outputs (``--out``, default ``experiments/out/concurrency``): per run ``<run>.csv`` (one row per
 step), ``<run>-tenants.csv`` (one row per tenant per step) and ``<run>.json`` (parameters,
@@ -930,8 +933,8 @@ def profile_paragraph(o: RunOutcome, settings: Settings) -> str:
     else:
         parts.append(f"no limit met: {last['tenants']} tenants admitted ({o.stop_reason}).")
     foot = _mean_footprint(o)
-    if foot:
-        parts.append(f"Mean measured footprint {foot / MiB:.1f} MiB per model.")
+    if foot:  # the probe's, on this CPU; under twin timing admission charged the twin's figure instead
+        parts.append(f"Mean footprint measured here {foot / MiB:.1f} MiB per model.")
     parts.append(
         f"Aggregate throughput went from {first['throughput_per_s']:.0f} inf/s with 1 tenant to "
         f"{last['throughput_per_s']:.0f} with {last['tenants']} (x{ratio:.2f}); p99 from {fmt(first['p99_ms'])} "
@@ -1042,13 +1045,27 @@ def report(
         "",
         "## What these figures do and do not say",
         "",
-        "- The concurrency limits come from the daemon's admission against the profile's memory model with "
-        "footprints *measured here* for LiteRT on x86 (weights plus XNNPACK's packed copy, about twice the weight "
-        "bytes), not from the device's runtime: OpenVINO on a MYRIAD stick or TensorRT on a Jetson lays memory out "
-        "differently, so the count on the real device differs; the mechanism (admit until the budget is spent, "
-        "then refuse with the shortfall) is what is shown.",
-        "- Shared profiles: the models get the device's DRAM minus the reserve (standing for its OS); a real "
-        "Jetson also loses ~0.8 GB per process to CUDA/cuDNN/TensorRT (NVIDIA forum; TensorRT#2217), not modelled.",
+        *(
+            [
+                "- The concurrency limits are **modelled**: under twin timing the daemon admits against each twin's "
+                "memory model (`tenantd/devices/twin.py`; `status.memory.budget_source` is `twin`): the twin's "
+                "footprint per model (Jetson: ~0.8 GB of CUDA/TensorRT per tenant process, NVIDIA forum, "
+                "TensorRT#2217) against the device's memory beside a modelled OS, the same limit as "
+                "`python -m experiments.plan`; `--scale` does not change them. The footprints in the CSVs are the "
+                "probe's on this CPU, for reference."
+            ]
+            if settings.timing == "twin"
+            else [
+                "- The concurrency limits come from the daemon's admission against the profile's memory model with "
+                "footprints *measured here* for LiteRT on x86 (weights plus XNNPACK's packed copy, about twice the "
+                "weight bytes), not from the device's runtime: OpenVINO on a MYRIAD stick or TensorRT on a Jetson "
+                "lays memory out differently, so the count on the real device differs; the mechanism (admit until "
+                "the budget is spent, then refuse with the shortfall) is what is shown.",
+                "- Shared profiles: the models get the device's DRAM minus the reserve (standing for its OS); a real "
+                "Jetson also loses ~0.8 GB per process to CUDA/cuDNN/TensorRT (NVIDIA forum; TensorRT#2217), not "
+                "modelled.",
+            ]
+        ),
         *(
             [
                 "- Throughput and latency are the twins' modelled device time (published service times, or fitted "
