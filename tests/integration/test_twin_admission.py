@@ -13,6 +13,7 @@ import pytest
 from experiments.plan import mix_models
 from models import tiny
 from tenantclient import TenantClient, errors
+from tenantclient.cli import _print_status as print_status
 from tenantd.config import Policy
 from tenantd.devices.twin import get_twin
 from tests.support.daemon import daemon_in_thread
@@ -39,7 +40,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("profile", sorted(MIXES))
 def test_daemon_admits_as_many_tenants_as_plan(
-    profile: str, tmp_path: Path, endpoint: str, files: dict[str, Path]
+    profile: str, tmp_path: Path, endpoint: str, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     twin = get_twin(profile)
     mix = [files[stem] for stem in MIXES[profile]]
@@ -55,7 +56,10 @@ def test_daemon_admits_as_many_tenants_as_plan(
                     client.submit_model(path, f"t{n}-{path.stem}")
                 admitted += 1
         with TenantClient(endpoint, tenant="op") as op:
-            memory = op.status()["memory"]
+            status = op.status()
+    memory = status["memory"]
+    print_status(status)  # tenantctl status says where the budget comes from
+    assert "budget      the device twin's memory model (modelled)" in capsys.readouterr().out
     assert admitted == planned
     details = refused.value.details
     assert details["budget_source"] == "twin"
