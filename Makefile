@@ -12,7 +12,7 @@ DEMO_STAMP := $(VENV)/.installed-demo
 
 help:
 	@echo "make demo      start a daemon on this CPU, serve two tenants, print what happened; then a short"
-	@echo "               concurrency-scaling run (ncs2, rpi3, edgetpu on calibrated device twins) with its summary table"
+	@echo "               concurrency-scaling run (ncs2, jetson-nano, edgetpu on calibrated device twins) with its summary table"
 	@echo "make test      run the test suite (unit, integration, end to end)"
 	@echo "make test-all  also the slow checks (-m slow)"
 	@echo "make bench     daemon vs direct LiteRT overhead benchmark (prints a table)"

@@ -30,7 +30,10 @@ capacity, so the models get the device's DRAM minus its reserve, which stands fo
 own OS. Other work on the emulating machine comes and goes by hundreds of MB, which would move
 a 1 GB device's bound at random, so the capacity is re-anchored the same way before each new
 tenant; ``--live-host`` sets it once and lets the budget follow this host's use live, as the
-daemon does on a real Jetson. Every step records the host's use and the budget.
+daemon does on a real Jetson. Every step records the host's use and the budget. Under twin timing
+(the default) none of this applies: the daemon admits against each twin's modelled memory, not this
+host's, so nothing is anchored and the limits are ``experiments.plan``'s (``--scale`` only sizes
+the stand-in files).
 
 Outputs (``--out``, default ``experiments/out/concurrency``): per run ``<run>.csv`` (one row per
 step), ``<run>-tenants.csv`` (one row per tenant per step) and ``<run>.json`` (parameters,
@@ -38,7 +41,7 @@ machine, versions, outcome); ``run.json`` for the whole invocation; ``throughput
 ``switch_overhead.png``, ``memory.png``; ``report.md``. ``--resume`` keeps finished runs of the
 same command line; a different one is refused with a message.
 
-    python -m experiments.concurrency --quick   # ncs2, rpi3, edgetpu x 2 disciplines, ~1-2 min
+    python -m experiments.concurrency --quick   # ncs2, jetson-nano, edgetpu x 2 disciplines, a few min
     python -m experiments.concurrency           # all five profiles at full size, ~10 min
 """
 
@@ -93,7 +96,10 @@ DEFAULT_OUT = OUT_ROOT / EXPERIMENT
 REJECT_PROFILES = ("ncs2", "rpi3", "jetson-nano", "jetson-tx2")
 SWAP_PROFILES = ("edgetpu",)
 ALL_PROFILES = REJECT_PROFILES + SWAP_PROFILES
-QUICK_PROFILES = ("ncs2", "rpi3", "edgetpu")
+# Quick: the devices whose shape the paper describes (NCS2 and a Jetson stop at their memory bound,
+# the EdgeTPU admits many and pays in switches). The Pi is left to the full run: its twin's Inception
+# V4 takes 5.4 s a request, which alone would make the quick run minutes longer.
+QUICK_PROFILES = ("ncs2", "jetson-nano", "edgetpu")
 DISCIPLINES = ("round-robin", "weighted-fair", "swap-aware")
 
 # Parameter counts of the paper's image classifiers (Sandler et al. 2018, Table; Szegedy et al.
@@ -520,6 +526,8 @@ def _switch_overhead(operator: TenantClient, window: tuple[float, float]) -> tup
 
 
 STEP_ROUNDS = 3  # under twin timing a step's window holds at least this many rounds of every tenant's turn
+QUICK_STEP_ROUNDS = 2  # --quick: two rounds measured (after one of warm-up): a slow device's steps stay short, yet
+# every tenant completes requests inside the window (one round left the NCS2 steps without a latency)
 
 
 def twin_turn_s(spec: RunSpec, settings: Settings, entry: MixEntry) -> float:
@@ -537,9 +545,8 @@ def step_settings(settings: Settings, round_s: float) -> Settings:
     every tenant is served in every step however slow the modelled device is."""
     if settings.timing != "twin":
         return settings
-    return replace(
-        settings, step_s=max(settings.step_s, STEP_ROUNDS * round_s), warmup_s=max(settings.warmup_s, round_s)
-    )
+    rounds = QUICK_STEP_ROUNDS if settings.quick else STEP_ROUNDS
+    return replace(settings, step_s=max(settings.step_s, rounds * round_s), warmup_s=max(settings.warmup_s, round_s))
 
 
 def switch_share(step: dict[str, Any], timing: str) -> float | None:
@@ -573,8 +580,11 @@ def run_one(
         pid = status.get("pid")
         policy = dict(outcome.policy)
         profile = PROFILES[spec.profile]
+        # Under twin timing the daemon budgets the twin's modelled memory, not this host's: no anchoring.
+        twin_memory = settings.timing == "twin"
         anchored = (
-            settings.endpoint is None
+            not twin_memory
+            and settings.endpoint is None
             and profile.memory_model is MemoryModel.SHARED
             and profile.capacity_bytes is not None
             and not settings.live_host
@@ -589,7 +599,7 @@ def run_one(
 
         if settings.endpoint is None:
             policy = base_policy(spec, settings)
-            if profile.memory_model is MemoryModel.SHARED and profile.capacity_bytes:
+            if profile.memory_model is MemoryModel.SHARED and profile.capacity_bytes and not twin_memory:
                 anchor()
         outcome.policy = dict(policy)
 
@@ -923,8 +933,8 @@ def profile_paragraph(o: RunOutcome, settings: Settings) -> str:
     else:
         parts.append(f"no limit met: {last['tenants']} tenants admitted ({o.stop_reason}).")
     foot = _mean_footprint(o)
-    if foot:
-        parts.append(f"Mean measured footprint {foot / MiB:.1f} MiB per model.")
+    if foot:  # the probe's, on this CPU; under twin timing admission charged the twin's figure instead
+        parts.append(f"Mean footprint measured here {foot / MiB:.1f} MiB per model.")
     parts.append(
         f"Aggregate throughput went from {first['throughput_per_s']:.0f} inf/s with 1 tenant to "
         f"{last['throughput_per_s']:.0f} with {last['tenants']} (x{ratio:.2f}); p99 from {fmt(first['p99_ms'])} "
@@ -972,7 +982,8 @@ def report(
         f"flight per tenant, {settings.warmup_s:g} s warm-up + {settings.step_s:g} s per step"
         + (
             f" (under twin timing longer where the modelled device is slow: one round of every admitted tenant's "
-            f"turn as warm-up and {STEP_ROUNDS} rounds measured; each step's `step_s` is in the CSV)"
+            f"turn as warm-up and {QUICK_STEP_ROUNDS if settings.quick else STEP_ROUNDS} round(s) measured; each "
+            "step's `step_s` is in the CSV)"
             if settings.timing == "twin"
             else ""
         )
@@ -1034,13 +1045,27 @@ def report(
         "",
         "## What these figures do and do not say",
         "",
-        "- The concurrency limits come from the daemon's admission against the profile's memory model with "
-        "footprints *measured here* for LiteRT on x86 (weights plus XNNPACK's packed copy, about twice the weight "
-        "bytes), not from the device's runtime: OpenVINO on a MYRIAD stick or TensorRT on a Jetson lays memory out "
-        "differently, so the count on the real device differs; the mechanism (admit until the budget is spent, "
-        "then refuse with the shortfall) is what is shown.",
-        "- Shared profiles: the models get the device's DRAM minus the reserve (standing for its OS); a real "
-        "Jetson also loses ~0.8 GB per process to CUDA/cuDNN/TensorRT (NVIDIA forum; TensorRT#2217), not modelled.",
+        *(
+            [
+                "- The concurrency limits are **modelled**: under twin timing the daemon admits against each twin's "
+                "memory model (`tenantd/devices/twin.py`; `status.memory.budget_source` is `twin`): the twin's "
+                "footprint per model (Jetson: ~0.8 GB of CUDA/TensorRT per tenant process, NVIDIA forum, "
+                "TensorRT#2217) against the device's memory beside a modelled OS, the same limit as "
+                "`python -m experiments.plan`; `--scale` does not change them. The footprints in the CSVs are the "
+                "probe's on this CPU, for reference."
+            ]
+            if settings.timing == "twin"
+            else [
+                "- The concurrency limits come from the daemon's admission against the profile's memory model with "
+                "footprints *measured here* for LiteRT on x86 (weights plus XNNPACK's packed copy, about twice the "
+                "weight bytes), not from the device's runtime: OpenVINO on a MYRIAD stick or TensorRT on a Jetson "
+                "lays memory out differently, so the count on the real device differs; the mechanism (admit until "
+                "the budget is spent, then refuse with the shortfall) is what is shown.",
+                "- Shared profiles: the models get the device's DRAM minus the reserve (standing for its OS); a real "
+                "Jetson also loses ~0.8 GB per process to CUDA/cuDNN/TensorRT (NVIDIA forum; TensorRT#2217), not "
+                "modelled.",
+            ]
+        ),
         *(
             [
                 "- Throughput and latency are the twins' modelled device time (published service times, or fitted "
@@ -1100,9 +1125,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.concurrency",
         description="Concurrency scaling: add tenants one at a time to a tenantd device and measure each step.",
-        epilog="Full run: ~10 min here (all five profiles); --quick: ~1-2 min (ncs2, rpi3, edgetpu).",
+        epilog="Full run on twins: ~15 min here (all five profiles); --quick: a few min (ncs2, jetson-nano, edgetpu).",
     )
-    parser.add_argument("--quick", action="store_true", help="short steps, scale 1/4, profiles ncs2, rpi3, edgetpu")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short steps (under twin timing two rounds of every tenant's turn measured), scale 1/4, step limit 12 "
+        "(edgetpu 8), profiles ncs2, jetson-nano, edgetpu",
+    )
     parser.add_argument(
         "--profile", action="append", choices=ALL_PROFILES, help=f"repeatable; default {', '.join(ALL_PROFILES)}"
     )
@@ -1113,7 +1143,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=_positive_float, help="device capacity and model weights x this (default 1)")
     parser.add_argument("--step-s", type=_positive_float, help="measured seconds per step (default 2; quick 0.6)")
     parser.add_argument("--warmup-s", type=float, help="warm-up seconds per step (default 0.5; quick 0.2)")
-    parser.add_argument("--max-tenants", type=_positive_int, help="step limit (default 48; quick 8)")
+    parser.add_argument("--max-tenants", type=_positive_int, help="step limit (default 48; quick 12)")
     parser.add_argument(
         "--swap-tenants", type=_positive_int, help="step limit on a swapping profile (edgetpu; default 24; quick 8)"
     )
@@ -1167,7 +1197,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         scale=pick(args.scale, 1 / 4, 1.0),
         warmup_s=pick(args.warmup_s, 0.2, 0.5),
         step_s=pick(args.step_s, 0.6, 2.0),
-        max_tenants=pick(args.max_tenants, 8, 48),
+        max_tenants=pick(args.max_tenants, 12, 48),  # quick: past the NCS2 twin's bound (9 tenants of the mix)
         swap_tenants=pick(args.swap_tenants, 8, 24),
         clients=pick(args.clients, 2, 3),
         in_flight=args.in_flight,

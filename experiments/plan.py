@@ -8,6 +8,11 @@ from published measurements (see ``tenantd/devices/twin.py``); none is measured 
 
     python -m experiments.plan --profile edgetpu --models mobilenet_v2,inception_v4 --rate 5
     python -m experiments.plan --profile jetson-nano --models mobilenet_v2 --tenants 6 --rate 20
+    python -m experiments.plan --profile ncs2 --models inception_v4,path/to/my_model.tflite --rate 2
+
+A ``--models`` entry that is a file is a model the twin's tables may not know: the twin takes it by
+its name (the file's stem) and, if unknown, estimates it from the file's size, as the daemon under
+``--timing twin`` does for a submitted file (so both admit the same number of tenants).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from experiments.twinsim import poisson_arrivals, simulate, summarise
-from tenantd.devices.twin import TWIN_PROFILES, DeviceTwin, TwinUnavailable, get_twin
+from tenantd.devices.twin import TWIN_PROFILES, DeviceTwin, TwinModel, TwinUnavailable, get_twin
 
 
 def _positive(text: str) -> float:
@@ -34,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         "measured). Prints throughput, latency percentiles, switch share and the admitted-tenant limit.",
     )
     parser.add_argument("--profile", choices=TWIN_PROFILES, help="the device to plan for")
-    parser.add_argument("--models", help="comma-separated model names (the n-th tenant brings the n-th, cycling)")
+    parser.add_argument(
+        "--models",
+        help="comma-separated model names or model files (the n-th tenant brings the n-th, cycling); a file the "
+        "twin does not know by its name is estimated from its size",
+    )
     parser.add_argument("--rate", type=_positive, help="requests per second per tenant (Poisson)")
     parser.add_argument(
         "--table", action="store_true", help="instead: every twin's figures for the paper's five models (Markdown)"
@@ -48,8 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def mix_models(twin: DeviceTwin, names: list[str]) -> list[TwinModel]:
+    """The twin's models for ``names``: a name, or a file (its stem; its size if the twin must estimate)."""
+    models = []
+    for name in names:
+        path = Path(name)
+        models.append(twin.model(path.stem, path.stat().st_size) if path.is_file() else twin.model(name))
+    return models
+
+
 def plan(twin: DeviceTwin, names: list[str], tenants: int, rate: float, horizon_s: float, seed: int) -> str:
-    models = [twin.model(n) for n in names]
+    models = mix_models(twin, names)
     limit = twin.admitted_limit(models)
     admitted = min(tenants, limit)
     link = f" {twin.link}" if twin.link else ""
@@ -74,8 +93,10 @@ def plan(twin: DeviceTwin, names: list[str], tenants: int, rate: float, horizon_
     rates: dict[str, float] = {}
     for i in range(admitted):
         rates[models[i % len(models)].name] = rates.get(models[i % len(models)].name, 0.0) + rate
-    load = sum(r * twin.service(twin.model(m)).ms / 1e3 for m, r in rates.items())
-    summary = summarise(simulate(twin, poisson_arrivals(rates, horizon_s, seed)), horizon_s, warmup_s=horizon_s * 0.1)
+    by_name = {m.name: m for m in models}
+    load = sum(r * twin.service(by_name[m]).ms / 1e3 for m, r in rates.items())
+    served = simulate(twin, poisson_arrivals(rates, horizon_s, seed), by_name)
+    summary = summarise(served, horizon_s, warmup_s=horizon_s * 0.1)
     overloaded = summary.utilisation >= 1
     warning = (
         "  -> OVERLOADED: queues grow without bound; the figures below depend on the horizon" if overloaded else ""

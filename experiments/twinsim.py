@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tenantd.devices.twin import PS, DeviceTwin
+from tenantd.devices.twin import PS, DeviceTwin, TwinModel
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,12 @@ def simulate_ps(requests: Sequence[Request], service_ms: Callable[[str], float])
     return out
 
 
-def simulate(twin: DeviceTwin, requests: Sequence[Request]) -> list[Served]:
-    """The twin's own discipline, service and switch times."""
-    models = {m: twin.model(m) for m in {r.model for r in requests}}
+def simulate(
+    twin: DeviceTwin, requests: Sequence[Request], known: Mapping[str, TwinModel] | None = None
+) -> list[Served]:
+    """The twin's own discipline, service and switch times (``known``: models by name that the twin
+    had to estimate from their files, which it cannot find by name alone)."""
+    models = {m: (known or {}).get(m) or twin.model(m) for m in {r.model for r in requests}}
     if twin.discipline == PS:
         return simulate_ps(requests, lambda m: twin.service(models[m]).ms)
     return simulate_fcfs(

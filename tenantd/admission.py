@@ -9,6 +9,10 @@ to the daemon, not to each tenant. The budget comes from the device profile's me
   psutil; so a host process that grows shrinks the budget (the paper's Jetson finding).
 - ``cache``: bounded by host memory like ``shared`` (the parameter cache decides residency, not
   admission).
+- ``--timing twin``: the device twin's memory model instead, so admission stops where
+  ``experiments.plan`` does: each model costs the twin's footprint (runtime included) against the
+  twin's fixed budget (never this host's live use, the policy's capacity and reserve, or growth
+  measured here); ``status`` says which (``budget_source``).
 
 A model's extra instances (a second interpreter of a busy model, see ``residency.py``) are charged
 one by one, each what its creation was measured to cost (``reserve_instance`` then
@@ -34,6 +38,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from tenantd.catalog import Catalog
 from tenantd.config import Policy
 from tenantd.devices import DeviceProfile, MemoryModel
+from tenantd.devices.twin import DeviceTwin
 from tenantd.errors import AdmissionDenied
 from tenantd.events import Event, EventLog
 from tenantd.memory import host_memory
@@ -53,6 +58,8 @@ class Budget:
     host_other_bytes: int  # shared/cache: host use besides the ledger's models
     budget_bytes: int
     used_bytes: int  # the ledger: runtime overheads + model footprints
+    source: str = "measured"  # measured (this host's figures) | twin (the device twin's memory model)
+    note: str = ""  # twin: what the budget is
 
     @property
     def free_bytes(self) -> int:
@@ -67,6 +74,8 @@ class Budget:
             "budget_bytes": self.budget_bytes,
             "used_bytes": self.used_bytes,
             "free_bytes": self.free_bytes,
+            "budget_source": self.source,
+            **({"budget_note": self.note} if self.note else {}),
         }
 
 
@@ -107,6 +116,7 @@ class Decision:
     footprint_bytes: int
     runtime_overhead_bytes: int  # charged now because this is the runtime's first model
     budget: Budget
+    footprint_note: str = ""  # twin: the footprint's parts
 
     @property
     def need_bytes(self) -> int:
@@ -118,6 +128,12 @@ class Decision:
 
     def explain(self) -> str:
         b = self.budget
+        if b.source == "twin":
+            return (
+                f"model {self.model!r} needs {_mib(self.need_bytes)} on the device twin ({self.footprint_note}) but "
+                f"the twin's {b.memory_model} budget is {_mib(b.budget_bytes)} ({b.note}) with {_mib(b.used_bytes)} "
+                f"in use: {_mib(self.shortfall_bytes)} short"
+            )
         return (
             f"model {self.model!r} needs {_mib(self.need_bytes)} ({_mib(self.footprint_bytes)} measured footprint"
             + (f" + {_mib(self.runtime_overhead_bytes)} runtime library" if self.runtime_overhead_bytes else "")
@@ -161,8 +177,10 @@ class Admission:
         capacity_bytes: int | None = None,
         reserve_bytes: int | None = None,
         memory_reader: MemoryReader = host_memory,
+        twin: DeviceTwin | None = None,
     ) -> None:
         self.profile = profile
+        self.twin = twin  # charge the twin's memory model (--timing twin), not this host's figures
         self._read_memory = memory_reader
         self.ledger = MemoryLedger()
         # Slot threads (swapping) and the event loop both read and change the ledger.
@@ -174,6 +192,9 @@ class Admission:
     @_locked
     def budget(self) -> Budget:
         used = self.ledger.total()
+        if self.twin is not None:
+            capacity, budget, note = self.twin.memory_budget()
+            return Budget(self.profile.memory_model.value, capacity, capacity - budget, 0, budget, used, "twin", note)
         host_other = 0
         if self.profile.memory_model is not MemoryModel.DEDICATED:
             total, available = self._read_memory()
@@ -185,9 +206,16 @@ class Admission:
             self.profile.memory_model.value, self.capacity_bytes, self.reserve_bytes, host_other, budget, used
         )
 
+    def footprint(self, model: str, measured: int, runtime_overhead: int, file_bytes: int) -> tuple[int, int, str]:
+        """(footprint, runtime overhead, its parts) to charge ``model``: as measured, or the twin's."""
+        if self.twin is None:
+            return measured, runtime_overhead, ""
+        charge, parts = self.twin.charge(model, file_bytes)
+        return charge, 0, parts
+
     @_locked
     def decide(
-        self, model: str, footprint: int, runtime: str, runtime_overhead: int, swappable: bool = False
+        self, model: str, footprint: int, runtime: str, runtime_overhead: int, swappable: bool = False, note: str = ""
     ) -> Decision:
         """Decide, and on admission charge the ledger at once (``release`` undoes it). A model
         that replaces one of the same name is decided without the old one's charge.
@@ -207,6 +235,7 @@ class Admission:
             footprint_bytes=footprint,
             runtime_overhead_bytes=overhead,
             budget=budget,
+            footprint_note=note,
         )
         # The runtime library is never pending: the daemon imports it to check the runtime exists
         # before anything is decided, so a live reading of the host already holds it.
@@ -233,7 +262,7 @@ class Admission:
         self.ledger.pending_models.discard(model)
         if runtime is not None:
             self.ledger.pending_runtimes.discard(runtime)
-        if model in self.ledger.models:
+        if model in self.ledger.models and self.twin is None:
             self.ledger.models[model] = max(self.ledger.models[model], measured)
 
     @_locked
@@ -362,9 +391,13 @@ class AdmissionControl:
                 details,
             )
 
-    def admit(self, name: str, tenant: str, runtime: str, footprint: int, runtime_overhead: int) -> None:
+    def admit(
+        self, name: str, tenant: str, runtime: str, footprint: int, runtime_overhead: int, file_bytes: int
+    ) -> None:
         """Decide, and charge the ledger on admission (undo with ``ledger.uncharge``); refuse
-        with ADMISSION_DENIED naming the budget, the use, the footprint and the shortfall."""
+        with ADMISSION_DENIED naming the budget, the use, the footprint and the shortfall.
+        ``footprint`` is the probe's; under a device twin the twin's is charged instead."""
+        footprint, runtime_overhead, parts = self.memory.footprint(name, footprint, runtime_overhead, file_bytes)
         self.check_memory_quota(name, tenant, footprint)
         decision = self.memory.decide(
             name,
@@ -373,6 +406,7 @@ class AdmissionControl:
             runtime_overhead,
             # Swapped models are charged while loaded; admission asks only that each could be.
             swappable=self._policy().overcommit == "swap" and self.profile.memory_model is not MemoryModel.CACHE,
+            note=parts,
         )
         context = {**self._context(), **decision.to_wire()}
         if not decision.admitted:

@@ -311,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a request holds the device: 'cpu' (this host's compute, the default) or 'twin' (the emulated "
         "profile's calibrated device twin: outputs are computed here, the slot is held for the modelled service "
         "time, plus the switch when the model changes; runs the host was slower than the device are counted in "
-        "status as twin_cpu_slower). Twins: edgetpu, ncs2, jetson-nano, jetson-tx2, rpi3",
+        "status as twin_cpu_slower; admission charges each model the twin's modelled memory against the twin's "
+        "budget, as experiments.plan does, status showing budget_source twin). Twins: edgetpu, ncs2, jetson-nano, "
+        "jetson-tx2, rpi3",
     )
     serve.set_defaults(func=_serve)
     devices = commands.add_parser(

@@ -136,8 +136,9 @@ class Daemon:
         self.catalog = Catalog()
         self.metrics = Metrics(self.catalog, self.policy)
         self.metrics_server = None if metrics_listen is None else MetricsServer(self.metrics, *metrics_listen)
-        self.executor = Executor(config.device, slots, threads, device_twin(config.timing, profile.name))
-        memory = Admission(profile, capacity_bytes=policy.capacity_bytes, reserve_bytes=policy.reserve_bytes)
+        twin = device_twin(config.timing, profile.name)  # its timing and its memory model (admission)
+        self.executor = Executor(config.device, slots, threads, twin)
+        memory = Admission(profile, capacity_bytes=policy.capacity_bytes, reserve_bytes=policy.reserve_bytes, twin=twin)
         self.admission = AdmissionControl(memory, self.catalog, self.events, self.policy, self.device_context)
         self.residency = Residency(self.executor, memory, profile, swap, self.events, self.policy)
         self.health = DeviceHealth(

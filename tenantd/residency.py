@@ -83,7 +83,9 @@ class Residency:
         def loaded(resident: Resident) -> None:
             if self.executor.resident.get(resident.name) is not resident:
                 return  # removed or replaced while it loaded: not charged; unloaded once idle
-            admission.charge(resident.name, resident.size, resident.runtime, resident.runtime_overhead)
+            file_bytes = resident.path.stat().st_size if resident.path is not None else 0
+            size, overhead, _ = admission.footprint(resident.name, resident.size, resident.runtime_overhead, file_bytes)
+            admission.charge(resident.name, size, resident.runtime, overhead)
             admission.loaded(resident.name, 0, resident.runtime)
 
         return Swapping(
@@ -121,13 +123,15 @@ class Residency:
                 catalog.models[record.name] = record
                 continue
             path = store.blob_path(record.sha256)
-            overhead = int(record.probe.get("runtime_overhead_bytes", 0))
+            # Charged as admitted: the probe's footprint, or under a device twin the twin's.
+            measured, overhead = record.footprint_bytes, int(record.probe.get("runtime_overhead_bytes", 0))
+            charge, overhead, _ = self._admission.footprint(record.name, measured, overhead, record.size_bytes)
             if self.swapping:
                 resident = self.swappable(record.name, record.runtime, path, record.footprint_bytes, record.probe)
                 self.executor.install(resident)
                 catalog.models[record.name] = record
                 if self._profile.memory_model is MemoryModel.CACHE:  # admitted against host memory
-                    self._admission.charge(record.name, record.footprint_bytes, record.runtime, overhead)
+                    self._admission.charge(record.name, charge, record.runtime, overhead)
                     self._admission.unloaded(record.name)  # charged, but not in host memory until loaded
                 continue
             try:
@@ -141,7 +145,7 @@ class Residency:
             self.install(resident, record.owner)
             catalog.models[record.name] = record
             # Acknowledged models come back even if the budget shrank; over_budget says so.
-            self._admission.charge(record.name, record.footprint_bytes, record.runtime, overhead)
+            self._admission.charge(record.name, charge, record.runtime, overhead)
             self._events.emit(
                 Event.MODEL_LOADED, model=record.name, tenant=record.owner, load_ms=round(load_ms, 3), restored=True
             )
@@ -184,7 +188,9 @@ class Residency:
         limit = self.executor.slots
         if self._profile.max_instances is not None:
             limit = min(limit, self._profile.max_instances)
-        if self.swapping:
+        if self.swapping or self.executor.twin is not None:
+            # A twin device runs one inference at a time (executor.py), and its memory model has
+            # no room for copies: extra instances would take memory the twin does not model.
             limit = 1
         return limit if asked == "auto" else min(asked, limit)
 

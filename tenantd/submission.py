@@ -39,7 +39,7 @@ from tenantd.errors import (
 from tenantd.events import Event, EventLog
 from tenantd.executor import Executor, Resident
 from tenantd.lifecycle import Lifecycle
-from tenantd.memory import rss_bytes
+from tenantd.memory import host_memory, rss_bytes
 from tenantd.probe import ProbeResult
 from tenantd.probehost import ProbeHost
 from tenantd.residency import Residency, seed_warm
@@ -215,9 +215,8 @@ class Submission:
                 if compiler_facts:  # the compiler's own figures, over the probe's estimate from the file
                     probe.details.update(compiler_facts, param_bytes=compiler_facts["edgetpu_on_chip_param_bytes"])
                 previous_charge = self._admission.memory.ledger.models.get(name)
-                self._admission.admit(
-                    name, tenant, runtime, probe.footprint_bytes, int(probe.details.get("runtime_overhead_bytes", 0))
-                )
+                overhead = int(probe.details.get("runtime_overhead_bytes", 0))
+                self._admission.admit(name, tenant, runtime, probe.footprint_bytes, overhead, data.nbytes)
                 try:
                     resident, load_ms = await self._load(name, tenant, runtime, path, probe)
                     record = ModelRecord(
@@ -247,7 +246,10 @@ class Submission:
         # replace as free): a model that needs more could not be admitted, and must not get to
         # exhaust the host finding that out.
         memory = self._admission.memory
-        limit = max(memory.budget().free_bytes + memory.ledger.models.get(name, 0), MIN_PROBE_MEMORY)
+        free = memory.budget().free_bytes + memory.ledger.models.get(name, 0)
+        if memory.twin is not None:  # the twin's budget is a modelled device's; the probe runs on this host
+            free = host_memory()[1]
+        limit = max(free, MIN_PROBE_MEMORY)
         async with self._probe_slots.turn(tenant) as turn:
             probe = await self.probe_host.probe(
                 runtime, path, self._threads, self._policy().probe_timeout_s, self._device, limit

@@ -123,6 +123,11 @@ def _print_status(status: dict[str, Any]) -> None:
             f"\nmemory: profile {memory['profile']}{emulated}, {memory['memory_model']} memory, "
             f"overcommit {memory['overcommit']}"
         )
+        # budget_source is absent from older daemons: theirs is always measured.
+        twin = memory.get("budget_source", "measured") == "twin"
+        source = "the device twin's memory model (modelled)" if twin else "measured on this host"
+        note = f": {memory['budget_note']}" if memory.get("budget_note") else ""
+        print(f"  {'budget'.ljust(10)}  {source}{note}")
         for key in ("capacity_bytes", "reserve_bytes", "host_other_bytes", "budget_bytes", "used_bytes", "free_bytes"):
             print(f"  {key.removesuffix('_bytes').ljust(10)}  {_mib(memory[key]):>12}")
         overheads = ", ".join(f"{k} {_mib(v)}" for k, v in memory["runtime_overhead_bytes"].items()) or "-"

@@ -308,30 +308,60 @@ class DeviceTwin:
         """How long one inference of ``model`` holds the device, switch included."""
         return self.service(model).ms + self.switch_ms(model, previous)
 
-    def footprint(self, model: TwinModel) -> Footprint:
-        """One tenant's model against the budget that bounds admission on this device."""
+    def memory_budget(self) -> tuple[int, int, str]:
+        """(capacity, budget, what the budget is), in bytes: the memory that bounds admission on this
+        device, modelled (never this host's live use), and the same for every model."""
         name, p = self.profile.name, self.profile
-        params = (model.params_m or 0.0) * MB
-        act = (model.activation_mb or 0.0) * MB  # fp32 estimates
         if name == "edgetpu":
-            per = params + act / 4 + ASSUMED["edgetpu_runtime_bytes"]
-            budget = ASSUMED["edgetpu_host_bytes"] - ASSUMED["edgetpu_host_os_bytes"]
+            capacity, kept = ASSUMED["edgetpu_host_bytes"], ASSUMED["edgetpu_host_os_bytes"]
             note = "host memory (assumed Pi 4 class host); the 8 MiB cache holds one model at a time"
         elif name == "ncs2":
-            per = params * 2 + act / 2
-            budget = (p.capacity_bytes or 0) - p.default_reserve_bytes
+            capacity, kept = p.capacity_bytes or 0, p.default_reserve_bytes
             note = "FP16 weights + activations in the stick's 512 MB (no published graph-count limit found)"
         elif name.startswith("jetson"):
-            per = ASSUMED["jetson_cuda_bytes"] + params * 2 + act / 2
-            budget = (p.capacity_bytes or 0) - ASSUMED["jetson_os_bytes"]
+            capacity, kept = p.capacity_bytes or 0, ASSUMED["jetson_os_bytes"]
             note = "per process: CUDA/TensorRT ~0.8 GB + FP16 engine + activations, beside a modelled 1 GiB OS"
         elif name == "rpi3":
-            per = params * 4 + act + ASSUMED["rpi3_runtime_bytes"]
-            budget = (p.capacity_bytes or 0) - ASSUMED["rpi3_os_bytes"]
+            capacity, kept = p.capacity_bytes or 0, ASSUMED["rpi3_os_bytes"]
             note = "fp32 TFLite weights + activations + runtime beside a modelled 256 MiB OS"
         else:
             raise TwinUnavailable(f"profile {name!r} has no twin memory model")
-        return Footprint(int(per), int(budget), note)
+        return int(capacity), int(capacity - kept), note
+
+    def footprint(self, model: TwinModel) -> Footprint:
+        """One tenant's model against the budget that bounds admission on this device."""
+        _, budget, note = self.memory_budget()
+        return Footprint(int(sum(b for _, b in self.footprint_parts(model))), budget, note)
+
+    def charge(self, name: str, file_bytes: int) -> tuple[int, str]:
+        """What the daemon charges a model served as ``name`` (``file_bytes``: its file, for a model
+        the tables do not know), and its parts in words, e.g. for a refusal."""
+        model = self.model(name, file_bytes)
+        parts = " + ".join(f"{b / 2**20:.1f} MiB {what}" for what, b in self.footprint_parts(model) if b)
+        return self.footprint(model).device_bytes, parts
+
+    def footprint_parts(self, model: TwinModel) -> list[tuple[str, float]]:
+        """What one tenant's model occupies, part by part (what, bytes), as ``footprint`` sums it."""
+        name = self.profile.name
+        params = (model.params_m or 0.0) * MB
+        act = (model.activation_mb or 0.0) * MB  # fp32 estimates
+        if name == "edgetpu":
+            return [
+                ("int8 parameters", params),
+                ("int8 activations", act / 4),
+                ("TFLite + libedgetpu", ASSUMED["edgetpu_runtime_bytes"]),
+            ]
+        if name == "ncs2":
+            return [("FP16 weights", params * 2), ("FP16 activations", act / 2)]
+        if name.startswith("jetson"):
+            return [
+                ("CUDA/TensorRT process", ASSUMED["jetson_cuda_bytes"]),
+                ("FP16 engine", params * 2),
+                ("FP16 activations", act / 2),
+            ]
+        if name == "rpi3":
+            return [("fp32 weights", params * 4), ("fp32 activations", act), ("TFLite", ASSUMED["rpi3_runtime_bytes"])]
+        raise TwinUnavailable(f"profile {name!r} has no twin memory model")
 
     def admitted_limit(self, models: Sequence[TwinModel]) -> int:
         """How many tenants fit, the n-th tenant bringing ``models[n % len(models)]``."""

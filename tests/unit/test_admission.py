@@ -328,6 +328,7 @@ BUDGET_KEYS = {
     "budget_bytes",
     "used_bytes",
     "free_bytes",
+    "budget_source",
 }
 
 
@@ -345,6 +346,7 @@ def test_budget_to_wire() -> None:
         "budget_bytes": 4 * GiB - 512 * MiB - (1 * GiB - 100 * MiB),
         "used_bytes": 100 * MiB,
         "free_bytes": 4 * GiB - 512 * MiB - 1 * GiB,
+        "budget_source": "measured",
     }
 
 
