@@ -146,6 +146,7 @@ class Executor:
         self.resident: dict[str, Resident] = {}
         # Each entry is read and written only by its own slot's thread.
         self._last_on_slot: list[str | None] = [None] * slots
+        self.last_model: str | None = None  # the model the device ran last, on any slot
         self.switches = 0
         self.swapping: Swapping | None = None
         self.reloads = 0
@@ -231,6 +232,7 @@ class Executor:
             self._twin_last = resident.name
         resident.last_used = time.monotonic()
         self._last_on_slot[slot] = resident.name
+        self.last_model = resident.name
         return RunResult(outputs, compute_ms, previous, reload, hold)
 
     def run_batch(self, resident: Resident, inputs: list[list[np.ndarray]], slot: int) -> list[RunResult]:

@@ -92,7 +92,7 @@ class InferenceCore:
             discipline=current.discipline,
             weight=lambda tenant: self._policy().tenant(tenant).weight,
             in_flight_limit=lambda tenant: self._policy().tenant(tenant).max_in_flight,
-            loaded=residency.is_loaded,
+            loaded=residency.is_warm,
             max_pass_over=current.max_pass_over,
             instances=self._executor.instances_of,
             execute_batch=self._execute_batch,

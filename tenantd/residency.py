@@ -284,6 +284,17 @@ class Residency:
         served = self.executor.resident.get(model)
         return served is not None and served.model is not None
 
+    def is_warm(self, model: str) -> bool:
+        """Whether ``model`` can start without a switch's extra cost (swap-aware runs these first):
+        it is loaded, and on a one-model parameter cache (the EdgeTPU's) it is also the model the
+        device ran last, whose parameters are still in the cache."""
+        if not self.is_loaded(model):
+            return False
+        if self._profile.memory_model is MemoryModel.CACHE:
+            last = self.executor.last_model
+            return last is None or last == model
+        return True
+
     def loaded_models(self) -> list[str]:
         return sorted(r.name for r in list(self.executor.resident.values()) if r.model is not None)
 

@@ -9,8 +9,9 @@ two inferences. Requests are queued, expired and drained from the event loop.
 Which waiting request runs next is the discipline's choice. ``round-robin``: over tenants that
 have work waiting, so a tenant's burst fills only its own queue and each tenant gets a turn before
 any gets a second one. ``weighted-fair``: the same, but a tenant of weight w gets w turns in a row.
-``swap-aware``: a tenant whose next request is for a model already loaded goes first, so a swapping
-device switches less; a request passed over ``max_pass_over`` times goes first of all, so no tenant
+``swap-aware``: a tenant whose next request is for a warm model goes first (``loaded(model)``:
+loaded, and on a one-model cache such as the EdgeTPU's the model that ran last), so a device
+switches less; a request passed over ``max_pass_over`` times goes first of all, so no tenant
 starves. Each tenant's own requests always run in the order they came. A model runs as many requests
 at once as it has instances (``instances(model)``: one interpreter each, as interpreters are not
 re-entrant), so a tenant whose next request is for a model with every instance busy is passed over
@@ -366,7 +367,7 @@ class Scheduler:
         return None
 
     def _take_swap_aware(self) -> list[Job] | None:
-        """A head job passed over too often, else the first head job whose model is loaded."""
+        """A head job passed over too often, else the first head job whose model is warm."""
         heads = [(i, self._queues[t][0]) for i, t in enumerate(self._ring)]
         runnable = [
             (i, job) for i, job in heads if not self._full(job.model) and not self._waits(self._queues[self._ring[i]])

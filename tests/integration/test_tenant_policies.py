@@ -124,6 +124,41 @@ def test_swap_aware_switches_less_than_round_robin_on_the_same_requests(tmp_path
     assert swap_aware < round_robin / 2, (swap_aware, round_robin)
 
 
+def edgetpu_switches_for(discipline: str, tmp_path: Path, endpoint: str, models: list[bytes]) -> int:
+    """The EdgeTPU's cache holds one model's parameters: every model stays loaded and a switch is
+    running another model than the last (Coral's compiler docs, "parameter data caching"). Four
+    tenants queue five requests each behind a blocker, all at once; count the switches."""
+    policy = Policy(profile="edgetpu", slots=1, discipline=discipline, max_pass_over=4)
+    with daemon_in_thread(tmp_path / f"edgetpu-{discipline}", endpoint, policy) as daemon:
+
+        async def run() -> None:
+            clients = [AsyncTenantClient(endpoint, tenant=f"t{i}") for i in range(4)]
+            for i, (client, model) in enumerate(zip(clients, models, strict=True)):
+                await client.submit_model(model, f"m{i}")
+            await clients[0].submit_model(faulty_model(infer="slow", sleep_ms=200), "blocker", runtime="faulty")
+            x = np.zeros((1, 256), np.float32)
+            blocker = asyncio.ensure_future(clients[0].infer("blocker", X4))
+            while daemon.core.scheduler.running < 1:
+                await asyncio.sleep(0)
+            calls = [client.infer(f"m{i}", x) for _ in range(5) for i, client in enumerate(clients)]
+            await asyncio.gather(blocker, *calls)
+            for client in clients:
+                await client.close()
+
+        before = daemon.executor.switches
+        asyncio.run(run())
+        assert daemon.executor.reloads == 0  # nothing is swapped out on a cache device
+        return daemon.executor.switches - before
+
+
+def test_swap_aware_groups_a_cache_devices_requests_by_the_model_that_ran_last(tmp_path: Path, endpoint: str) -> None:
+    models = [tiny.sized_mlp(1 * MiB, seed=60 + i) for i in range(4)]
+    round_robin = edgetpu_switches_for("round-robin", tmp_path, endpoint, models)
+    swap_aware = edgetpu_switches_for("swap-aware", tmp_path, endpoint, models)
+    assert round_robin >= 15  # four models in turn: nearly every request is a switch
+    assert swap_aware < round_robin / 2, (swap_aware, round_robin)
+
+
 def test_policy_hot_reload(tmp_path: Path, endpoint: str, model_files: ModelFiles) -> None:
     with daemon_in_thread(tmp_path / "state", endpoint, Policy(profile="ncs2")) as daemon:
         with TenantClient(endpoint, tenant="alice") as alice:
