@@ -114,3 +114,12 @@ class DeviceLost(RuntimeFailure):
     """The vendor's runtime reports that the device itself is gone (a USB stick unplugged, a GPU
     fallen off the bus), not that this model or this input failed. The daemon answers it
     differently: the device is marked unavailable and retried, rather than the request alone failing."""
+
+
+class WorkerCrashed(RuntimeFailure):
+    """The device's worker process died (or was killed by its watchdog) while this call was on it.
+    The request gets DEVICE_UNAVAILABLE; the worker is restarted (:mod:`tenantd.worker`)."""
+
+
+class ModelQuarantined(RuntimeFailure):
+    """The model crashed the device's worker too often; it is neither loaded nor run again."""

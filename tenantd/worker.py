@@ -1,0 +1,466 @@
+"""The daemon's side of a device worker: start it, talk to it, notice when it dies, start it again.
+
+With ``isolation = "process"`` the device's runtime lives in a worker process
+(:mod:`tenantd.workermain`, under ``worker_python``) and the executor's runtimes are
+:class:`WorkerRuntime` proxies: a load, a new instance, an unload or an inference is a frame to the
+worker (:mod:`tenantd.workerwire`), its tensors in shared memory. A vendor abort, a segfault, an
+out-of-memory kill or an endless call then ends the worker, never the daemon.
+
+Supervision (:class:`WorkerHost`): every call waits at most ``watchdog_s``; a call past it gets the
+worker killed. When the worker dies, every call in flight fails with :class:`WorkerCrashed`
+(DEVICE_UNAVAILABLE to its tenant; none is retried, since the request may be the one that crashed
+it), each model that had a call in flight (or was loading) takes a strike, and a new worker is
+started after a backoff (doubling from ``RESTART_FIRST_S`` to ``RESTART_MAX_S`` while starts keep
+failing) and given every model it had, with its instances, before calls go to it again; calls made
+meanwhile wait for it (up to the watchdog). A model file with ``STRIKES`` strikes is quarantined
+until the daemon restarts: it is not loaded again and its calls fail with :class:`ModelQuarantined`,
+which names it. ``worker.crashed``, ``worker.restarted`` and ``worker.quarantined`` are logged and
+the counts are in ``status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import tenantd
+import tenantwire
+from tenantd import workerwire
+from tenantd.errors import DeviceLost, ModelQuarantined, RuntimeFailure, WorkerCrashed
+from tenantd.events import Event
+from tenantd.memory import rss_bytes
+from tenantd.runtimes import runtime_target
+from tenantd.runtimes.base import LoadedModel, Runtime
+from tenantwire.tensors import TensorSpec
+
+log = logging.getLogger("tenantd")
+
+STRIKES = 2  # crashes with a model's call in flight before that model is quarantined
+RESTART_FIRST_S = 0.2
+RESTART_MAX_S = 30.0
+START_TIMEOUT_S = 60.0  # a new worker's first frame (its interpreter and numpy imported)
+Emit = Callable[..., object]
+
+
+@dataclass
+class _Model:
+    """What the worker holds, to give a new worker after a crash."""
+
+    key: str
+    path: str
+    load: dict[str, Any]  # the load frame
+    instances: int = 1
+
+
+class WorkerHost:
+    """One supervised worker process for one device."""
+
+    def __init__(
+        self,
+        device: str,
+        python: str | None = None,
+        watchdog_s: float = 60.0,
+        memory_limit_bytes: int | None = None,
+        threads: int = 4,
+        emit: Emit | None = None,
+    ) -> None:
+        self.device = device
+        self.python = python or sys.executable
+        self.watchdog_s = watchdog_s
+        self.memory_limit_bytes = memory_limit_bytes
+        self._threads = threads
+        self._emit = emit or (lambda *a, **k: None)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._state = "stopped"  # stopped | starting | running | closed
+        self._gen = 0
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, tuple[Future[dict[str, Any]], str | None]] = {}
+        self._ids = itertools.count(1)
+        self._models: dict[str, _Model] = {}
+        self._loading: set[str] = set()  # paths being loaded now (suspects too)
+        self._killed: dict[int, str] = {}  # generation -> why the daemon killed it
+        self.strikes: dict[str, int] = {}
+        self.quarantined: dict[str, str] = {}  # model file path -> why
+        self.crashes = 0
+        self.restarts = 0
+        self.last_crash: dict[str, Any] | None = None
+        self._local = threading.local()
+        self._arenas: list[workerwire.Arena] = []
+        self._arena_ids = itertools.count()
+        self._wake = threading.Event()  # set at close: a backoff sleep ends at once
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _spawn(self) -> tuple[socket.socket, subprocess.Popen[bytes], dict[str, Any]]:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        # The worker imports tenantd.workermain and the adapters from the same source as the daemon.
+        roots = [str(Path(tenantd.__file__).parents[1]), str(Path(tenantwire.__file__).parents[1])]
+        env["PYTHONPATH"] = os.pathsep.join([*roots, *filter(None, [env.get("PYTHONPATH")])])
+        if self.memory_limit_bytes:
+            env["TENANTD_WORKER_MEMORY_LIMIT"] = str(self.memory_limit_bytes)
+        argv = [self.python, "-m", "tenantd.workermain", str(child.fileno()), str(self._threads)]
+        try:
+            proc = subprocess.Popen(argv, pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        finally:
+            child.close()
+        parent.settimeout(START_TIMEOUT_S)
+        try:
+            hello = workerwire.recv(parent)
+        except (workerwire.PeerGone, OSError) as exc:
+            proc.kill()
+            proc.wait()
+            parent.close()
+            raise RuntimeFailure(f"the device worker ({self.python}) did not start: {exc}") from exc
+        parent.settimeout(None)
+        return parent, proc, hello
+
+    def _ensure_started(self) -> None:
+        """Under the lock: the first call starts the worker."""
+        if self._state == "stopped":
+            self._state = "starting"
+            threading.Thread(target=self._bring_up, args=(0.0, False), name="worker-start", daemon=True).start()
+
+    def _bring_up(self, delay: float, restart: bool) -> None:
+        """Start a worker and give it every model not quarantined; retry on a doubling backoff."""
+        down_since = time.monotonic()
+        attempts = 0
+        while True:
+            if self._wake.wait(delay):
+                return  # closed
+            attempts += 1
+            delay = min(max(delay * 2, RESTART_FIRST_S), RESTART_MAX_S)
+            try:
+                sock, proc, _hello = self._spawn()
+            except (RuntimeFailure, OSError) as exc:
+                log.error("device %s: %s; retrying in %.1f s", self.device, exc, delay)
+                continue
+            with self._lock:
+                if self._state == "closed":
+                    proc.kill()
+                    return
+                self._gen += 1
+                self._sock, self._proc = sock, proc
+                gen = self._gen
+            threading.Thread(target=self._read, args=(sock, proc, gen), name="worker-read", daemon=True).start()
+            reloaded = self._reload(gen)
+            if reloaded is None:
+                continue  # it died again while loading; the crash is counted, the culprit struck
+            with self._lock:
+                if self._gen != gen or self._state == "closed":
+                    continue
+                self._state = "running"
+                self._changed.notify_all()
+            if restart:
+                self.restarts += 1
+                down_s = round(time.monotonic() - down_since, 3)
+                log.warning(
+                    "device %s: worker restarted (pid %d), %d model(s) reloaded", self.device, proc.pid, len(reloaded)
+                )
+                self._emit(
+                    Event.WORKER_RESTARTED,
+                    device=self.device,
+                    pid=proc.pid,
+                    down_s=down_s,
+                    attempts=attempts,
+                    reloaded=reloaded,
+                )
+            return
+
+    def _reload(self, gen: int) -> list[str] | None:
+        """Load every model again on the new worker, one at a time; None if the worker died meanwhile."""
+        reloaded = []
+        for model in list(self._models.values()):
+            if model.path in self.quarantined:
+                continue
+            try:
+                self._call(dict(model.load), model.path, starting=gen)
+                for _ in range(model.instances - 1):
+                    self._call({"op": "add_instance", "key": model.key}, model.path, starting=gen)
+            except WorkerCrashed:
+                return None
+            except RuntimeFailure as exc:  # it loads no more (a device gone): its calls say so
+                log.error("device %s: model file %s not reloaded: %s", self.device, Path(model.path).name, exc)
+                continue
+            reloaded.append(Path(model.path).name)
+        return reloaded
+
+    def _read(self, sock: socket.socket, proc: subprocess.Popen[bytes], gen: int) -> None:
+        """One worker's replies, to their callers; when it ends, the worker is gone."""
+        try:
+            while True:
+                reply = workerwire.recv(sock)
+                with self._lock:
+                    entry = self._pending.pop(int(reply.get("id", -1)), None)
+                if entry is not None:
+                    entry[0].set_result(reply)
+        except (workerwire.PeerGone, OSError, ValueError):
+            pass
+        self._died(gen, proc)
+
+    def _died(self, gen: int, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # it closed its socket but lives on: end it
+            proc.kill()
+            code = proc.wait()
+        with self._lock:
+            if self._gen != gen or self._state == "closed":
+                return
+            failed = list(self._pending.values())
+            self._pending.clear()
+            suspects = sorted({path for _, path in failed if path} | self._loading)
+            reason = self._killed.pop(gen, None) or _exit_reason(code)
+            was_running = self._state == "running"
+            self._state = "starting"
+        if self._sock is not None:
+            self._sock.close()
+        self.crashes += 1
+        self.last_crash = {"time": time.time(), "reason": reason, "pid": proc.pid, "in_flight": len(failed)}
+        names = [Path(p).name for p in suspects]
+        log.error(
+            "device %s: worker (pid %d) died: %s; %d call(s) in flight", self.device, proc.pid, reason, len(failed)
+        )
+        self._emit(
+            Event.WORKER_CRASHED, device=self.device, pid=proc.pid, reason=reason, in_flight=len(failed), suspects=names
+        )
+        for path in suspects:
+            self.strikes[path] = self.strikes.get(path, 0) + 1
+            if self.strikes[path] >= STRIKES and path not in self.quarantined:
+                why = f"it was running in {self.strikes[path]} crashes of the device worker (last: {reason})"
+                self.quarantined[path] = why
+                self._emit(Event.WORKER_QUARANTINED, device=self.device, file=Path(path).name, reason=why)
+        for future, _ in failed:
+            future.set_exception(WorkerCrashed(f"the device worker died ({reason}) while this request ran on it"))
+        if was_running:
+            threading.Thread(
+                target=self._bring_up, args=(RESTART_FIRST_S, True), name="worker-restart", daemon=True
+            ).start()
+
+    def _kill(self, gen: int, why: str) -> None:
+        with self._lock:
+            if self._gen != gen or self._proc is None:
+                return
+            self._killed.setdefault(gen, why)
+            proc = self._proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+
+    # ---------------------------------------------------------------- calls
+
+    def _call(self, message: dict[str, Any], path: str | None, starting: int | None = None) -> dict[str, Any]:
+        """Send one frame and wait for its reply. ``starting``: the generation being brought up
+        (its reloads go before anyone else's calls). Raises RuntimeFailure and its kinds."""
+        deadline = time.monotonic() + self.watchdog_s
+        with self._lock:
+            self._ensure_started()
+            while starting is None and self._state != "running":
+                left = deadline - time.monotonic()
+                if self._state == "closed" or left <= 0:
+                    raise WorkerCrashed(f"the device worker of {self.device} is {self._state}, not running")
+                self._changed.wait(left)
+            if path is not None and path in self.quarantined:
+                raise ModelQuarantined(f"quarantined: {self.quarantined[path]}")
+            if starting is not None and starting != self._gen:
+                raise WorkerCrashed("the device worker died while it was being started")
+            gen, sock = self._gen, self._sock
+            message["id"] = ident = next(self._ids)
+            future: Future[dict[str, Any]] = Future()
+            self._pending[ident] = (future, path)
+        assert sock is not None
+        try:
+            with self._send_lock:
+                workerwire.send(sock, message)
+            reply = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            why = f"hung: no reply to {message['op']} in {self.watchdog_s:g} s (the watchdog)"
+            self._kill(gen, why)
+            # Answered once the death is handled (the reader's _died), so that the next call waits
+            # for the new worker instead of reaching the dying one.
+            with contextlib.suppress(FutureTimeout):
+                future.exception(timeout=START_TIMEOUT_S)
+            raise WorkerCrashed(f"the device worker {why}") from None
+        except OSError:  # the socket broke: the reader thread will see the worker gone
+            reply = future.result(timeout=self.watchdog_s)
+        if not reply.get("ok"):
+            kind = DeviceLost if reply.get("kind") == "lost" else RuntimeFailure
+            raise kind(str(reply.get("message")))
+        return reply
+
+    def _thread_arenas(self) -> tuple[workerwire.Arena, workerwire.Arena]:
+        arenas: tuple[workerwire.Arena, workerwire.Arena] | None = getattr(self._local, "arenas", None)
+        if arenas is None:
+            base = os.path.join(workerwire.shm_dir(), f"tenantd-{os.getpid()}-{id(self):x}-{next(self._arena_ids)}")
+            arenas = (workerwire.Arena(base + "-in", create=True), workerwire.Arena(base + "-out", create=True))
+            with self._lock:
+                self._arenas.extend(arenas)
+            self._local.arenas = arenas
+        return arenas
+
+    def infer(self, key: str, path: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        arena_in, arena_out = self._thread_arenas()
+        places = workerwire.put(arena_in, inputs)
+        message: dict[str, Any] = {"op": "infer", "key": key, "tensors": places}
+        message.update(
+            {"in": arena_in.path, "in_size": arena_in.size, "out": arena_out.path, "out_size": arena_out.size}
+        )
+        reply = self._call(message, path)
+        arena_out.attach(int(reply["out_size"]))
+        return workerwire.get(arena_out, reply["tensors"], copy=True)
+
+    def load(self, frame: dict[str, Any]) -> dict[str, Any]:
+        path = str(frame["path"])
+        with self._lock:
+            self._loading.add(path)
+        try:
+            reply = self._call(dict(frame), path)
+        finally:
+            with self._lock:
+                self._loading.discard(path)
+        self._models[frame["key"]] = _Model(frame["key"], path, frame)
+        return reply
+
+    def add_instance(self, key: str) -> int:
+        model = self._models[key]
+        reply = self._call({"op": "add_instance", "key": key}, model.path)
+        model.instances = int(reply["instances"])
+        return model.instances
+
+    def unload(self, key: str) -> None:
+        model = self._models.pop(key, None)
+        if model is not None and self._state == "running":
+            self._call({"op": "unload", "key": key}, None)
+
+    def release(self, runtime: str) -> None:
+        if self._state == "running":
+            self._call({"op": "release", "runtime": runtime}, None)
+
+    def rss(self) -> int:
+        """The worker's resident memory (0 before it started): what a load or an instance grows."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return 0
+        try:
+            return rss_bytes(proc.pid)
+        except OSError:
+            return 0
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "isolation": "process",
+            "worker_state": self._state,
+            "worker_pid": self.pid,
+            "worker_python": self.python,
+            "worker_crashes": self.crashes,
+            "worker_restarts": self.restarts,
+            "worker_last_crash": self.last_crash,
+            "quarantined": sorted(Path(p).name for p in self.quarantined),
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._state = "closed"
+            self._changed.notify_all()
+            proc, sock = self._proc, self._sock
+            arenas, self._arenas = self._arenas, []
+        self._wake.set()
+        if proc is not None and sock is not None and proc.poll() is None:
+            try:
+                with self._send_lock:
+                    workerwire.send(sock, {"op": "exit", "id": 0})
+                proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
+        if sock is not None:
+            sock.close()
+        for arena in arenas:
+            arena.close(unlink=True)
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class WorkerModel(LoadedModel):
+    """A model loaded in the worker: each call is a frame to it."""
+
+    def __init__(self, host: WorkerHost, key: str, path: str, reply: dict[str, Any]) -> None:
+        self._host, self._key, self._path = host, key, path
+        self.inputs = tuple(TensorSpec.from_wire(s) for s in reply["inputs"])
+        self.outputs = tuple(TensorSpec.from_wire(s) for s in reply["outputs"])
+        self.can_add_instances = bool(reply["can_add_instances"])  # type: ignore[misc]
+        self.device_bytes = int(reply["device_bytes"])
+        self.facts = dict(reply["facts"])
+
+    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self._host.infer(self._key, self._path, inputs)
+
+    def add_instance(self) -> None:
+        self.instances = self._host.add_instance(self._key)
+
+    def unload(self) -> None:
+        self._host.unload(self._key)
+
+
+class WorkerRuntime(Runtime):
+    """Runtime ``runtime`` (a registry name), run in the device's worker."""
+
+    name = "worker"
+    suffixes = ()
+    # The runtime in the worker checks the file again (its Runtime.load), with its own format's rule.
+    own_format = "the format of the runtime in the worker, checked there"
+    _keys = itertools.count(1)
+
+    def __init__(self, host: WorkerHost, runtime: str, device: str, num_threads: int = 1, slots: int = 1) -> None:
+        super().__init__(device, num_threads, slots)
+        self._host = host
+        self.runtime = runtime
+        self.target = runtime_target(runtime)
+
+    def _load(self, source: bytes | Path) -> LoadedModel:
+        if not isinstance(source, Path):
+            raise RuntimeFailure("a device worker loads model files by path, not bytes")
+        key = f"{next(self._keys)}:{source.name}"
+        frame = {
+            "op": "load",
+            "key": key,
+            "path": str(source),
+            "runtime": self.runtime,
+            "target": self.target,
+            "device": self.device,
+            "num_threads": self.num_threads,
+            "slots": self.slots,
+        }
+        return WorkerModel(self._host, key, str(source), self._host.load(frame))
+
+    def release(self) -> None:
+        self._host.release(self.runtime)
