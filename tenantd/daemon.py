@@ -43,9 +43,11 @@ from tenantd.operations import DaemonInfo, Operations
 from tenantd.pipelines import Pipelines, close_quietly
 from tenantd.policysource import PolicySource
 from tenantd.residency import Residency
+from tenantd.runtimes import device_kind
 from tenantd.store import Store
 from tenantd.submission import Submission
 from tenantd.tokens import TokenRing
+from tenantd.worker import WorkerHost
 from tenantwire.errors import TenantdError
 
 log = logging.getLogger("tenantd")
@@ -134,7 +136,17 @@ class Daemon:
         self.catalog = Catalog()
         self.metrics = Metrics(self.catalog, self.policy)
         self.metrics_server = None if metrics_listen is None else MetricsServer(self.metrics, *metrics_listen)
-        self.executor = Executor(config.device, slots, threads, device_twin(config.timing, profile.name))
+        worker = None
+        if policy.effective_isolation(device_kind(config.device)) == "process":
+            worker = WorkerHost(
+                config.device,
+                policy.worker_python,
+                policy.worker_watchdog_s,
+                policy.worker_memory_limit_bytes,
+                threads=slots + 2,  # every slot's inference, and a load or new instance beside them
+                emit=self.events.emit,
+            )
+        self.executor = Executor(config.device, slots, threads, device_twin(config.timing, profile.name), worker)
         memory = Admission(profile, capacity_bytes=policy.capacity_bytes, reserve_bytes=policy.reserve_bytes)
         self.admission = AdmissionControl(memory, self.catalog, self.events, self.policy, self.device_context)
         self.residency = Residency(self.executor, memory, profile, swap, self.events, self.policy)

@@ -29,7 +29,6 @@ from tenantd.errors import AdmissionDenied, BadRequest, DeviceUnavailable, Inval
 from tenantd.events import Event, EventLog
 from tenantd.executor import Executor, Resident
 from tenantd.lifecycle import Lifecycle
-from tenantd.memory import rss_bytes
 from tenantd.probe import ProbeResult, probe_model
 from tenantd.residency import Residency, seed_warm
 from tenantd.runtimes import DeviceLost, RuntimeFailure, RuntimeNotAvailable, check_device, get_runtime_class
@@ -257,9 +256,9 @@ class Submission:
                 # Loaded by the first request that needs it (a measured reload), not here.
                 return self._residency.swappable(name, runtime, path, probe.footprint_bytes, probe.details), 0.0
             async with self._executor.measure_lock:  # one at a time, so the growth measured is this load's
-                rss_before = rss_bytes()
+                rss_before = self._executor.rss()
                 resident, load_ms = await self._executor.load(name, runtime, path)
-                self._admission.memory.loaded(name, rss_bytes() - rss_before, runtime)
+                self._admission.memory.loaded(name, self._executor.rss() - rss_before, runtime)
                 seed_warm(resident, probe.details)
                 return resident, load_ms
         except DeviceLost as exc:
