@@ -64,7 +64,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "worker_overhead"
 
 def measure_hop(model_path: Path, x: Tensor, in_flight: int, warmup_s: float, duration_s: float) -> Window:
     """Closed loops of ``infer`` on a model in a worker started here, ``in_flight`` threads."""
-    host = WorkerHost("cpu", threads=in_flight + 1)
+    host = WorkerHost("cpu")
     try:
         model = WorkerRuntime(host, "litert", "cpu", num_threads=1, slots=in_flight).load(model_path)
         model.infer([x])

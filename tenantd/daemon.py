@@ -143,7 +143,6 @@ class Daemon:
                 policy.worker_python,
                 policy.worker_watchdog_s,
                 policy.worker_memory_limit_bytes,
-                threads=slots + 2,  # every slot's inference, and a load or new instance beside them
                 emit=self.events.emit,
             )
         self.executor = Executor(config.device, slots, threads, device_twin(config.timing, profile.name), worker)

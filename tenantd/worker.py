@@ -20,19 +20,18 @@ the counts are in ``status``.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,62 +76,61 @@ class WorkerHost:
         python: str | None = None,
         watchdog_s: float = 60.0,
         memory_limit_bytes: int | None = None,
-        threads: int = 4,
         emit: Emit | None = None,
     ) -> None:
         self.device = device
         self.python = python or sys.executable
         self.watchdog_s = watchdog_s
         self.memory_limit_bytes = memory_limit_bytes
-        self._threads = threads
         self._emit = emit or (lambda *a, **k: None)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._state = "stopped"  # stopped | starting | running | closed
         self._gen = 0
-        self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._send_lock = threading.Lock()
-        self._pending: dict[int, tuple[Future[dict[str, Any]], str | None]] = {}
-        self._ids = itertools.count(1)
+        self._control: socket.socket | None = None  # its end tells the worker the daemon is gone
+        self._address = ""  # the worker's listening socket, for this generation
+        self._dir = tempfile.mkdtemp(prefix="tenantd-worker-")
+        self._in_flight: dict[int, tuple[int, str | None]] = {}  # thread -> (generation, model file)
+        self._deaths: dict[int, threading.Event] = {}  # generation -> set once its death is handled
         self._models: dict[str, _Model] = {}
-        self._loading: set[str] = set()  # paths being loaded now (suspects too)
         self._killed: dict[int, str] = {}  # generation -> why the daemon killed it
+        self._reasons: dict[int, str] = {}  # generation -> why it died
         self.strikes: dict[str, int] = {}
         self.quarantined: dict[str, str] = {}  # model file path -> why
         self.crashes = 0
         self.restarts = 0
         self.last_crash: dict[str, Any] | None = None
-        self._local = threading.local()
+        self._local = threading.local()  # this thread's connection and arenas
         self._arenas: list[workerwire.Arena] = []
         self._arena_ids = itertools.count()
         self._wake = threading.Event()  # set at close: a backoff sleep ends at once
 
     # ---------------------------------------------------------------- lifecycle
 
-    def _spawn(self) -> tuple[socket.socket, subprocess.Popen[bytes], dict[str, Any]]:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    def _spawn(self, gen: int) -> tuple[subprocess.Popen[bytes], socket.socket, str]:
+        address = os.path.join(self._dir, f"w{gen}.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(address)
+        listener.listen(64)
+        control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         # The worker imports tenantd.workermain and the adapters from the same source as the daemon.
         roots = [str(Path(tenantd.__file__).parents[1]), str(Path(tenantwire.__file__).parents[1])]
         env["PYTHONPATH"] = os.pathsep.join([*roots, *filter(None, [env.get("PYTHONPATH")])])
         if self.memory_limit_bytes:
             env["TENANTD_WORKER_MEMORY_LIMIT"] = str(self.memory_limit_bytes)
-        argv = [self.python, "-m", "tenantd.workermain", str(child.fileno()), str(self._threads)]
+        fds = (listener.fileno(), theirs.fileno())
+        argv = [self.python, "-m", "tenantd.workermain", *map(str, fds)]
         try:
-            proc = subprocess.Popen(argv, pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(argv, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
+        except OSError:
+            control.close()
+            raise
         finally:
-            child.close()
-        parent.settimeout(START_TIMEOUT_S)
-        try:
-            hello = workerwire.recv(parent)
-        except (workerwire.PeerGone, OSError) as exc:
-            proc.kill()
-            proc.wait()
-            parent.close()
-            raise RuntimeFailure(f"the device worker ({self.python}) did not start: {exc}") from exc
-        parent.settimeout(None)
-        return parent, proc, hello
+            listener.close()
+            theirs.close()
+        return proc, control, address
 
     def _ensure_started(self) -> None:
         """Under the lock: the first call starts the worker."""
@@ -149,33 +147,36 @@ class WorkerHost:
                 return  # closed
             attempts += 1
             delay = min(max(delay * 2, RESTART_FIRST_S), RESTART_MAX_S)
-            try:
-                sock, proc, _hello = self._spawn()
-            except (RuntimeFailure, OSError) as exc:
-                log.error("device %s: %s; retrying in %.1f s", self.device, exc, delay)
-                continue
             with self._lock:
                 if self._state == "closed":
-                    proc.kill()
                     return
                 self._gen += 1
-                self._sock, self._proc = sock, proc
                 gen = self._gen
-            threading.Thread(target=self._read, args=(sock, proc, gen), name="worker-read", daemon=True).start()
-            reloaded = self._reload(gen)
-            if reloaded is None:
-                continue  # it died again while loading; the crash is counted, the culprit struck
+                self._deaths[gen] = threading.Event()
+                try:
+                    self._proc, self._control, self._address = self._spawn(gen)
+                except OSError as exc:
+                    log.error("device %s: the worker (%s) did not start: %s", self.device, self.python, exc)
+                    continue
+                proc = self._proc
+            threading.Thread(target=self._watch, args=(proc, gen), name="worker-watch", daemon=True).start()
+            try:
+                hello = self._call({"op": "hello"}, None, starting=gen, timeout=START_TIMEOUT_S)
+                reloaded = self._reload(gen)
+            except RuntimeFailure as exc:  # it died (counted, the culprit struck) or never answered
+                log.error("device %s: the worker did not come up: %s", self.device, exc)
+                self._kill(gen, f"did not come up: {exc}")
+                continue
             with self._lock:
                 if self._gen != gen or self._state == "closed":
                     continue
                 self._state = "running"
                 self._changed.notify_all()
+            log.info("device %s: worker pid %d (Python %s) running", self.device, proc.pid, hello.get("python"))
             if restart:
                 self.restarts += 1
                 down_s = round(time.monotonic() - down_since, 3)
-                log.warning(
-                    "device %s: worker restarted (pid %d), %d model(s) reloaded", self.device, proc.pid, len(reloaded)
-                )
+                log.warning("device %s: worker restarted, %d model(s) reloaded", self.device, len(reloaded))
                 self._emit(
                     Event.WORKER_RESTARTED,
                     device=self.device,
@@ -186,8 +187,8 @@ class WorkerHost:
                 )
             return
 
-    def _reload(self, gen: int) -> list[str] | None:
-        """Load every model again on the new worker, one at a time; None if the worker died meanwhile."""
+    def _reload(self, gen: int) -> list[str]:
+        """Load every model again on the new worker, one at a time. Raises WorkerCrashed."""
         reloaded = []
         for model in list(self._models.values()):
             if model.path in self.quarantined:
@@ -197,51 +198,36 @@ class WorkerHost:
                 for _ in range(model.instances - 1):
                     self._call({"op": "add_instance", "key": model.key}, model.path, starting=gen)
             except WorkerCrashed:
-                return None
+                raise
             except RuntimeFailure as exc:  # it loads no more (a device gone): its calls say so
                 log.error("device %s: model file %s not reloaded: %s", self.device, Path(model.path).name, exc)
                 continue
             reloaded.append(Path(model.path).name)
         return reloaded
 
-    def _read(self, sock: socket.socket, proc: subprocess.Popen[bytes], gen: int) -> None:
-        """One worker's replies, to their callers; when it ends, the worker is gone."""
-        try:
-            while True:
-                reply = workerwire.recv(sock)
-                with self._lock:
-                    entry = self._pending.pop(int(reply.get("id", -1)), None)
-                if entry is not None:
-                    entry[0].set_result(reply)
-        except (workerwire.PeerGone, OSError, ValueError):
-            pass
-        self._died(gen, proc)
-
-    def _died(self, gen: int, proc: subprocess.Popen[bytes]) -> None:
-        try:
-            code = proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # it closed its socket but lives on: end it
-            proc.kill()
-            code = proc.wait()
+    def _watch(self, proc: subprocess.Popen[bytes], gen: int) -> None:
+        """Wait for this generation's worker to end; then answer for it."""
+        code = proc.wait()
         with self._lock:
-            if self._gen != gen or self._state == "closed":
+            if self._state == "closed":
+                self._deaths[gen].set()
                 return
-            failed = list(self._pending.values())
-            self._pending.clear()
-            suspects = sorted({path for _, path in failed if path} | self._loading)
+            suspects = sorted({path for g, path in self._in_flight.values() if g == gen and path})
+            in_flight = sum(1 for g, _ in self._in_flight.values() if g == gen)
             reason = self._killed.pop(gen, None) or _exit_reason(code)
-            was_running = self._state == "running"
-            self._state = "starting"
-        if self._sock is not None:
-            self._sock.close()
+            self._reasons[gen] = reason
+            was_running = self._state == "running" and self._gen == gen
+            if self._gen == gen:
+                self._state = "starting"
+            if self._control is not None and self._gen == gen:
+                self._control.close()
+                self._control = None
         self.crashes += 1
-        self.last_crash = {"time": time.time(), "reason": reason, "pid": proc.pid, "in_flight": len(failed)}
+        self.last_crash = {"time": time.time(), "reason": reason, "pid": proc.pid, "in_flight": in_flight}
         names = [Path(p).name for p in suspects]
-        log.error(
-            "device %s: worker (pid %d) died: %s; %d call(s) in flight", self.device, proc.pid, reason, len(failed)
-        )
+        log.error("device %s: worker (pid %d) died: %s; %d call(s) in flight", self.device, proc.pid, reason, in_flight)
         self._emit(
-            Event.WORKER_CRASHED, device=self.device, pid=proc.pid, reason=reason, in_flight=len(failed), suspects=names
+            Event.WORKER_CRASHED, device=self.device, pid=proc.pid, reason=reason, in_flight=in_flight, suspects=names
         )
         for path in suspects:
             self.strikes[path] = self.strikes.get(path, 0) + 1
@@ -249,8 +235,7 @@ class WorkerHost:
                 why = f"it was running in {self.strikes[path]} crashes of the device worker (last: {reason})"
                 self.quarantined[path] = why
                 self._emit(Event.WORKER_QUARANTINED, device=self.device, file=Path(path).name, reason=why)
-        for future, _ in failed:
-            future.set_exception(WorkerCrashed(f"the device worker died ({reason}) while this request ran on it"))
+        self._deaths[gen].set()  # the calls that were on it may answer now
         if was_running:
             threading.Thread(
                 target=self._bring_up, args=(RESTART_FIRST_S, True), name="worker-restart", daemon=True
@@ -267,10 +252,27 @@ class WorkerHost:
 
     # ---------------------------------------------------------------- calls
 
-    def _call(self, message: dict[str, Any], path: str | None, starting: int | None = None) -> dict[str, Any]:
-        """Send one frame and wait for its reply. ``starting``: the generation being brought up
-        (its reloads go before anyone else's calls). Raises RuntimeFailure and its kinds."""
-        deadline = time.monotonic() + self.watchdog_s
+    def _connection(self, gen: int, address: str) -> socket.socket:
+        """This thread's connection to generation ``gen``'s worker (made on first use)."""
+        held: tuple[int, socket.socket] | None = getattr(self._local, "conn", None)
+        if held is not None and held[0] == gen:
+            return held[1]
+        if held is not None:
+            held[1].close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._local.conn = (gen, sock)
+        sock.connect(address)
+        return sock
+
+    def _call(
+        self, message: dict[str, Any], path: str | None, starting: int | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send one frame on this thread's connection and wait for the reply. ``starting``: the
+        generation being brought up (its reloads go before anyone else's calls). Raises
+        RuntimeFailure and its kinds."""
+        timeout = timeout or self.watchdog_s
+        deadline = time.monotonic() + timeout
+        ident = threading.get_ident()
         with self._lock:
             self._ensure_started()
             while starting is None and self._state != "running":
@@ -280,27 +282,30 @@ class WorkerHost:
                 self._changed.wait(left)
             if path is not None and path in self.quarantined:
                 raise ModelQuarantined(f"quarantined: {self.quarantined[path]}")
-            if starting is not None and starting != self._gen:
+            gen, address = self._gen, self._address
+            if starting is not None and starting != gen:
                 raise WorkerCrashed("the device worker died while it was being started")
-            gen, sock = self._gen, self._sock
-            message["id"] = ident = next(self._ids)
-            future: Future[dict[str, Any]] = Future()
-            self._pending[ident] = (future, path)
-        assert sock is not None
+            self._in_flight[ident] = (gen, path)
         try:
-            with self._send_lock:
+            try:
+                sock = self._connection(gen, address)
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
                 workerwire.send(sock, message)
-            reply = future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            why = f"hung: no reply to {message['op']} in {self.watchdog_s:g} s (the watchdog)"
-            self._kill(gen, why)
-            # Answered once the death is handled (the reader's _died), so that the next call waits
-            # for the new worker instead of reaching the dying one.
-            with contextlib.suppress(FutureTimeout):
-                future.exception(timeout=START_TIMEOUT_S)
-            raise WorkerCrashed(f"the device worker {why}") from None
-        except OSError:  # the socket broke: the reader thread will see the worker gone
-            reply = future.result(timeout=self.watchdog_s)
+                reply = workerwire.recv(sock)
+            except TimeoutError:
+                why = f"hung: no reply to {message['op']} in {timeout:g} s (the watchdog)"
+                self._kill(gen, why)
+                self._deaths[gen].wait(START_TIMEOUT_S)
+                raise WorkerCrashed(f"the device worker {why}") from None
+            except (workerwire.PeerGone, OSError):
+                self._local.conn = None
+                # Answered once the death is handled, so the next call waits for the new worker.
+                self._deaths[gen].wait(START_TIMEOUT_S)
+                reason = self._reasons.get(gen, "it ended")
+                raise WorkerCrashed(f"the device worker died ({reason}) while this request ran on it") from None
+        finally:
+            with self._lock:
+                self._in_flight.pop(ident, None)
         if not reply.get("ok"):
             kind = DeviceLost if reply.get("kind") == "lost" else RuntimeFailure
             raise kind(str(reply.get("message")))
@@ -328,15 +333,8 @@ class WorkerHost:
         return workerwire.get(arena_out, reply["tensors"], copy=True)
 
     def load(self, frame: dict[str, Any]) -> dict[str, Any]:
-        path = str(frame["path"])
-        with self._lock:
-            self._loading.add(path)
-        try:
-            reply = self._call(dict(frame), path)
-        finally:
-            with self._lock:
-                self._loading.discard(path)
-        self._models[frame["key"]] = _Model(frame["key"], path, frame)
+        reply = self._call(dict(frame), str(frame["path"]))
+        self._models[frame["key"]] = _Model(frame["key"], str(frame["path"]), frame)
         return reply
 
     def add_instance(self, key: str) -> int:
@@ -384,21 +382,21 @@ class WorkerHost:
         with self._lock:
             self._state = "closed"
             self._changed.notify_all()
-            proc, sock = self._proc, self._sock
+            proc, control = self._proc, self._control
+            self._control = None
             arenas, self._arenas = self._arenas, []
         self._wake.set()
-        if proc is not None and sock is not None and proc.poll() is None:
+        if control is not None:
+            control.close()  # the worker ends when its control socket does
+        if proc is not None:
             try:
-                with self._send_lock:
-                    workerwire.send(sock, {"op": "exit", "id": 0})
                 proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if sock is not None:
-            sock.close()
         for arena in arenas:
             arena.close(unlink=True)
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def _exit_reason(code: int) -> str:

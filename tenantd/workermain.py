@@ -1,14 +1,16 @@
 """The device worker: the process that owns a device's runtime and runs models on the daemon's command.
 
-``python -m tenantd.workermain FD`` is started by the daemon (:mod:`tenantd.worker`) with one end of
-a socket pair as FD. It loads runtime adapters by the target the daemon sends ("module:Class", from
-the daemon's runtime registry, so the registry stays in one place) and answers frames
-(:mod:`tenantd.workerwire`): ``load``, ``add_instance``, ``unload``, ``infer``, ``release``,
-``exit``. Each frame runs on a thread of a small pool (runtimes release the GIL, so a model's
-instances run at once, as they did in the daemon), and every frame gets exactly one reply with its
-id. Anything a runtime raises is a reply (``lost`` for a vanished device, else ``failure``); what
-a runtime does that is not an exception (an abort, a segfault, an endless call) ends or stalls this
-process, which is the point: the daemon notices, answers the requests in flight and starts another.
+``python -m tenantd.workermain LISTEN_FD CONTROL_FD`` is started by the daemon
+(:mod:`tenantd.worker`). Each of the daemon's calling threads (its slots, the threads that load)
+connects to the listening socket once and keeps its connection; this process serves each
+connection on a thread of its own, one frame and its reply at a time (:mod:`tenantd.workerwire`):
+``hello``, ``load``, ``add_instance``, ``unload``, ``infer``, ``release``. Runtimes release the
+GIL, so a model's instances run at once, as they did in the daemon. Runtime adapters are imported
+by the target the daemon sends ("module:Class", from the daemon's registry, which so stays in one
+place). Anything a runtime raises is a reply (``lost`` for a vanished device, else ``failure``);
+what a runtime does that is not an exception (an abort, a segfault, an endless call) ends or stalls
+this process, which is the point: the daemon notices, answers the requests in flight and starts
+another. When the control socket ends (the daemon stopped or died) this process ends.
 
 Written at the Python 3.6 language level, standard library and numpy only (checked by vermin in
 ``tests/unit/test_worker_language.py``): a device's worker may run under that device's own Python.
@@ -22,7 +24,6 @@ import resource
 import socket
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -30,53 +31,54 @@ from tenantd import workerwire
 
 
 class Worker:
-    def __init__(self, sock: socket.socket, threads: int) -> None:
-        self._sock = sock
-        self._send_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=threads)
+    def __init__(self, listener: socket.socket) -> None:
+        self._listener = listener
         self._runtimes: Dict[str, Any] = {}
         self._models: Dict[str, Any] = {}
         self._arenas: Dict[str, workerwire.Arena] = {}
-        self._arena_lock = threading.Lock()
+        self._lock = threading.Lock()
 
     def serve(self) -> None:
+        """One thread per connection: each of the daemon's calling threads has its own, so a
+        call is a frame there and its reply back, with no hand-off between threads on either side."""
         while True:
-            try:
-                message = workerwire.recv(self._sock)
-            except (workerwire.PeerGone, OSError):
-                return  # the daemon is gone or closed us: nothing left to serve
-            if message.get("op") == "exit":
-                self._reply({"id": message.get("id"), "ok": True})
-                return
-            self._pool.submit(self._handle, message)
+            conn, _ = self._listener.accept()
+            threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
 
-    def _reply(self, message: Dict[str, Any]) -> None:
-        with self._send_lock:
-            workerwire.send(self._sock, message)
+    def _serve_connection(self, conn: socket.socket) -> None:
+        with conn:
+            while True:
+                try:
+                    message = workerwire.recv(conn)
+                except (workerwire.PeerGone, OSError):
+                    return  # that calling thread (or the daemon) is gone
+                reply = self._handle(message)
+                try:
+                    workerwire.send(conn, reply)
+                except OSError:
+                    return
 
-    def _handle(self, message: Dict[str, Any]) -> None:
+    def _handle(self, message: Dict[str, Any]) -> Dict[str, Any]:
         try:
-            result = getattr(self, "op_" + str(message["op"]))(message)
-            reply = {"id": message["id"], "ok": True}
-            reply.update(result)
+            reply = {"ok": True}
+            reply.update(getattr(self, "op_" + str(message["op"]))(message))
+            return reply
         except MemoryError as exc:
-            reply = {
-                "id": message.get("id"),
-                "ok": False,
-                "kind": "failure",
-                "message": f"out of memory: {exc}",
-            }
+            return {"ok": False, "kind": "failure", "message": f"out of memory: {exc}"}
         except Exception as exc:  # noqa: BLE001 - every frame gets a reply; the daemon types it
             lost = any(cls.__name__ == "DeviceLost" for cls in type(exc).__mro__)
             text = str(exc) or type(exc).__name__
-            reply = {"id": message.get("id"), "ok": False, "kind": "lost" if lost else "failure", "message": text}
-        try:
-            self._reply(reply)
-        except OSError:
-            pass  # the daemon went away; serve() ends on its next read
+            return {"ok": False, "kind": "lost" if lost else "failure", "message": text}
+
+    def op_hello(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        return {"pid": os.getpid(), "python": sys.version.split()[0]}
 
     def _runtime(self, message: Dict[str, Any]) -> Any:
         name = message["runtime"]
+        with self._lock:
+            return self._runtimes.get(name) or self._new_runtime(name, message)
+
+    def _new_runtime(self, name: str, message: Dict[str, Any]) -> Any:
         if name not in self._runtimes:
             module, _, cls_name = message["target"].partition(":")
             cls = getattr(importlib.import_module(module), cls_name)
@@ -114,7 +116,7 @@ class Worker:
         return {}
 
     def _arena(self, path: str, size: int) -> workerwire.Arena:
-        with self._arena_lock:
+        with self._lock:
             arena = self._arenas.get(path)
             if arena is None:
                 arena = self._arenas[path] = workerwire.Arena(path)
@@ -138,17 +140,29 @@ def _limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    fd = int(args[0])
-    threads = int(args[1]) if len(args) > 1 else 4
-    sock = socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM)
-    os.close(fd)
-    _limit_memory()
-    workerwire.send(sock, {"id": 0, "ok": True, "pid": os.getpid(), "python": sys.version.split()[0]})
-    Worker(sock, threads).serve()
-    # Without waiting for threads stuck in a runtime: the daemon has stopped listening.
+def _exit_with_daemon(control: socket.socket) -> None:
+    """The control socket stays open while the daemon lives (and wants this worker): at its end,
+    end too, whatever threads are stuck in a runtime."""
+    try:
+        while control.recv(64):
+            pass
+    except OSError:
+        pass
     os._exit(0)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m tenantd.workermain LISTEN_FD CONTROL_FD``: a listening socket the daemon's threads
+    connect to, and a socket whose end means the daemon is gone."""
+    args = sys.argv[1:] if argv is None else argv
+    listener = socket.fromfd(int(args[0]), socket.AF_UNIX, socket.SOCK_STREAM)
+    control = socket.fromfd(int(args[1]), socket.AF_UNIX, socket.SOCK_STREAM)
+    os.close(int(args[0]))
+    os.close(int(args[1]))
+    _limit_memory()
+    threading.Thread(target=_exit_with_daemon, args=(control,), daemon=True).start()
+    Worker(listener).serve()
+    return 0
 
 
 if __name__ == "__main__":
