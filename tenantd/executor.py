@@ -170,13 +170,23 @@ class Executor:
             raise RuntimeFailure(f"model {resident.name!r} is not loaded")
         loop = asyncio.get_running_loop()
         async with self.measure_lock:
-            before = self.rss()
+            before = await self.rss()
             await loop.run_in_executor(None, model.add_instance)
-            return max(0, self.rss() - before)
+            return max(0, await self.rss() - before)
 
-    def rss(self) -> int:
-        """Resident memory of the process the models live in: the worker's, or this one's inline."""
-        return self.worker.rss() if self.worker is not None else rss_bytes()
+    async def rss(self, runtime: str | None = None) -> int:
+        """Resident memory of the process the models live in: the worker's, or this one's inline.
+        The worker is started first, off the loop, and has ``runtime``'s library imported, so that
+        neither its interpreter nor the library (charged apart, as the probe measured it) is
+        charged to the model whose load is measured from here."""
+        if self.worker is None:
+            return rss_bytes()
+        loop = asyncio.get_running_loop()
+        if runtime is not None:
+            rt = self.runtime(runtime)
+            assert isinstance(rt, WorkerRuntime)
+            await loop.run_in_executor(None, rt.prepare)
+        return await loop.run_in_executor(None, self.worker.rss)
 
     def runtime(self, name: str) -> Runtime:
         if name not in self._runtimes:

@@ -256,9 +256,9 @@ class Submission:
                 # Loaded by the first request that needs it (a measured reload), not here.
                 return self._residency.swappable(name, runtime, path, probe.footprint_bytes, probe.details), 0.0
             async with self._executor.measure_lock:  # one at a time, so the growth measured is this load's
-                rss_before = self._executor.rss()
+                rss_before = await self._executor.rss(runtime)
                 resident, load_ms = await self._executor.load(name, runtime, path)
-                self._admission.memory.loaded(name, self._executor.rss() - rss_before, runtime)
+                self._admission.memory.loaded(name, await self._executor.rss() - rss_before, runtime)
                 seed_warm(resident, probe.details)
                 return resident, load_ms
         except DeviceLost as exc:

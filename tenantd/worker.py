@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 import tenantd
 import tenantwire
@@ -352,14 +353,21 @@ class WorkerHost:
         if self._state == "running":
             self._call({"op": "release", "runtime": runtime}, None)
 
+    def call(self, message: dict[str, Any], path: str | None) -> dict[str, Any]:
+        """One frame to the worker and its reply (see ``tenantd.workermain``'s ``op_*``)."""
+        return self._call(message, path)
+
     def rss(self) -> int:
-        """The worker's resident memory (0 before it started): what a load or an instance grows."""
+        """The worker's resident memory (started and running first, so that a load measured
+        against it is charged for the model, not for the worker's interpreter): what a load or an
+        instance grows. Blocks while the worker starts. Raises WorkerCrashed."""
+        self._call({"op": "hello"}, None)
         proc = self._proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return 0
         try:
             return rss_bytes(proc.pid)
-        except OSError:
+        except (OSError, psutil.Error):  # it ended just now; the next call says so
             return 0
 
     @property
@@ -448,17 +456,22 @@ class WorkerRuntime(Runtime):
         if not isinstance(source, Path):
             raise RuntimeFailure("a device worker loads model files by path, not bytes")
         key = f"{next(self._keys)}:{source.name}"
-        frame = {
-            "op": "load",
-            "key": key,
-            "path": str(source),
+        frame = {**self._frame("load"), "key": key, "path": str(source)}
+        return WorkerModel(self._host, key, str(source), self._host.load(frame))
+
+    def _frame(self, op: str) -> dict[str, Any]:
+        return {
+            "op": op,
             "runtime": self.runtime,
             "target": self.target,
             "device": self.device,
             "num_threads": self.num_threads,
             "slots": self.slots,
         }
-        return WorkerModel(self._host, key, str(source), self._host.load(frame))
+
+    def prepare(self) -> None:
+        """Have the runtime made in the worker (its library imported) before a load is measured."""
+        self._host.call(self._frame("runtime"), None)
 
     def release(self) -> None:
         self._host.release(self.runtime)

@@ -98,6 +98,10 @@ class Worker:
             "facts": dict(model.facts),
         }
 
+    def op_runtime(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        self._runtime(message)
+        return {}
+
     def op_add_instance(self, message: Dict[str, Any]) -> Dict[str, Any]:
         model = self._models[message["key"]]
         model.add_instance()
