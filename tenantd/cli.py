@@ -239,9 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Prints 'tenantd ready endpoint=... device=...' on stdout when serving (with http=URL and "
             "grpc=URL when those front doors are on); stops cleanly on "
             "SIGINT/SIGTERM after answering accepted requests. The device's runtime runs in a worker "
-            "process the daemon supervises (policy: isolation = \"process\", the default; a crashed or "
+            'process the daemon supervises (policy: isolation = "process", the default; a crashed or '
             "hung worker is restarted and its models reloaded; worker_python picks its interpreter), "
-            "or in the daemon itself with isolation = \"inline\".",
+            'or in the daemon itself with isolation = "inline".',
             79,
         ),
         epilog=SERVE_EXIT_STATUS,
