@@ -3,8 +3,11 @@
 With ``isolation = "process"`` the device's runtime lives in a worker process
 (:mod:`tenantd.workermain`, under ``worker_python``) and the executor's runtimes are
 :class:`WorkerRuntime` proxies: a load, a new instance, an unload or an inference is a frame to the
-worker (:mod:`tenantd.workerwire`), its tensors in shared memory. A vendor abort, a segfault, an
-out-of-memory kill or an endless call then ends the worker, never the daemon.
+worker (:mod:`tenantd.workerwire`), its tensors in shared memory. Each calling thread (a slot, a
+loader) has its own connection and its own arenas, so a call is one frame out and one back, with
+no thread hand-off on either side (the hop's cost is what experiments/worker_overhead.py measures).
+A vendor abort, a segfault, an out-of-memory kill or an endless call then ends the worker, never
+the daemon; a watcher thread per worker waits for its exit and answers for it.
 
 Supervision (:class:`WorkerHost`): every call waits at most ``watchdog_s``; a call past it gets the
 worker killed. When the worker dies, every call in flight fails with :class:`WorkerCrashed`
