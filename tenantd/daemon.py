@@ -138,6 +138,8 @@ class Daemon:
         self.metrics_server = None if metrics_listen is None else MetricsServer(self.metrics, *metrics_listen)
         worker = None
         if policy.effective_isolation(device_kind(config.device)) == "process":
+            if policy.worker_python and not os.access(policy.worker_python, os.X_OK):
+                raise ConfigError(f"worker_python {policy.worker_python!r} is not an executable file")
             worker = WorkerHost(
                 config.device,
                 policy.worker_python,

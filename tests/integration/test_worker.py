@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,8 +25,8 @@ import pytest
 
 from tenantclient import TenantClient
 from tenantclient import errors as E
-from tenantd.config import Policy
-from tenantd.daemon import Daemon
+from tenantd.config import ConfigError, Policy
+from tenantd.daemon import Daemon, ServeConfig
 from tests.conftest import ModelFiles, direct_litert
 from tests.support.daemon import daemon_in_thread
 from tests.support.faulty_runtime import faulty_model
@@ -94,6 +95,20 @@ def test_serving_through_the_worker_equals_direct_invocation(
     worker = psutil.Process(int(str(status["worker_pid"])))
     assert worker.ppid() == os.getpid() and worker.pid != os.getpid()
     assert status["worker_crashes"] == 0
+
+
+def test_worker_python_names_the_interpreter(tmp_path: Path, endpoint: str, model_files: ModelFiles) -> None:
+    with pytest.raises(ConfigError, match="worker_python '/no/such/python3' is not an executable"):
+        Daemon(ServeConfig("cpu", endpoint, tmp_path / "bad", Policy(worker_python="/no/such/python3")))
+    python = sys.executable  # a venv's: its realpath would be the bare interpreter, without numpy
+    with daemon_in_thread(tmp_path / "state", endpoint, Policy(worker_python=python)) as daemon:
+        with TenantClient(endpoint, tenant="alice") as alice:
+            alice.submit_model(model_files.mlp, "m")
+            x = np.ones((1, 32), np.float32)
+            assert np.array_equal(alice.infer("m", x)["probs"], direct_litert(model_files.mlp, x)["probs"])
+        status = worker_status(daemon)
+        assert status["worker_python"] == python
+        assert psutil.Process(int(str(status["worker_pid"]))).exe() == os.path.realpath(python)
 
 
 def _submit_faulty(client: TenantClient, tmp_path: Path, name: str, fault: str, **extra: object) -> None:
