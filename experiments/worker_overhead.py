@@ -16,6 +16,7 @@ input is 150,528 bytes, the issue's "150 KiB"; ``--quick`` the narrower one). Ph
   ``"process"`` (``instances = 1``), the synchronous client at c=1 and the asyncio client at c=2.
   Process minus inline is what the worker adds to a served request.
 
+Before measuring, each path's output must equal direct invocation's exactly, or the run fails.
 The issue's targets: the worker adds at most 0.1 ms p50 for the 150 KiB input, and the daemon with
 its worker keeps at least 0.95 of direct throughput with two requests in flight. The summary states
 both from this run; on a loaded machine the figures move, so the report records the load average.
@@ -38,6 +39,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from experiments import harness
 from experiments.overhead import (
@@ -62,12 +65,19 @@ TARGET_THROUGHPUT_RATIO = 0.95
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "worker_overhead"
 
 
-def measure_hop(model_path: Path, x: Tensor, in_flight: int, warmup_s: float, duration_s: float) -> Window:
+def check_equal(got: Tensor, expected: Tensor, where: str) -> None:
+    if not np.array_equal(got, expected):
+        raise harness.ExperimentError(f"{where}: the output differs from direct invocation's")
+
+
+def measure_hop(
+    model_path: Path, x: Tensor, expected: Tensor, in_flight: int, warmup_s: float, duration_s: float
+) -> Window:
     """Closed loops of ``infer`` on a model in a worker started here, ``in_flight`` threads."""
     host = WorkerHost("cpu")
     try:
         model = WorkerRuntime(host, "litert", "cpu", num_threads=1, slots=in_flight).load(model_path)
-        model.infer([x])
+        check_equal(model.infer([x])[0], expected, "worker hop")
         records: list[Record] = []
         lock = threading.Lock()
         begin = time.perf_counter() + warmup_s
@@ -91,12 +101,15 @@ def measure_hop(model_path: Path, x: Tensor, in_flight: int, warmup_s: float, du
         host.close()
 
 
-def measure_daemon(isolation: str, workdir: Path, model_path: Path, x: Tensor, settings: Settings) -> list[PhaseResult]:
+def measure_daemon(
+    isolation: str, workdir: Path, model_path: Path, x: Tensor, expected: Tensor, settings: Settings
+) -> list[PhaseResult]:
     policy = f'instances = 1\nthreads_per_model = 1\nisolation = "{isolation}"\n'
     warmup, duration = settings.warmup_s, settings.duration_s
     with harness.daemon_process(workdir / isolation, policy) as endpoint:
         with TenantClient(endpoint, tenant=TENANT) as client:
-            client.submit_model(model_path, MODEL_NAME)
+            info = client.submit_model(model_path, MODEL_NAME)
+            check_equal(client.infer(MODEL_NAME, x)[info.outputs[0].name], expected, f"daemon {isolation}")
             isolation_now = client.status()["residency"]["isolation"]
             if isolation_now != isolation:
                 raise harness.ExperimentError(f"the daemon runs {isolation_now!r}, not {isolation!r}")
@@ -122,6 +135,7 @@ def run(settings: Settings) -> str:
         model_path = workdir / "model.tflite"
         model_path.write_bytes(settings.build_model())
         direct = Direct(model_path, 1)
+        expected = direct.infer(x).copy()
         warmup, duration = settings.warmup_s, settings.duration_s
         _progress("direct (before)")
         before = direct.measure(x, warmup, duration)
@@ -129,9 +143,9 @@ def run(settings: Settings) -> str:
         for in_flight in (1, 2):
             _progress(f"worker hop, {in_flight} in flight")
             hop.append(summarise("worker hop (no daemon)", "WorkerModel.infer", in_flight,
-                                 [measure_hop(model_path, x, in_flight, warmup, duration)]))  # fmt: skip
-        daemon = measure_daemon("inline", workdir, model_path, x, settings)
-        daemon += measure_daemon("process", workdir, model_path, x, settings)
+                                 [measure_hop(model_path, x, expected, in_flight, warmup, duration)]))  # fmt: skip
+        daemon = measure_daemon("inline", workdir, model_path, x, expected, settings)
+        daemon += measure_daemon("process", workdir, model_path, x, expected, settings)
         _progress("direct (after)")
         after = direct.measure(x, warmup, duration)
     baseline = summarise("direct (baseline)", "Interpreter", 1, [before, after])
@@ -176,6 +190,7 @@ def run(settings: Settings) -> str:
     settings.out.mkdir(parents=True, exist_ok=True)
     (settings.out / "worker_overhead.md").write_text(text)
     report: dict[str, Any] = {"rows": [asdict(r) for r in rows], "summary": summary, "argv": settings.argv}
+    report["outputs_equal"] = True  # checked before each phase (check_equal)
     report["machine"] = harness.machine_info()
     (settings.out / "worker_overhead.json").write_text(json.dumps(report, indent=2, default=str))
     return text
