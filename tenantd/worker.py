@@ -23,6 +23,7 @@ the counts are in ``status``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -269,11 +270,17 @@ class WorkerHost:
         return sock
 
     def _call(
-        self, message: dict[str, Any], path: str | None, starting: int | None = None, timeout: float | None = None
+        self,
+        message: dict[str, Any],
+        path: str | None,
+        starting: int | None = None,
+        timeout: float | None = None,
+        wait: bool = True,
     ) -> dict[str, Any]:
         """Send one frame on this thread's connection and wait for the reply. ``starting``: the
-        generation being brought up (its reloads go before anyone else's calls). Raises
-        RuntimeFailure and its kinds."""
+        generation being brought up (its reloads go before anyone else's calls). ``wait=False``:
+        fail at once instead of waiting for a worker that is (re)starting. Raises RuntimeFailure
+        and its kinds."""
         timeout = timeout or self.watchdog_s
         deadline = time.monotonic() + timeout
         ident = threading.get_ident()
@@ -281,7 +288,7 @@ class WorkerHost:
             self._ensure_started()
             while starting is None and self._state != "running":
                 left = deadline - time.monotonic()
-                if self._state == "closed" or left <= 0:
+                if self._state == "closed" or left <= 0 or not wait:
                     raise WorkerCrashed(f"the device worker of {self.device} is {self._state}, not running")
                 self._changed.wait(left)
             if path is not None and path in self.quarantined:
@@ -348,13 +355,17 @@ class WorkerHost:
         return model.instances
 
     def unload(self, key: str) -> None:
+        """Unload the model (not reloaded after a restart from now on). Never waits for a worker
+        that is restarting (it may be called on the event loop): a dead worker holds nothing."""
         model = self._models.pop(key, None)
         if model is not None and self._state == "running":
-            self._call({"op": "unload", "key": key}, None)
+            with contextlib.suppress(WorkerCrashed):
+                self._call({"op": "unload", "key": key}, None, wait=False)
 
     def release(self, runtime: str) -> None:
         if self._state == "running":
-            self._call({"op": "release", "runtime": runtime}, None)
+            with contextlib.suppress(WorkerCrashed):
+                self._call({"op": "release", "runtime": runtime}, None, wait=False)
 
     def call(self, message: dict[str, Any], path: str | None) -> dict[str, Any]:
         """One frame to the worker and its reply (see ``tenantd.workermain``'s ``op_*``)."""
