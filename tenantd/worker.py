@@ -72,6 +72,16 @@ class _Model:
     instances: int = 1
 
 
+def _sweep_arenas() -> None:
+    """Remove the arenas of daemons that are gone (a SIGKILLed daemon cannot remove its own)."""
+    for path in Path(workerwire.shm_dir()).glob("tenantd-*-*-in"):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            for stale in (path, path.with_name(path.name.removesuffix("-in") + "-out")):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+
+
 class WorkerHost:
     """One supervised worker process for one device."""
 
@@ -110,6 +120,7 @@ class WorkerHost:
         self._arenas: list[workerwire.Arena] = []
         self._arena_ids = itertools.count()
         self._wake = threading.Event()  # set at close: a backoff sleep ends at once
+        _sweep_arenas()
 
     # ---------------------------------------------------------------- lifecycle
 
