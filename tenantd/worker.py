@@ -72,16 +72,6 @@ class _Model:
     instances: int = 1
 
 
-def _sweep_arenas() -> None:
-    """Remove the arenas of daemons that are gone (a SIGKILLed daemon cannot remove its own)."""
-    for path in Path(workerwire.shm_dir()).glob("tenantd-*-*-in"):
-        pid = path.name.split("-")[1]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            for stale in (path, path.with_name(path.name.removesuffix("-in") + "-out")):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-
-
 class WorkerHost:
     """One supervised worker process for one device."""
 
@@ -120,7 +110,7 @@ class WorkerHost:
         self._arenas: list[workerwire.Arena] = []
         self._arena_ids = itertools.count()
         self._wake = threading.Event()  # set at close: a backoff sleep ends at once
-        _sweep_arenas()
+        workerwire.sweep()  # the arenas of daemons that are gone (a SIGKILLed one cannot remove its own)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -336,7 +326,7 @@ class WorkerHost:
     def _thread_arenas(self) -> tuple[workerwire.Arena, workerwire.Arena]:
         arenas: tuple[workerwire.Arena, workerwire.Arena] | None = getattr(self._local, "arenas", None)
         if arenas is None:
-            base = os.path.join(workerwire.shm_dir(), f"tenantd-{os.getpid()}-{id(self):x}-{next(self._arena_ids)}")
+            base = workerwire.arena_path(f"{id(self):x}-{next(self._arena_ids)}")
             arenas = (workerwire.Arena(base + "-in", create=True), workerwire.Arena(base + "-out", create=True))
             with self._lock:
                 self._arenas.extend(arenas)

@@ -62,6 +62,28 @@ def shm_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") else os.environ.get("TMPDIR", "/tmp")
 
 
+def arena_path(name: str) -> str:
+    """An arena's file: named after the daemon's pid, so that ``sweep`` knows whose it is."""
+    return os.path.join(shm_dir(), f"tenantd-{os.getpid()}-{name}")
+
+
+def sweep() -> None:
+    """Remove the arenas of daemons that are no longer running."""
+    for name in os.listdir(shm_dir()):
+        parts = name.split("-")
+        if parts[0] != "tenantd" or len(parts) < 3 or not parts[1].isdigit() or parts[-1] not in ("in", "out"):
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(shm_dir(), name))
+            except OSError:
+                pass
+        except OSError:
+            pass  # it exists (another user's): not ours to judge
+
+
 class Arena:
     """A file mapped into memory by both processes, grown on demand (never shrunk). Either side may
     grow it (``reserve``); the other side maps the new size when a frame says so (``attach``)."""
