@@ -71,7 +71,8 @@ class Worker:
             return {"ok": False, "kind": "lost" if lost else "failure", "message": text}
 
     def op_hello(self, message: Dict[str, Any]) -> Dict[str, Any]:
-        return {"pid": os.getpid(), "python": sys.version.split()[0]}
+        models = {key: int(model.instances) for key, model in list(self._models.items())}
+        return {"pid": os.getpid(), "python": sys.version.split()[0], "models": models}
 
     def _runtime(self, message: Dict[str, Any]) -> Any:
         name = message["runtime"]
