@@ -58,8 +58,10 @@ from experiments.overhead import (
     summarise,
 )
 from tenantclient import TenantClient
+from tenantd.runtimes.base import LoadedModel
 from tenantd.worker import WorkerHost, WorkerRuntime
 
+ROUNDS = 5  # direct and the worker hop alternate this many times
 TARGET_ADDED_P50_MS = 0.1
 TARGET_THROUGHPUT_RATIO = 0.95
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "worker_overhead"
@@ -70,33 +72,46 @@ def check_equal(got: Tensor, expected: Tensor, where: str) -> None:
         raise harness.ExperimentError(f"{where}: the output differs from direct invocation's")
 
 
-def measure_hop(
-    model_path: Path, x: Tensor, expected: Tensor, in_flight: int, warmup_s: float, duration_s: float
-) -> Window:
+def measure_hop(model: LoadedModel, x: Tensor, in_flight: int, warmup_s: float, duration_s: float) -> Window:
     """Closed loops of ``infer`` on a model in a worker started here, ``in_flight`` threads."""
+    records: list[Record] = []
+    lock = threading.Lock()
+    begin = time.perf_counter() + warmup_s
+    end = begin + duration_s
+
+    def loop() -> None:
+        mine = []
+        while (start := time.perf_counter()) < end:
+            model.infer([x])
+            mine.append(Record(start, time.perf_counter()))
+        with lock:
+            records.extend(mine)
+
+    threads = [threading.Thread(target=loop) for _ in range(in_flight)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return Window(records, begin, end)
+
+
+def hop_rounds(
+    model_path: Path, x: Tensor, expected: Tensor, direct: Direct, settings: Settings
+) -> tuple[list[Window], list[Window], Window]:
+    """Direct and the worker hop (one in flight) in ``ROUNDS`` alternating windows, so that the
+    machine's drift falls on both alike; then the hop with two in flight."""
     host = WorkerHost("cpu")
     try:
-        model = WorkerRuntime(host, "litert", "cpu", num_threads=1, slots=in_flight).load(model_path)
+        model = WorkerRuntime(host, "litert", "cpu", num_threads=1, slots=2).load(model_path)
         check_equal(model.infer([x])[0], expected, "worker hop")
-        records: list[Record] = []
-        lock = threading.Lock()
-        begin = time.perf_counter() + warmup_s
-        end = begin + duration_s
-
-        def loop() -> None:
-            mine = []
-            while (start := time.perf_counter()) < end:
-                model.infer([x])
-                mine.append(Record(start, time.perf_counter()))
-            with lock:
-                records.extend(mine)
-
-        threads = [threading.Thread(target=loop) for _ in range(in_flight)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return Window(records, begin, end)
+        directs, hops = [], []
+        share = settings.duration_s / ROUNDS
+        for r in range(ROUNDS):
+            _progress(f"direct and worker hop, round {r + 1}/{ROUNDS}")
+            directs.append(direct.measure(x, settings.warmup_s if r == 0 else 0.0, share))
+            hops.append(measure_hop(model, x, 1, settings.warmup_s if r == 0 else 0.05, share))
+        _progress("worker hop, 2 in flight")
+        return directs, hops, measure_hop(model, x, 2, settings.warmup_s, settings.duration_s)
     finally:
         host.close()
 
@@ -137,19 +152,21 @@ def run(settings: Settings) -> str:
         direct = Direct(model_path, 1)
         expected = direct.infer(x).copy()
         warmup, duration = settings.warmup_s, settings.duration_s
-        _progress("direct (before)")
-        before = direct.measure(x, warmup, duration)
-        hop = []
-        for in_flight in (1, 2):
-            _progress(f"worker hop, {in_flight} in flight")
-            hop.append(summarise("worker hop (no daemon)", "WorkerModel.infer", in_flight,
-                                 [measure_hop(model_path, x, expected, in_flight, warmup, duration)]))  # fmt: skip
+        directs, hops, two = hop_rounds(model_path, x, expected, direct, settings)
+        before = directs[0]
+        hop = [summarise("worker hop (no daemon)", "WorkerModel.infer", 1, hops),
+               summarise("worker hop (no daemon)", "WorkerModel.infer", 2, [two])]  # fmt: skip
         daemon = measure_daemon("inline", workdir, model_path, x, expected, settings)
         daemon += measure_daemon("process", workdir, model_path, x, expected, settings)
         _progress("direct (after)")
         after = direct.measure(x, warmup, duration)
-    baseline = summarise("direct (baseline)", "Interpreter", 1, [before, after])
-    drift = (len(after.completed()) - len(before.completed())) / max(1, len(before.completed()))
+    baseline = summarise("direct (baseline)", "Interpreter", 1, [*directs, after])
+    interleaved = summarise("direct (rounds)", "Interpreter", 1, directs)
+
+    def rate(w: Window) -> float:
+        return len(w.completed()) / (w.end - w.begin)
+
+    drift = (rate(after) - rate(before)) / max(1e-9, rate(before))
     rows = [baseline, *hop, *daemon]
     for row in rows[1:]:
         row.throughput_ratio = row.throughput_per_s / baseline.throughput_per_s
@@ -161,8 +178,10 @@ def run(settings: Settings) -> str:
     def verdict(ok: bool) -> str:
         return "MET" if ok else "MISSED"
 
+    hop_added = hop[0].p50_ms - interleaved.p50_ms
     summary = [
-        f"worker hop alone (in-process supervisor, no daemon), added p50 vs direct: {hop[0].added_p50_ms:+.3f} ms",
+        f"worker hop alone (in-process supervisor, no daemon), added p50 vs direct in the same "
+        f"{ROUNDS} alternating rounds: {hop_added:+.3f} ms",
         f"the worker's cost in the daemon (process - inline, sync c=1 p50): {worker_added:+.3f} ms "
         f"(target <= {TARGET_ADDED_P50_MS} ms) -> {verdict(worker_added <= TARGET_ADDED_P50_MS)}",
         f"daemon with worker, 2 in flight: {process_two.throughput_ratio:.3f} x direct throughput "
