@@ -9,16 +9,14 @@ no thread hand-off on either side (the hop's cost is what experiments/worker_ove
 A vendor abort, a segfault, an out-of-memory kill or an endless call then ends the worker, never
 the daemon; a watcher thread per worker waits for its exit and answers for it.
 
-Supervision (:class:`WorkerHost`): every call waits at most ``watchdog_s``; a call past it gets the
-worker killed. When the worker dies, every call in flight fails with :class:`WorkerCrashed`
-(DEVICE_UNAVAILABLE to its tenant; none is retried, since the request may be the one that crashed
-it), each model that had a call in flight (or was loading) takes a strike, and a new worker is
-started after a backoff (doubling from ``RESTART_FIRST_S`` to ``RESTART_MAX_S`` while starts keep
-failing) and given every model it had, with its instances, before calls go to it again; calls made
-meanwhile wait for it (up to the watchdog). A model file with ``STRIKES`` strikes is quarantined
-until the daemon restarts: it is not loaded again and its calls fail with :class:`ModelQuarantined`,
-which names it. ``worker.crashed``, ``worker.restarted`` and ``worker.quarantined`` are logged and
-the counts are in ``status``.
+Supervision (:class:`WorkerHost`): a call past ``watchdog_s`` gets the worker killed. When the
+worker dies, every call on it fails with :class:`WorkerCrashed` (DEVICE_UNAVAILABLE, not retried:
+the request may be the one that crashed it), each model file with a call on it (or loading) takes
+a strike, and a new worker is started after a backoff (``RESTART_FIRST_S`` doubling to
+``RESTART_MAX_S`` while starts fail or workers die within ``STABLE_S``) and given every model with
+its instances before calls go to it; calls made meanwhile wait (up to the watchdog). A file with
+``STRIKES`` strikes is quarantined until the daemon restarts (:class:`ModelQuarantined` names it).
+Events ``worker.crashed``/``restarted``/``quarantined``; counts in ``status``.
 """
 
 from __future__ import annotations
@@ -58,6 +56,7 @@ log = logging.getLogger("tenantd")
 STRIKES = 2  # crashes with a model's call in flight before that model is quarantined
 RESTART_FIRST_S = 0.2
 RESTART_MAX_S = 30.0
+STABLE_S = 30.0  # a worker that ran this long before dying is restarted after RESTART_FIRST_S again
 START_TIMEOUT_S = 60.0  # a new worker's first frame (its interpreter and numpy imported)
 Emit = Callable[..., object]
 
@@ -110,6 +109,8 @@ class WorkerHost:
         self._arenas: list[workerwire.Arena] = []
         self._arena_ids = itertools.count()
         self._wake = threading.Event()  # set at close: a backoff sleep ends at once
+        self._up_since = 0.0  # when the current worker came up
+        self._backoff = RESTART_FIRST_S
         workerwire.sweep()  # the arenas of daemons that are gone (a SIGKILLed one cannot remove its own)
 
     # ---------------------------------------------------------------- lifecycle
@@ -177,6 +178,7 @@ class WorkerHost:
                 if self._gen != gen or self._state == "closed":
                     continue
                 self._state = "running"
+                self._up_since = time.monotonic()
                 self._changed.notify_all()
             log.info("device %s: worker pid %d (Python %s) running", self.device, proc.pid, hello.get("python"))
             if restart:
@@ -243,8 +245,11 @@ class WorkerHost:
                 self._emit(Event.WORKER_QUARANTINED, device=self.device, file=Path(path).name, reason=why)
         self._deaths[gen].set()  # the calls that were on it may answer now
         if was_running:
+            # A worker that keeps dying soon after it came up waits longer each time.
+            soon = time.monotonic() - self._up_since < STABLE_S
+            self._backoff = min(self._backoff * 2, RESTART_MAX_S) if soon else RESTART_FIRST_S
             threading.Thread(
-                target=self._bring_up, args=(RESTART_FIRST_S, True), name="worker-restart", daemon=True
+                target=self._bring_up, args=(self._backoff, True), name="worker-restart", daemon=True
             ).start()
 
     def _kill(self, gen: int, why: str) -> None:
@@ -390,16 +395,10 @@ class WorkerHost:
         return None if self._proc is None else self._proc.pid
 
     def status(self) -> dict[str, Any]:
-        return {
-            "isolation": "process",
-            "worker_state": self._state,
-            "worker_pid": self.pid,
-            "worker_python": self.python,
-            "worker_crashes": self.crashes,
-            "worker_restarts": self.restarts,
-            "worker_last_crash": self.last_crash,
-            "quarantined": sorted(Path(p).name for p in self.quarantined),
-        }
+        quarantined = sorted(Path(p).name for p in self.quarantined)
+        return {"isolation": "process", "worker_state": self._state, "worker_pid": self.pid,
+                "worker_python": self.python, "worker_crashes": self.crashes, "worker_restarts": self.restarts,
+                "worker_last_crash": self.last_crash, "quarantined": quarantined}  # fmt: skip
 
     def close(self) -> None:
         with self._lock:
