@@ -355,7 +355,9 @@ class WorkerHost:
         return reply
 
     def add_instance(self, key: str) -> int:
-        model = self._models[key]
+        model = self._models.get(key)
+        if model is None:  # unloaded (removed, replaced) while the growth was on its way
+            raise RuntimeFailure(f"model {key} is no longer loaded")
         reply = self._call({"op": "add_instance", "key": key}, model.path)
         model.instances = int(reply["instances"])
         return model.instances
