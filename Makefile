@@ -15,7 +15,7 @@ help:
 	@echo "               concurrency-scaling run (ncs2, jetson-nano, edgetpu on calibrated device twins) with its summary table"
 	@echo "make test      run the test suite (unit, integration, end to end)"
 	@echo "make test-all  also the slow checks (-m slow)"
-	@echo "make bench     daemon vs direct LiteRT overhead benchmark (prints a table)"
+	@echo "make bench     daemon vs direct LiteRT overhead benchmark, then worker vs inline vs direct (prints tables)"
 	@echo "make bench-runtimes  one network via LiteRT, OpenVINO, ONNX Runtime: direct vs daemon"
 	@echo "make bench-throughput  direct vs tenantd (vs PyTriton, Ray Serve) at 1/4/16 clients (BENCH_ARGS='--quick --peers-python P')"
 	@echo "make models    build the model zoo into .cache/models, ~4 min (MODELS_ARGS='NAMES --formats F' for part)"
@@ -43,6 +43,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m experiments.overhead
+	$(PY) -m experiments.worker_overhead
 
 bench-runtimes: $(STAMP)
 	$(PY) -m experiments.runtimes_bench

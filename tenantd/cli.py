@@ -238,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Own one device and serve tenants' models over a ZeroMQ ROUTER socket. "
             "Prints 'tenantd ready endpoint=... device=...' on stdout when serving (with http=URL and "
             "grpc=URL when those front doors are on); stops cleanly on "
-            "SIGINT/SIGTERM after answering accepted requests.",
+            "SIGINT/SIGTERM after answering accepted requests. The device's runtime runs in a worker "
+            'process the daemon supervises (policy: isolation = "process", the default; a crashed or '
+            "hung worker is restarted and its models reloaded; worker_python picks its interpreter), "
+            'or in the daemon itself with isolation = "inline".',
             79,
         ),
         epilog=SERVE_EXIT_STATUS,

@@ -161,6 +161,23 @@ class Policy(BaseModel):
     tls_key_file: str | None = None
     """PEM private key of ``tls_cert_file``. Both set: the KServe front doors speak only TLS."""
 
+    isolation: Literal["inline", "process"] | None = None
+    """Where the device's runtime runs: ``process``, a worker process the daemon supervises (a
+    vendor abort, segfault or hang ends the worker, never the daemon; the worker is restarted and
+    its models reloaded), or ``inline``, in the daemon. Default: ``process`` for EdgeTPU, NCS2 and
+    CUDA devices; for the CPU see ``CPU_ISOLATION``."""
+
+    worker_python: str | None = None
+    """The interpreter of the device's worker (Python >= 3.6 with numpy and the vendor runtime, e.g.
+    JetPack 4.6's /usr/bin/python3). Default: the daemon's own."""
+
+    worker_watchdog_s: Annotated[float, Field(gt=0)] = 60.0
+    """A call to the worker (a load, an inference) taking longer is taken for a hang: the worker is
+    killed and restarted, and that call answered DEVICE_UNAVAILABLE."""
+
+    worker_memory_limit_bytes: Annotated[int | None, Field(gt=0)] = None
+    """Address-space limit of the worker (RLIMIT_AS): a runaway model fails there, not the host."""
+
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     """Per-tenant weight and quotas, by tenant name."""
 
@@ -187,10 +204,19 @@ class Policy(BaseModel):
             return 1  # a swapping device runs one model at a time
         return self.slots or usable_cores()
 
+    def effective_isolation(self, device_kind: str) -> str:
+        if self.isolation is not None:
+            return self.isolation
+        return CPU_ISOLATION if device_kind == "cpu" else "process"
+
     def effective_threads(self) -> int:
         if self.threads_per_model:
             return self.threads_per_model
         return max(1, usable_cores() // self.effective_slots())
+
+
+# The CPU's default isolation, chosen from experiments/overhead.py's worker rows (see the README).
+CPU_ISOLATION = "process"
 
 
 def usable_cores() -> int:
@@ -222,6 +248,9 @@ RESTART_ONLY = (
     "grpc_listen",
     "tls_cert_file",
     "tls_key_file",
+    "isolation",
+    "worker_python",
+    "worker_memory_limit_bytes",
 )
 
 

@@ -43,9 +43,11 @@ from tenantd.operations import DaemonInfo, Operations
 from tenantd.pipelines import Pipelines, close_quietly
 from tenantd.policysource import PolicySource
 from tenantd.residency import Residency
+from tenantd.runtimes import device_kind
 from tenantd.store import Store
 from tenantd.submission import Submission
 from tenantd.tokens import TokenRing
+from tenantd.worker import WorkerHost
 from tenantwire.errors import TenantdError
 
 log = logging.getLogger("tenantd")
@@ -137,7 +139,18 @@ class Daemon:
         self.metrics = Metrics(self.catalog, self.policy)
         self.metrics_server = None if metrics_listen is None else MetricsServer(self.metrics, *metrics_listen)
         twin = device_twin(config.timing, profile.name)  # its timing and its memory model (admission)
-        self.executor = Executor(config.device, slots, threads, twin)
+        worker = None
+        if policy.effective_isolation(device_kind(config.device)) == "process":
+            if policy.worker_python and not os.access(policy.worker_python, os.X_OK):
+                raise ConfigError(f"worker_python {policy.worker_python!r} is not an executable file")
+            worker = WorkerHost(
+                config.device,
+                policy.worker_python,
+                policy.worker_watchdog_s,
+                policy.worker_memory_limit_bytes,
+                emit=self.events.emit,
+            )
+        self.executor = Executor(config.device, slots, threads, twin, worker)
         memory = Admission(profile, capacity_bytes=policy.capacity_bytes, reserve_bytes=policy.reserve_bytes, twin=twin)
         self.admission = AdmissionControl(memory, self.catalog, self.events, self.policy, self.device_context)
         self.residency = Residency(self.executor, memory, profile, swap, self.events, self.policy)

@@ -125,3 +125,12 @@ class DeviceMemoryFull(RuntimeFailure):
     def __init__(self, message: str, networks_loaded: int) -> None:
         super().__init__(message)
         self.networks_loaded = networks_loaded
+
+
+class WorkerCrashed(RuntimeFailure):
+    """The device's worker process died (or was killed by its watchdog) while this call was on it.
+    The request gets DEVICE_UNAVAILABLE; the worker is restarted (:mod:`tenantd.worker`)."""
+
+
+class ModelQuarantined(RuntimeFailure):
+    """The model crashed the device's worker too often; it is neither loaded nor run again."""

@@ -55,6 +55,9 @@ class Event(StrEnum):
     DEVICE_LOST = "device.lost"
     DEVICE_RETRY_FAILED = "device.retry_failed"
     DEVICE_RECOVERED = "device.recovered"
+    WORKER_CRASHED = "worker.crashed"
+    WORKER_RESTARTED = "worker.restarted"
+    WORKER_QUARANTINED = "worker.quarantined"
     PIPELINE_SET = "pipeline.set"
     PIPELINE_REMOVED = "pipeline.removed"
     PIPELINE_NOT_RESTORED = "pipeline.not_restored"
@@ -87,6 +90,9 @@ EVENT_TABLE: dict[Event, str] = {
     Event.DEVICE_LOST: "The runtime reported the device gone; inference fails fast while it is retried.",
     Event.DEVICE_RETRY_FAILED: "One retry of a lost device failed; the wait before the next one doubles.",
     Event.DEVICE_RECOVERED: "The lost device is back and its models are reloaded: down_s, attempts.",
+    Event.WORKER_CRASHED: "The device worker died: reason (signal or watchdog), calls in flight, suspect model files.",
+    Event.WORKER_RESTARTED: "A new device worker runs and has every model again: down_s, attempts, reloaded.",
+    Event.WORKER_QUARANTINED: "A model file crashed the device worker twice; it is not loaded or run again.",
     Event.PIPELINE_SET: "A tenant defined or redefined a pipeline.",
     Event.PIPELINE_REMOVED: "A pipeline was removed.",
     Event.PIPELINE_NOT_RESTORED: "A stored pipeline could not be read back at start-up.",
@@ -115,6 +121,9 @@ AUDIT: frozenset[str] = frozenset(
         Event.KEYS_RELOADED,
         Event.DEVICE_LOST,
         Event.DEVICE_RECOVERED,
+        Event.WORKER_CRASHED,
+        Event.WORKER_RESTARTED,
+        Event.WORKER_QUARANTINED,
         Event.PIPELINE_SET,
         Event.PIPELINE_REMOVED,
         Event.PIPELINE_NOT_RESTORED,

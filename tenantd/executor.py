@@ -44,6 +44,7 @@ import numpy as np
 from tenantd.devices.twin import DeviceTwin, TwinModel
 from tenantd.memory import rss_bytes
 from tenantd.runtimes import DeviceLost, LoadedModel, Runtime, RuntimeFailure, get_runtime_class
+from tenantd.worker import WorkerHost, WorkerRuntime
 
 WARM_WINDOW = 64
 log = logging.getLogger(__name__)
@@ -135,8 +136,17 @@ class RunResult:
 
 
 class Executor:
-    def __init__(self, device: str, slots: int, threads_per_model: int, twin: DeviceTwin | None = None) -> None:
+    def __init__(
+        self,
+        device: str,
+        slots: int,
+        threads_per_model: int,
+        twin: DeviceTwin | None = None,
+        worker: WorkerHost | None = None,
+    ) -> None:
         self.device = device
+        # Process isolation: where the runtimes run (tenantd.worker); None: here, inline.
+        self.worker = worker
         self.twin = twin
         self.twin_cpu_slower = 0  # runs on which this host took longer than the modelled device
         self._twin_device = threading.Lock()
@@ -176,15 +186,33 @@ class Executor:
             raise RuntimeFailure(f"model {resident.name!r} is not loaded")
         loop = asyncio.get_running_loop()
         async with self.measure_lock:
-            before = rss_bytes()
+            before = await self.rss()
             await loop.run_in_executor(None, model.add_instance)
-            return max(0, rss_bytes() - before)
+            return max(0, await self.rss() - before)
+
+    async def rss(self, runtime: str | None = None) -> int:
+        """Resident memory of the process the models live in: the worker's, or this one's inline.
+        The worker is started first, off the loop, and has ``runtime``'s library imported, so that
+        neither its interpreter nor the library (charged apart, as the probe measured it) is
+        charged to the model whose load is measured from here."""
+        if self.worker is None:
+            return rss_bytes()
+        loop = asyncio.get_running_loop()
+        if runtime is not None:
+            rt = self.runtime(runtime)
+            assert isinstance(rt, WorkerRuntime)
+            await loop.run_in_executor(None, rt.prepare)
+        return await loop.run_in_executor(None, self.worker.rss)
 
     def runtime(self, name: str) -> Runtime:
         if name not in self._runtimes:
-            self._runtimes[name] = get_runtime_class(name)(
-                device=self.device, num_threads=self.threads_per_model, slots=len(self._last_on_slot)
-            )
+            slots = len(self._last_on_slot)
+            if self.worker is not None:
+                self._runtimes[name] = WorkerRuntime(self.worker, name, self.device, self.threads_per_model, slots)
+            else:
+                self._runtimes[name] = get_runtime_class(name)(
+                    device=self.device, num_threads=self.threads_per_model, slots=slots
+                )
         return self._runtimes[name]
 
     async def load(self, name: str, runtime: str, path: Path) -> tuple[Resident, float]:
@@ -374,10 +402,17 @@ class Executor:
         link = f" {self.twin.link}" if self.twin.link else ""
         return {"timing": f"twin {self.twin.profile.name}{link}", "twin_cpu_slower": self.twin_cpu_slower}
 
+    def worker_status(self) -> dict[str, object]:
+        return {"isolation": "inline"} if self.worker is None else self.worker.status()
+
     def close(self) -> None:
-        for name in list(self.resident):
-            resident = self.evict(name)
-            if resident is not None:
-                self.unload(resident)
-        for runtime in self._runtimes.values():
-            runtime.release()
+        try:
+            for name in list(self.resident):
+                resident = self.evict(name)
+                if resident is not None:
+                    self.unload(resident)
+            for runtime in self._runtimes.values():
+                runtime.release()
+        finally:
+            if self.worker is not None:
+                self.worker.close()

@@ -28,7 +28,7 @@ import numpy as np
 from tenantd.catalog import Catalog
 from tenantd.config import Policy
 from tenantd.devicehealth import DeviceHealth
-from tenantd.errors import DeviceUnavailable, InputMismatch, ModelFailed, UnknownModel
+from tenantd.errors import DeviceUnavailable, InputMismatch, ModelFailed, UnknownModel, WorkerCrashed
 from tenantd.executor import Resident, RunResult
 from tenantd.lifecycle import Lifecycle
 from tenantd.metrics import Metrics
@@ -229,6 +229,9 @@ class InferenceCore:
             result = self._executor.run(work.resident, work.inputs, slot)
         except DeviceLost as exc:
             loop.call_soon_threadsafe(self._device_lost, job, str(exc))
+            return
+        except WorkerCrashed as exc:  # not retried: this request may be what crashed the worker
+            loop.call_soon_threadsafe(self._drop, job, DeviceUnavailable.CODE, f"model {job.model!r}: {exc}")
             return
         except RuntimeFailure as exc:
             loop.call_soon_threadsafe(self._drop, job, ModelFailed.CODE, f"model {job.model!r}: {exc}")

@@ -15,6 +15,7 @@ def host_memory() -> tuple[int, int]:
     return int(vm.total), int(vm.available)
 
 
-def rss_bytes() -> int:
-    """Resident memory of this process: what the probe and the daemon measure footprints with."""
-    return int(psutil.Process().memory_info().rss)
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident memory of this process (or of process ``pid``: a device worker): what the probe and
+    the daemon measure footprints with."""
+    return int(psutil.Process(pid).memory_info().rss)

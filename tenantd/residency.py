@@ -344,4 +344,5 @@ class Residency:
                 round(ex.switch_overhead_ms / ex.switches_measured, 4) if ex.switches_measured else None
             ),
             **ex.timing_status(),
+            **ex.worker_status(),
         }

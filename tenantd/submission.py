@@ -39,7 +39,7 @@ from tenantd.errors import (
 from tenantd.events import Event, EventLog
 from tenantd.executor import Executor, Resident
 from tenantd.lifecycle import Lifecycle
-from tenantd.memory import host_memory, rss_bytes
+from tenantd.memory import host_memory
 from tenantd.probe import ProbeResult
 from tenantd.probehost import ProbeHost
 from tenantd.residency import Residency, seed_warm
@@ -297,9 +297,9 @@ class Submission:
                 # Loaded by the first request that needs it (a measured reload), not here.
                 return self._residency.swappable(name, runtime, path, probe.footprint_bytes, probe.details), 0.0
             async with self._executor.measure_lock:  # one at a time, so the growth measured is this load's
-                rss_before = rss_bytes()
+                rss_before = await self._executor.rss(runtime)
                 resident, load_ms = await self._executor.load(name, runtime, path)
-                self._admission.memory.loaded(name, rss_bytes() - rss_before, runtime)
+                self._admission.memory.loaded(name, await self._executor.rss() - rss_before, runtime)
                 seed_warm(resident, probe.details)
                 return resident, load_ms
         except DeviceMemoryFull as exc:  # this model does not fit beside the loaded ones: refused, device fine

@@ -36,6 +36,7 @@ __all__ = [
     "register",
     "runtime_for_file",
     "runtime_installed",
+    "runtime_target",
 ]
 
 
@@ -156,6 +157,11 @@ def runtime_installed(name: str) -> bool:
 def install_hint(name: str) -> str:
     """What to install for runtime ``name``."""
     return _entry(name).package
+
+
+def runtime_target(name: str) -> str:
+    """Where runtime ``name`` is implemented ("module:Class"), for a device worker to import."""
+    return _entry(name).target
 
 
 def get_runtime_class(name: str) -> type[Runtime]:

@@ -61,6 +61,26 @@ def test_overhead_quick_writes_verified_results(tmp_path: Path) -> None:
     assert (tmp_path / "overhead.md").read_text() == result.stdout
 
 
+def test_worker_overhead_quick_compares_worker_inline_and_direct(tmp_path: Path) -> None:
+    result = run_module("experiments.worker_overhead", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    report = json.loads((tmp_path / "worker_overhead.json").read_text())
+    assert report["outputs_equal"] is True
+    phases = [(r["phase"], r["concurrency"]) for r in report["rows"]]
+    assert phases == [
+        ("direct (baseline)", 1),
+        ("worker hop (no daemon)", 1),
+        ("worker hop (no daemon)", 2),
+        ("daemon inline", 1),
+        ("daemon inline", 2),
+        ("daemon process", 1),
+        ("daemon process", 2),
+    ]
+    assert all(r["n"] > 0 and r["throughput_per_s"] > 0 for r in report["rows"])
+    assert "the worker's cost in the daemon" in result.stdout
+    assert (tmp_path / "worker_overhead.md").read_text() == result.stdout
+
+
 def test_demo_serves_two_tenants_with_equal_answers() -> None:
     result = run_module("experiments.demo", "--requests", "30")
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"

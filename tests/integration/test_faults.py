@@ -123,7 +123,8 @@ def test_oversized_message_is_refused(strict_daemon: Daemon, endpoint: str, mode
 
 def test_models_never_run_concurrently_with_themselves(tmp_path: Path, endpoint: str) -> None:
     """Two slots, one model: the interpreter is not re-entrant, so its requests take turns."""
-    with daemon_in_thread(tmp_path / "state", endpoint, Policy(slots=2)) as daemon:
+    # Inline: the test reads the model object's own count (under a worker it lives there).
+    with daemon_in_thread(tmp_path / "state", endpoint, Policy(slots=2, isolation="inline")) as daemon:
 
         async def run() -> None:
             async with AsyncTenantClient(endpoint, tenant="alice") as alice:

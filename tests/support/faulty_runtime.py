@@ -1,8 +1,11 @@
 """A test double runtime that misbehaves on demand, registered as ``faulty`` via TENANTD_RUNTIMES.
 
 Its "model file" is ``FAULTY`` followed by JSON:
-``{"load": "ok"|"crash"|"abort"|"hang"|"error", "infer": "ok"|"error"|"slow"|"lost", "sleep_ms": N,
-"flag": PATH}`` ("error" fails on negative inputs only, "slow" is slow on non-zero inputs only;
+``{"load": "ok"|"crash"|"abort"|"hang"|"error", "infer": "ok"|"error"|"slow"|"lost"|"abort"|"crash"|"hang"|"hog",
+"sleep_ms": N, "flag": PATH}`` ("error" fails on negative inputs only, "slow" is slow on non-zero inputs only;
+"abort" (``os.abort()``, as libedgetpu's fatal USB errors do), "crash" (a segfault), "hang" (a call
+that never returns) and "hog" (allocates ``hog_bytes``) do so on positive inputs only, so the probe's
+run on zeros passes and the fault hits a device worker;
 "lost" stands for a device that is unplugged while the file at ``flag`` exists: inference and loads
 then raise DeviceLost, as a vendor runtime reports a vanished device). A loaded model
 takes one float32 [1, 4] input "x" and returns "y" = 2x. It exists to prove that the daemon
@@ -53,6 +56,21 @@ def _unplugged(spec: dict[str, object]) -> bool:
     return spec.get("infer") == "lost" and bool(spec.get("flag")) and os.path.exists(str(spec["flag"]))
 
 
+def _infer_fault(spec: dict[str, object]) -> None:
+    """The faults only a device worker may meet: each ends or stalls the process it runs in."""
+    fault = spec["infer"]
+    if fault == "abort":
+        os.abort()
+    if fault == "crash":
+        ctypes.string_at(0)
+    if fault == "hang":
+        while True:
+            time.sleep(1)  # ok: a runtime call that never returns
+    if fault == "hog":
+        hog = np.ones(int(str(spec["hog_bytes"])), np.uint8)  # touched: the memory is really used
+        del hog
+
+
 class FaultyModel(LoadedModel):
     def __init__(self, spec: dict[str, object], held: list[object] | None = None) -> None:
         self.spec = spec
@@ -73,6 +91,8 @@ class FaultyModel(LoadedModel):
             # Fails only on negative input, so the probe's run on zeros passes.
             if self.spec["infer"] == "error" and float(inputs[0].min()) < 0:
                 raise RuntimeFailure("the faulty runtime failed this inference on purpose")
+            if float(inputs[0].max()) > 0:
+                _infer_fault(self.spec)
             if self.spec["infer"] == "slow" and float(np.abs(inputs[0]).max()) > 0:
                 # The slowness under test: a model whose inference takes sleep_ms (on non-zero
                 # input, so the probe's runs on zeros stay quick).
