@@ -40,9 +40,12 @@ class ExperimentError(Exception):
 
 
 @contextmanager
-def daemon_process(workdir: Path, policy_toml: str | None = None, extra: Sequence[str] = ()) -> Iterator[str]:
+def daemon_process(
+    workdir: Path, policy_toml: str | None = None, extra: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Iterator[str]:
     """Start ``tenantd serve`` on an ipc socket under ``workdir``; yield its endpoint once it has
-    printed its ready line; SIGTERM it and wait on the way out. Its log is ``workdir/tenantd.log``."""
+    printed its ready line; SIGTERM it and wait on the way out. Its log is ``workdir/tenantd.log``.
+    ``env`` replaces the environment (e.g. a PYTHONPATH naming another checkout's sources)."""
     workdir.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "tenantd", "serve",
@@ -56,7 +59,9 @@ def daemon_process(workdir: Path, policy_toml: str | None = None, extra: Sequenc
     command += list(extra)
     log_path = workdir / "tenantd.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, cwd=REPO)
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, cwd=REPO, env=env
+        )
     try:
         try:
             endpoint = _wait_ready(proc)
