@@ -41,14 +41,19 @@ class ExperimentError(Exception):
 
 @contextmanager
 def daemon_process(
-    workdir: Path, policy_toml: str | None = None, extra: Sequence[str] = (), env: Mapping[str, str] | None = None
+    workdir: Path,
+    policy_toml: str | None = None,
+    extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    launcher: Path | None = None,
 ) -> Iterator[str]:
     """Start ``tenantd serve`` on an ipc socket under ``workdir``; yield its endpoint once it has
     printed its ready line; SIGTERM it and wait on the way out. Its log is ``workdir/tenantd.log``.
-    ``env`` replaces the environment (e.g. a PYTHONPATH naming another checkout's sources)."""
+    ``env`` replaces the environment (e.g. a PYTHONPATH naming another checkout's sources);
+    ``launcher``, a script run instead of ``-m tenantd`` with the same arguments."""
     workdir.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "tenantd", "serve",
+        sys.executable, *([str(launcher)] if launcher else ["-m", "tenantd"]), "serve",
         "--endpoint", f"ipc://{workdir}/tenantd.sock",
         "--state-dir", str(workdir / "state"),
     ]  # fmt: skip

@@ -69,6 +69,7 @@ class Arm:
         self.latency: list[float] = []
         self.outside: list[float] = []
         self.round_p50: list[float] = []
+        self.round_outside: list[float] = []
 
     def run(self, n: int) -> None:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -80,6 +81,7 @@ class Arm:
         self.latency += latency
         self.outside += [a - b for a, b in zip(latency, total, strict=True)]
         self.round_p50.append(statistics.median(latency))
+        self.round_outside.append(statistics.median(self.outside[-len(latency) :]))
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
                 direct_round.append(statistics.median(times[skip:]))
             print(
                 f"round {round_ + 1}: p50 direct {direct_round[-1]:.3f} | "
-                + " | ".join(f"{a.name} {a.round_p50[-1]:.3f}" for a in arms),
+                + " | ".join(f"{a.name} {a.round_p50[-1]:.3f} (outside {a.round_outside[-1]:.3f})" for a in arms),
                 flush=True,
             )
         d50 = statistics.median(direct_all)
@@ -149,6 +151,14 @@ def main(argv: list[str] | None = None) -> None:
                 f"outside the daemon's total_ms {statistics.median(arm.outside):.3f} ms; "
                 f"median of round p50s {statistics.median(arm.round_p50):.3f}"
             )
+        a, b = arms
+        paired = [y - x for x, y in zip(a.round_p50, b.round_p50, strict=True)]
+        paired_outside = [y - x for x, y in zip(a.round_outside, b.round_outside, strict=True)]
+        print(
+            f"  B - A, paired by round (median over rounds): p50 {statistics.median(paired):+.3f} ms, "
+            f"outside total_ms {statistics.median(paired_outside):+.3f} ms; "
+            f"rounds where B's p50 was lower: {sum(d < 0 for d in paired)} of {len(paired)}"
+        )
 
 
 if __name__ == "__main__":
