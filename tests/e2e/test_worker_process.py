@@ -32,7 +32,9 @@ def _serve_one(endpoint: str, model_files: ModelFiles) -> psutil.Process:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_the_worker_ends_with_the_daemon(tmp_path: Path, model_files: ModelFiles, sig: int) -> None:
-    daemon = start_daemon_process(tmp_path / "state", f"ipc://{tmp_path}/d.sock", log=tmp_path / "log")
+    policy = tmp_path / "policy.toml"
+    policy.write_text('isolation = "process"\n')  # the CPU's default is inline (README, "Device workers")
+    daemon = start_daemon_process(tmp_path / "state", f"ipc://{tmp_path}/d.sock", policy, log=tmp_path / "log")
     try:
         worker = _serve_one(daemon.endpoint, model_files)
         assert worker.ppid() == daemon.proc.pid
@@ -43,5 +45,5 @@ def test_the_worker_ends_with_the_daemon(tmp_path: Path, model_files: ModelFiles
     worker.wait(WAIT_S)  # raises psutil.TimeoutExpired if it outlived the daemon
     if sig == signal.SIGKILL:  # it could not remove its arenas: the next daemon to start does
         assert glob.glob(f"/dev/shm/tenantd-{daemon.proc.pid}-*")
-        start_daemon_process(tmp_path / "next", f"ipc://{tmp_path}/n.sock", log=tmp_path / "log2").stop()
+        start_daemon_process(tmp_path / "next", f"ipc://{tmp_path}/n.sock", policy, log=tmp_path / "log2").stop()
     assert not glob.glob(f"/dev/shm/tenantd-{daemon.proc.pid}-*")

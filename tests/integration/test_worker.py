@@ -99,9 +99,13 @@ def test_serving_through_the_worker_equals_direct_invocation(
 
 def test_worker_python_names_the_interpreter(tmp_path: Path, endpoint: str, model_files: ModelFiles) -> None:
     with pytest.raises(ConfigError, match="worker_python '/no/such/python3' is not an executable"):
-        Daemon(ServeConfig("cpu", endpoint, tmp_path / "bad", Policy(worker_python="/no/such/python3")))
+        Daemon(
+            ServeConfig(
+                "cpu", endpoint, tmp_path / "bad", Policy(isolation="process", worker_python="/no/such/python3")
+            )
+        )
     python = sys.executable  # a venv's: its realpath would be the bare interpreter, without numpy
-    with daemon_in_thread(tmp_path / "state", endpoint, Policy(worker_python=python)) as daemon:
+    with daemon_in_thread(tmp_path / "state", endpoint, Policy(isolation="process", worker_python=python)) as daemon:
         with TenantClient(endpoint, tenant="alice") as alice:
             alice.submit_model(model_files.mlp, "m")
             x = np.ones((1, 32), np.float32)
