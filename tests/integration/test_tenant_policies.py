@@ -13,6 +13,7 @@ from models import tiny
 from tenantclient import AsyncTenantClient, TenantClient
 from tenantclient import errors as E
 from tenantd.config import Policy, TenantPolicy
+from tenantd.daemon import Daemon
 from tenantd.probe import probe_model
 from tests.conftest import ModelFiles
 from tests.support.daemon import daemon_in_thread
@@ -76,6 +77,23 @@ def test_default_deadline_applies_to_requests_without_one(tmp_path: Path, endpoi
     assert isinstance(second, E.DeadlineExceeded)  # waited behind the first for longer than 50 ms
 
 
+async def queue_behind_a_blocker(daemon: Daemon, endpoint: str, models: list[bytes]) -> None:
+    """Four tenants submit one model each; while a slow request holds the one slot, each queues
+    five requests at once; all are answered."""
+    clients = [AsyncTenantClient(endpoint, tenant=f"t{i}") for i in range(4)]
+    for i, (client, model) in enumerate(zip(clients, models, strict=True)):
+        await client.submit_model(model, f"m{i}")
+    await clients[0].submit_model(faulty_model(infer="slow", sleep_ms=200), "blocker", runtime="faulty")
+    x = np.zeros((1, 256), np.float32)
+    blocker = asyncio.ensure_future(clients[0].infer("blocker", X4))
+    while daemon.core.scheduler.running < 1:
+        await asyncio.sleep(0)
+    calls = [client.infer(f"m{i}", x) for _ in range(5) for i, client in enumerate(clients)]
+    await asyncio.gather(blocker, *calls)
+    for client in clients:
+        await client.close()
+
+
 def switches_for(discipline: str, tmp_path: Path, endpoint: str, models: list[bytes]) -> int:
     """Four tenants, one model each, on a swapping device whose memory holds fewer than four of
     them (an EdgeTPU no longer swaps: its models stay loaded); each tenant queues five requests
@@ -95,23 +113,8 @@ def switches_for(discipline: str, tmp_path: Path, endpoint: str, models: list[by
         max_pass_over=4,
     )
     with daemon_in_thread(tmp_path / discipline, endpoint, policy) as daemon:
-
-        async def run() -> None:
-            clients = [AsyncTenantClient(endpoint, tenant=f"t{i}") for i in range(4)]
-            for i, (client, model) in enumerate(zip(clients, models, strict=True)):
-                await client.submit_model(model, f"m{i}")
-            await clients[0].submit_model(faulty_model(infer="slow", sleep_ms=200), "blocker", runtime="faulty")
-            x = np.zeros((1, 256), np.float32)
-            blocker = asyncio.ensure_future(clients[0].infer("blocker", X4))
-            while daemon.core.scheduler.running < 1:
-                await asyncio.sleep(0)
-            calls = [client.infer(f"m{i}", x) for _ in range(5) for i, client in enumerate(clients)]
-            await asyncio.gather(blocker, *calls)
-            for client in clients:
-                await client.close()
-
         before = daemon.executor.reloads
-        asyncio.run(run())
+        asyncio.run(queue_behind_a_blocker(daemon, endpoint, models))
         return daemon.executor.reloads - before
 
 
@@ -130,23 +133,8 @@ def edgetpu_switches_for(discipline: str, tmp_path: Path, endpoint: str, models:
     tenants queue five requests each behind a blocker, all at once; count the switches."""
     policy = Policy(profile="edgetpu", slots=1, discipline=discipline, max_pass_over=4)
     with daemon_in_thread(tmp_path / f"edgetpu-{discipline}", endpoint, policy) as daemon:
-
-        async def run() -> None:
-            clients = [AsyncTenantClient(endpoint, tenant=f"t{i}") for i in range(4)]
-            for i, (client, model) in enumerate(zip(clients, models, strict=True)):
-                await client.submit_model(model, f"m{i}")
-            await clients[0].submit_model(faulty_model(infer="slow", sleep_ms=200), "blocker", runtime="faulty")
-            x = np.zeros((1, 256), np.float32)
-            blocker = asyncio.ensure_future(clients[0].infer("blocker", X4))
-            while daemon.core.scheduler.running < 1:
-                await asyncio.sleep(0)
-            calls = [client.infer(f"m{i}", x) for _ in range(5) for i, client in enumerate(clients)]
-            await asyncio.gather(blocker, *calls)
-            for client in clients:
-                await client.close()
-
         before = daemon.executor.switches
-        asyncio.run(run())
+        asyncio.run(queue_behind_a_blocker(daemon, endpoint, models))
         assert daemon.executor.reloads == 0  # nothing is swapped out on a cache device
         return daemon.executor.switches - before
 
