@@ -66,6 +66,9 @@ class Resident:
     twin: TwinModel | None = None  # what the device twin takes this model for (twin timing)
     file_bytes: int = 0  # the model file's size, for a twin that must estimate the model from it
     unbatchable: bool = False  # a batched run did not give one output row per request
+    # The models compiled together with this one into one EdgeTPU parameter cache (the compiler's
+    # co-compiled group, by input file name): running one of them after another is no switch.
+    cache_group: frozenset[str] = frozenset()
 
     @property
     def max_batch(self) -> int:
@@ -380,7 +383,9 @@ class Executor:
         """On the event loop: record a finished run; returns (switch, the model's warm median
         before this run, the switch's overhead in ms where it can be stated). A run that had to
         reload its model is a switch even on a slot that last ran the same model."""
-        switch = result.switched(resident.name) or result.reload is not None
+        switch = (result.switched(resident.name) and not self.shares_cache(result.previous, resident)) or (
+            result.reload is not None
+        )
         if not switch:
             if result.batch == 1:  # a batch's time is not one request's warm time
                 resident.warm_ms.append(result.compute_ms)
@@ -395,6 +400,15 @@ class Executor:
             self.switch_overhead_ms += overhead
             self.switches_measured += 1
         return True, warm, overhead
+
+    def shares_cache(self, previous: str | None, resident: Resident) -> bool:
+        """Whether the model ``previous`` left ``resident``'s parameters in the device's cache: it
+        is ``resident`` itself, or of the same co-compiled group (one EdgeTPU cache holds a whole
+        group's parameters, so alternating within it streams nothing)."""
+        if previous is None or previous == resident.name:
+            return True
+        other = self.resident.get(previous)
+        return bool(resident.cache_group) and other is not None and other.cache_group == resident.cache_group
 
     def timing_status(self) -> dict[str, object]:
         if self.twin is None:

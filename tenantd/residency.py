@@ -39,12 +39,16 @@ from tenantd.store import Store
 log = logging.getLogger("tenantd")
 
 
-def seed_warm(resident: Resident, probe: dict[str, Any]) -> None:
-    """Start a model's warm window with the probe's second (warm) inference, so that even its
-    first switch has an overhead to state."""
+def seed_from_probe(resident: Resident, probe: dict[str, Any]) -> None:
+    """What the probe (and the compiler output given with the submission) told about a model:
+    its warm window starts with the probe's second (warm) inference, so that even its first switch
+    has an overhead to state; its co-compiled group, if any, says which models share its cache."""
     warm = probe.get("warm_infer_ms")
     if isinstance(warm, (int, float)) and warm > 0 and not resident.warm_ms:
         resident.warm_ms.append(float(warm))
+    group = probe.get("edgetpu_cocompiled_group")
+    if isinstance(group, list) and len(group) > 1:
+        resident.cache_group = frozenset(str(m) for m in group)
 
 
 class Residency:
@@ -109,7 +113,7 @@ class Residency:
             size=size,
             runtime_overhead=int(details.get("runtime_overhead_bytes", 0)),
         )
-        seed_warm(resident, details)
+        seed_from_probe(resident, details)
         return resident
 
     async def restore(self, store: Store, catalog: Catalog) -> None:
@@ -141,7 +145,7 @@ class Residency:
                 self._events.emit(Event.MODEL_LOAD_FAILED, model=record.name, tenant=record.owner, reason=str(exc))
                 catalog.models[record.name] = record
                 continue
-            seed_warm(resident, record.probe)
+            seed_from_probe(resident, record.probe)
             self.install(resident, record.owner)
             catalog.models[record.name] = record
             # Acknowledged models come back even if the budget shrank; over_budget says so.
@@ -287,12 +291,11 @@ class Residency:
     def is_warm(self, model: str) -> bool:
         """Whether ``model`` can start without a switch's extra cost (swap-aware runs these first):
         it is loaded, and on a one-model parameter cache (the EdgeTPU's) it is also the model the
-        device ran last, whose parameters are still in the cache."""
+        device ran last, or of its co-compiled group, whose parameters are still in the cache."""
         if not self.is_loaded(model):
             return False
         if self._profile.memory_model is MemoryModel.CACHE:
-            last = self.executor.last_model
-            return last is None or last == model
+            return self.executor.shares_cache(self.executor.last_model, self.executor.resident[model])
         return True
 
     def loaded_models(self) -> list[str]:

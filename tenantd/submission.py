@@ -42,7 +42,7 @@ from tenantd.lifecycle import Lifecycle
 from tenantd.memory import host_memory
 from tenantd.probe import ProbeResult
 from tenantd.probehost import ProbeHost
-from tenantd.residency import Residency, seed_warm
+from tenantd.residency import Residency, seed_from_probe
 from tenantd.runtimes import (
     DeviceLost,
     RuntimeFailure,
@@ -300,7 +300,7 @@ class Submission:
                 rss_before = await self._executor.rss(runtime)
                 resident, load_ms = await self._executor.load(name, runtime, path)
                 self._admission.memory.loaded(name, await self._executor.rss() - rss_before, runtime)
-                seed_warm(resident, probe.details)
+                seed_from_probe(resident, probe.details)
                 return resident, load_ms
         except DeviceMemoryFull as exc:  # this model does not fit beside the loaded ones: refused, device fine
             details = {"networks_loaded": exc.networks_loaded}

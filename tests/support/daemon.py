@@ -41,6 +41,7 @@ def daemon_in_thread(
     auth: str | None = None,
     metrics: str | None = None,
     timing: str = "cpu",
+    device: str = "cpu",
 ) -> Iterator[Daemon]:
     """A real Daemon on a real socket, its event loop on a background thread."""
     daemon_box: list[Daemon] = []
@@ -50,7 +51,7 @@ def daemon_in_thread(
 
     async def main() -> None:
         daemon = Daemon(
-            ServeConfig("cpu", endpoint, state_dir, policy or Policy(), auth=auth, metrics=metrics, timing=timing)
+            ServeConfig(device, endpoint, state_dir, policy or Policy(), auth=auth, metrics=metrics, timing=timing)
         )
         daemon_box.append(daemon)
         await daemon.serve(lambda _endpoint: ready.set())
