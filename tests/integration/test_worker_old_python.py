@@ -1,6 +1,7 @@
 """Integration, opt-in: the device worker under an older Python than the daemon's (``worker_python``),
 with the same adapter code the daemon runs inline. Set ``TENANTD_OLD_PYTHON`` to an interpreter
-(e.g. Python 3.6 with numpy 1.19 and onnxruntime 1.10, the newest ONNX Runtime for 3.6) to run it;
+(e.g. Python 3.6 with numpy 1.19 and onnxruntime 1.10, the newest ONNX Runtime for 3.6; or 3.7 with
+tflite-runtime 2.11, the newest for 3.7) to run it; each runtime's tests skip where it lacks one;
 it is skipped otherwise, since CI has no second interpreter. README "Device workers" says how to
 make one. What it shows: the worker really runs there, serves an ONNX model with the outputs the
 daemon's own ONNX Runtime gives, and the file checks (``modelfile``/``onnxrefs``) and typed
@@ -21,6 +22,7 @@ import pytest
 from models import tiny_onnx
 from tenantd.errors import RuntimeFailure
 from tenantd.worker import WorkerHost, WorkerRuntime
+from tests.conftest import ModelFiles, direct_litert
 
 OLD_PYTHON = os.environ.get("TENANTD_OLD_PYTHON", "")
 pytestmark = pytest.mark.skipif(not OLD_PYTHON, reason="TENANTD_OLD_PYTHON names no older interpreter")
@@ -91,3 +93,37 @@ def test_the_file_checks_refuse_in_the_old_worker(host: WorkerHost, tmp_path: Pa
     lone_xml.write_bytes(b'<?xml version="1.0"?>\n<net name="x" version="11"></net>\n')
     with pytest.raises(RuntimeFailure, match=r"reads its weights from a \.bin file beside it"):
         runtime.load(lone_xml)
+
+
+def _old_has_litert() -> bool:
+    return _old_has("tflite_runtime.interpreter") or _old_has("ai_edge_litert.interpreter")
+
+
+def test_litert_in_the_old_worker_gives_the_daemons_outputs(host: WorkerHost, model_files: ModelFiles) -> None:
+    if not _old_has_litert():
+        pytest.skip(f"{OLD_PYTHON} has no tflite-runtime or ai-edge-litert")
+    model = WorkerRuntime(host, "litert", "cpu", num_threads=1, slots=2).load(model_files.mlp)
+    model.add_instance()
+    assert model.instances == 2
+    x = np.random.default_rng(1).standard_normal((1, 32)).astype(np.float32)
+    # Another LiteRT build (tflite-runtime 2.11 against ai-edge-litert): the same float32 graph,
+    # kernels that may round differently in the last bits.
+    np.testing.assert_allclose(model.infer([x])[0], direct_litert(model_files.mlp, x)["probs"], rtol=1e-5, atol=1e-7)
+    batch = np.repeat(x, 3, axis=0)  # LiteRT resizes the interpreter's input for a batch
+    assert model.infer([batch])[0].shape == (3, 10)
+    model.unload()
+
+
+def test_the_edgetpu_adapter_reads_a_file_in_the_old_worker(host: WorkerHost, model_files: ModelFiles) -> None:
+    """On its stand-in device (``cpu``, the probe's) the EdgeTPU adapter reads the file with
+    ``tflitefile`` and runs a model not compiled for the EdgeTPU on the host's LiteRT."""
+    if not _old_has_litert():
+        pytest.skip(f"{OLD_PYTHON} has no tflite-runtime or ai-edge-litert")
+    model = WorkerRuntime(host, "edgetpu", "cpu", num_threads=1, slots=1).load(model_files.wakeword)
+    assert model.facts["edgetpu_compiled"] is False
+    assert "runs on the host CPU" in model.facts["edgetpu_note"]
+    spec = model.inputs[0]
+    x = np.zeros([max(d, 1) for d in spec.shape], spec.dtype)
+    expected = direct_litert(model_files.wakeword, x)
+    np.testing.assert_array_equal(model.infer([x])[0], next(iter(expected.values())))
+    model.unload()

@@ -13,16 +13,20 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import queue
 from enum import StrEnum
+from pathlib import Path
 
 import msgpack
 import numpy as np
 import pytest
 
+from tenantd.runtimes import litert
 from tenantd.runtimes.base import IdleQueue, package_version, strict_zip
 from tenantwire.errors import ErrorCode, TenantdError
 from tenantwire.protocol import decode_reply, encode_error
 from tenantwire.tensors import TensorEncoding, TensorSpec
+from tests.conftest import ModelFiles, direct_litert
 
 Reference = StrEnum("Reference", [(code.name, code.value) for code in ErrorCode])  # type: ignore[misc]
 
@@ -101,3 +105,20 @@ def test_package_version_and_the_idle_queue() -> None:
     idle = IdleQueue()
     idle.put("a")
     assert idle.get_nowait() == "a"
+
+
+def test_litert_instances_on_python_3_6s_queue(model_files: ModelFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.6 has no queue.SimpleQueue; IdleQueue is then queue.Queue. A model's interpreters
+    come and go through it as through SimpleQueue (real LiteRT, two instances, an unload)."""
+    monkeypatch.setattr(litert, "IdleQueue", queue.Queue)
+    model = litert.LiteRTRuntime().load(Path(model_files.mlp))
+    model.add_instance()
+    assert isinstance(model._idle, queue.Queue) and model._idle.qsize() == 2
+    x = np.ones((1, 32), np.float32)
+    assert np.array_equal(model.infer([x])[0], direct_litert(model_files.mlp, x)["probs"])
+    with pytest.raises(litert.RuntimeFailure, match=r"zip\(\) argument 2 is shorter than argument 1"):
+        model.infer([])
+    assert model._idle.qsize() == 2  # each interpreter back in the pool, after a failure too
+    model.unload()
+    with pytest.raises(litert.RuntimeFailure, match="more concurrent calls"):
+        model.infer([x])
