@@ -10,8 +10,9 @@ is as isolated as a fresh probe: a crash, hang or allocation past the limit ends
 
 Fork is safe only from a single-threaded process. Importing a runtime may start threads (measured
 here: ONNX Runtime and OpenVINO start one each at import, LiteRT none), so those are probed in a
-fresh process as before, and any other runtime is first imported in a throwaway child: only one
-that leaves that child with a single thread is imported by the host. The host checks that it is
+spare process started ahead of time (probespare.py) or a fresh one, and any other runtime is first
+imported in a throwaway child: only one that leaves that child with a single thread is imported by
+the host. The host checks that it is
 still single-threaded before every fork; numpy runs it with one BLAS thread for that reason.
 
 Memory is measured as a fresh probe measures it: the child's resident set grows from its reading

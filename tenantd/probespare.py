@@ -307,17 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     line = sys.stdin.readline()
     if not line:  # the daemon closed our stdin (it stopped): nothing to do
         return 0
-    job = json.loads(line)
+    try:
+        job = json.loads(line)
+        limit = job.get("memory_limit")
+        path, threads, device = Path(job["path"]), int(job["threads"]), str(job["device"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        print(f"tenantd.probespare: a job is one JSON line with path, threads, device ({exc!r})", file=sys.stderr)
+        return 2
     _say({"job": True})
-    limit = job.get("memory_limit")
-    result, code = outcome(
-        args.runtime,
-        Path(job["path"]),
-        int(job["threads"]),
-        str(job["device"]),
-        None if limit is None else int(limit),
-        overhead,
-    )
+    result, code = outcome(args.runtime, path, threads, device, None if limit is None else int(limit), overhead)
     write_result(result)
     sys.stderr.flush()
     # Straight out: the interpreter's and the runtime's teardown (~100 ms for ONNX Runtime here) would
