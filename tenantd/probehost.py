@@ -12,8 +12,8 @@ Fork is safe only from a single-threaded process. Importing a runtime may start 
 here: ONNX Runtime and OpenVINO start one each at import, LiteRT none), so those are probed in a
 spare process started ahead of time (probespare.py) or a fresh one, and any other runtime is first
 imported in a throwaway child: only one that leaves that child with a single thread is imported by
-the host. The host checks that it is
-still single-threaded before every fork; numpy runs it with one BLAS thread for that reason.
+the host. The host checks that it is still single-threaded before every fork; numpy runs it with one
+BLAS thread for that reason.
 
 Memory is measured as a fresh probe measures it: the child's resident set grows from its reading
 just before the load. A forked child shares the host's pages; those it writes are copied but were

@@ -163,9 +163,17 @@ class SpareProbes:
             assert proc.stdout is not None
             message = _message(await proc.stdout.readline())
             if message.get("ready"):
-                spare.rss = int(message["rss_bytes"])
-                self.import_bytes[spare.runtime] = int(message["runtime_overhead_bytes"])
+                spare.rss = int(message.get("rss_bytes", 0))
+                first = spare.runtime not in self.import_bytes
+                self.import_bytes[spare.runtime] = int(message.get("runtime_overhead_bytes", 0))
                 spare.ready.set_result(True)
+                log.log(
+                    logging.INFO if first else logging.DEBUG,
+                    "spare probe process %d for %s ready (%.0f MiB resident)",
+                    proc.pid,
+                    spare.runtime,
+                    spare.rss / 2**20,
+                )
             else:
                 if "unusable" in message:
                     self.unusable[spare.runtime] = str(message["unusable"])
