@@ -278,3 +278,17 @@ def test_a_daemon_killed_outright_leaves_no_spare_behind(tmp_path: Path) -> None
         daemon.stop(signal.SIGKILL)
     _, alive = psutil.wait_procs(found, timeout=WAIT_S)  # PR_SET_PDEATHSIG (and their stdin closing)
     assert not alive
+
+
+def test_tenantd_probe_host_0_turns_spares_off_too(tmp_path: Path, onnx_models: dict[str, Path]) -> None:
+    endpoint = f"ipc://{tmp_path}/d.sock"
+    daemon = start_daemon_process(tmp_path / "state", endpoint, env={"TENANTD_PROBE_HOST": "0"})
+    try:
+        with TenantClient(endpoint, tenant="alice") as alice:
+            alice.submit_model(onnx_models["mlp.onnx"].read_bytes(), "mlp", runtime="onnxruntime")
+            (probed_event,) = alice.events(limit=5, event="model.probed")
+        assert probed_event["probe_process"] == "fresh"
+        children = [" ".join(c.cmdline()) for c in psutil.Process(daemon.proc.pid).children()]
+        assert not any("tenantd.probespare" in c or "tenantd.probehost" in c for c in children), children
+    finally:
+        daemon.stop()
