@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             for wait in (True, False) if i % 2 == 0 else (False, True):
                 got[wait].append(asyncio.run(_round(args.runtime, model, wait)))
     loadavg = ", ".join(f"{x:.1f}" for x in info["loadavg_at_start"])
-    print(f"two {args.runtime} probes at once, one spare; {args.rounds} rounds each way, ")
+    print(f"two {args.runtime} probes at once, one spare; {args.rounds} rounds each way")
     print(f"{info['cpu_model']} x{info['cores']}, load average at start {loadavg}")
     for wait, label in ((True, "wait for the next spare"), (False, "second starts fresh")):
         rows = got[wait]

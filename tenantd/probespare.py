@@ -96,11 +96,6 @@ class SpareProbes:
         self.started = 0  # spare processes started
         self.served = 0  # probes run by spares
 
-    @property
-    def runtimes(self) -> list[str]:
-        """Runtimes that have spares."""
-        return [r for r in self._pools if r not in self.unusable]
-
     def ready(self, runtime: str) -> int:
         """Spares of ``runtime`` ready to take a job now."""
         pool = self._pools.get(runtime)
