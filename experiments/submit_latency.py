@@ -1,8 +1,9 @@
-"""Submit latency: how long ``submit_model`` takes with the probe host and with fresh-process probes.
+"""Submit latency: how long ``submit_model`` takes with prepared probes and with fresh-process probes.
 
-Two daemons run side by side, started through the CLI: one as shipped (probes forked by the
-probe host, tenantd/probehost.py) and one with ``TENANTD_PROBE_HOST=0`` (every probe starts a
-fresh Python, as before the host existed). Rounds alternate between them, so both see the same
+Two daemons run side by side, started through the CLI: one as shipped ("prepared": LiteRT probes
+forked by the probe host, tenantd/probehost.py; ONNX Runtime and OpenVINO probes run by spare probe
+processes, tenantd/probespare.py) and one with ``TENANTD_PROBE_HOST=0`` (every probe starts a fresh
+Python, as before either existed). Rounds alternate between them, so both see the same
 machine load. A round submits each model under a new name, times the call at the client, reads the
 daemon's own load time of it from the event log (``model.loaded``), and removes it again. The
 first ``--warmup`` rounds are not counted (the host starts in the background, and a probe started
@@ -12,9 +13,11 @@ target is about (under 50 ms plus the model's load).
 
     python -m experiments.submit_latency [--rounds 20] [--model PATH ...]
 
-Without ``--model`` it submits models/tiny.py's MLP and CNN (built here), and pymicro-wakeword's
-keyword model where installed. A figure taken on a loaded machine says so in the lead's hands only:
-this script prints what it measured.
+Without ``--model`` it submits models/tiny.py's MLP and CNN (built here), pymicro-wakeword's
+keyword model where installed, and, where ONNX Runtime and OpenVINO are installed, the same MLP and
+CNN as ONNX (models/tiny_onnx.py) and the CNN as an OpenVINO IR bundle. The runtime follows the
+file's suffix (.tflite: litert, .onnx: onnxruntime, .ovir/.xml: openvino). A figure taken on a
+loaded machine says so in the lead's hands only: this script prints what it measured.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from pathlib import Path
 from experiments.harness import daemon_process, machine_info, plain_table
 from models import tiny
 from tenantclient import TenantClient
+from tenantd.runtimes import runtime_installed
+from tenantwire import irbundle
+
+RUNTIME_BY_SUFFIX = {".tflite": "litert", ".onnx": "onnxruntime", ".ovir": "openvino", ".xml": "openvino"}
 
 
 def _models(paths: list[Path], workdir: Path) -> dict[str, bytes]:
@@ -46,13 +53,24 @@ def _models(paths: list[Path], workdir: Path) -> dict[str, bytes]:
         found["okay_nabu.tflite"] = word.read_bytes()
     except ImportError:
         pass
+    if runtime_installed("onnxruntime") and runtime_installed("openvino"):
+        from models import tiny_onnx  # builds with the onnx package, a test dependency
+
+        onnx_cnn = tiny_onnx.cnn(image=32, channels=(8, 16, 32), classes=10, seed=7)
+        found["mlp.onnx (tiny)"] = tiny_onnx.mlp(32, [64], 10, seed=1)
+        found["cnn.onnx (tiny)"] = onnx_cnn
+        found["cnn.ovir (tiny)"] = irbundle.pack_files(tiny_onnx.save_ir(onnx_cnn, workdir / "ir" / "cnn.xml"))
     return found
 
 
-def _submit(client: TenantClient, data: bytes, name: str) -> tuple[float, float, str]:
+def _runtime(model: str) -> str:
+    return RUNTIME_BY_SUFFIX.get(Path(model.split(" ")[0]).suffix, "litert")
+
+
+def _submit(client: TenantClient, data: bytes, name: str, runtime: str) -> tuple[float, float, str]:
     """(submit ms at the client, the daemon's load ms, where the probe ran) for one submission."""
     t0 = time.perf_counter()
-    client.submit_model(data, name, runtime="litert")
+    client.submit_model(data, name, runtime=runtime)
     submit_ms = (time.perf_counter() - t0) * 1e3
     loaded = client.events(limit=5, event="model.loaded")
     probed = client.events(limit=5, event="model.probed")
@@ -66,13 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.submit_latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20, help="measured rounds per model and mode")
     parser.add_argument("--warmup", type=int, default=3, help="rounds not counted")
-    parser.add_argument("--model", type=Path, action="append", default=[], help="a .tflite file (repeatable)")
+    parser.add_argument(
+        "--model", type=Path, action="append", default=[], help="a .tflite, .onnx or .ovir file (repeatable)"
+    )
     args = parser.parse_args(argv)
     info = machine_info()  # the load average before this run adds to it: was the machine quiet?
     with tempfile.TemporaryDirectory(prefix="submit-latency-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         models = _models(args.model, workdir)
-        endpoints = {"forked": stack.enter_context(daemon_process(workdir / "forked"))}
+        endpoints = {"prepared": stack.enter_context(daemon_process(workdir / "prepared"))}
         os.environ["TENANTD_PROBE_HOST"] = "0"
         try:
             endpoints["fresh"] = stack.enter_context(daemon_process(workdir / "fresh"))
@@ -83,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.warmup + args.rounds):
             for model, data in models.items():
                 for mode, client in clients.items():
-                    sample = _submit(client, data, f"m{round_}")
+                    sample = _submit(client, data, f"m{round_}", _runtime(model))
                     if round_ >= args.warmup:
                         samples.setdefault((model, mode), []).append(sample)
         rows = []

@@ -107,6 +107,10 @@ class Policy(BaseModel):
     probe_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     """A model whose probe (load + one inference) takes longer is refused as INVALID_MODEL."""
 
+    probe_spares: Annotated[int, Field(ge=0, le=8)] = 1
+    """Spare probe processes kept ready per runtime that the probe host cannot fork (ONNX Runtime,
+    OpenVINO), each with its runtime imported; 0 probes those runtimes in fresh processes."""
+
     drain_timeout_s: Annotated[float, Field(ge=0)] = 30.0
     """On SIGTERM/SIGINT, how long to keep answering accepted requests before giving up."""
 

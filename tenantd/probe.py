@@ -20,18 +20,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenantd.modelfile import ModelFileRefused
 
+if TYPE_CHECKING:
+    from tenantd.runtimes import Runtime
+
 RESULT_MARK = "TENANTD-PROBE-RESULT "
 ADDRESS_SPACE_SLACK = 512 * 1024 * 1024
+# TENANTD_PROBE_HOST=0 turns off what starts probes ahead of time (the probe host and spare probe
+# processes): every probe starts a fresh process, as before they existed.
+PREPARED_PROBES = os.environ.get("TENANTD_PROBE_HOST", "1") != "0"
 
 
 @dataclass
@@ -238,6 +247,35 @@ def read_result(stdout: bytes, stderr: bytes, returncode: int) -> ProbeResult:
         tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
         reason = f"the probe exited with status {returncode}: {' | '.join(tail) or 'no output'}"
     return ProbeResult(ok=False, reason=reason)
+
+
+def warm_up(cls: type[Runtime]) -> None:
+    """Import what ``cls`` imports on first use without creating an interpreter or session: a
+    parameter count of an empty file (LiteRT's reads its flatbuffer schema, a 13 ms import)."""
+    with contextlib.suppress(Exception):
+        cls.param_bytes(Path(os.devnull))
+    with contextlib.suppress(Exception):
+        cls.version()
+
+
+def with_process(result: ProbeResult, process: str) -> ProbeResult:
+    """Say in a probe's details where it ran: "forked" (a child of the probe host), "spare" (a
+    process started ahead of time, probespare.py) or "fresh" (started for this probe)."""
+    if result.ok:
+        result.details["probe_process"] = process
+    return result
+
+
+# A way to probe: (runtime, path, threads, timeout_s, device, memory_limit) -> result; never raises
+# for a bad model.
+Prober = Callable[[str, Path, int, float, str, "int | None"], Awaitable[ProbeResult]]
+
+
+async def fresh_probe(
+    runtime: str, path: Path, threads: int, timeout_s: float, device: str = "cpu", memory_limit: int | None = None
+) -> ProbeResult:
+    """:func:`probe_model`, its result marked as probed in a "fresh" process."""
+    return with_process(await probe_model(runtime, path, threads, timeout_s, device, memory_limit), "fresh")
 
 
 async def probe_model(

@@ -10,9 +10,10 @@ is as isolated as a fresh probe: a crash, hang or allocation past the limit ends
 
 Fork is safe only from a single-threaded process. Importing a runtime may start threads (measured
 here: ONNX Runtime and OpenVINO start one each at import, LiteRT none), so those are probed in a
-fresh process as before, and any other runtime is first imported in a throwaway child: only one
-that leaves that child with a single thread is imported by the host. The host checks that it is
-still single-threaded before every fork; numpy runs it with one BLAS thread for that reason.
+spare process started ahead of time (probespare.py) or a fresh one, and any other runtime is first
+imported in a throwaway child: only one that leaves that child with a single thread is imported by
+the host. The host checks that it is still single-threaded before every fork; numpy runs it with one
+BLAS thread for that reason.
 
 Memory is measured as a fresh probe measures it: the child's resident set grows from its reading
 just before the load. A forked child shares the host's pages; those it writes are copied but were
@@ -50,14 +51,24 @@ from typing import Any
 import numpy as np
 
 from tenantd.memory import rss_bytes
-from tenantd.probe import ProbeResult, outcome, probe_model, read_result, timed_out, write_result
-from tenantd.runtimes import Runtime, get_runtime_class
+from tenantd.probe import (
+    PREPARED_PROBES,
+    Prober,
+    ProbeResult,
+    fresh_probe,
+    outcome,
+    read_result,
+    timed_out,
+    warm_up,
+    with_process,
+    write_result,
+)
+from tenantd.runtimes import get_runtime_class
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 64 * 1024
-# TENANTD_PROBE_HOST=0 turns the host off: every probe starts a fresh process, as before it existed.
-ENABLED = os.environ.get("TENANTD_PROBE_HOST", "1") != "0"
+ENABLED = PREPARED_PROBES  # TENANTD_PROBE_HOST=0 turns the host off (and spare probe processes)
 # Runtimes whose import starts a thread (checked with this module's own check on this machine):
 # they are never imported by the host, so no throwaway child is spent finding it out again.
 THREADED_AT_IMPORT = {
@@ -112,15 +123,6 @@ def map_pages(runs: list[tuple[int, int]]) -> None:
                         os.pread(mem.fileno(), min(2**20, length - offset), address + offset)
                     except OSError:
                         break
-
-
-def warm_up(cls: type[Runtime]) -> None:
-    """Import what ``cls`` imports on first use without creating an interpreter or session: a
-    parameter count of an empty file (LiteRT's reads its flatbuffer schema, a 13 ms import)."""
-    with contextlib.suppress(Exception):
-        cls.param_bytes(Path(os.devnull))
-    with contextlib.suppress(Exception):
-        cls.version()
 
 
 def _import_in_child(name: str) -> str | None:
@@ -262,15 +264,16 @@ class _Host:
 class ProbeHost:
     """The daemon's handle on the probe host: starts it, hands it probes, restarts it when it dies.
 
-    :meth:`probe` never raises for a bad model, like :func:`tenantd.probe.probe_model`, which it
-    falls back to for a runtime the host does not import and while the host is (re)starting."""
+    :meth:`probe` never raises for a bad model, like ``unforked`` (a spare probe process, else a
+    fresh one), which it falls back to for a runtime the host does not import and while it starts."""
 
     # A host that keeps dying is started again at most this often (each start costs a Python).
     RESTART_INTERVAL_S = 5.0
     KILL_GRACE_S = 10.0
 
-    def __init__(self, candidates: list[str]) -> None:
+    def __init__(self, candidates: list[str], unforked: Prober = fresh_probe) -> None:
         self._candidates = candidates
+        self._unforked = unforked
         self._ids = itertools.count(1)
         self._socket: socket.socket | None = None  # set while the host is ready
         self._control: socket.socket | None = None  # set while a host runs, ready or not
@@ -387,7 +390,7 @@ class ProbeHost:
         if self._socket is None or runtime not in self.forked:
             if self._socket is None and time.monotonic() - self._started_at >= self.RESTART_INTERVAL_S:
                 self.start()
-            return with_process(await probe_model(runtime, path, threads, timeout_s, device, memory_limit), "fresh")
+            return await self._unforked(runtime, path, threads, timeout_s, device, memory_limit)
         probe_id = next(self._ids)
         pending = self._pending[probe_id] = _Pending(asyncio.get_running_loop().create_future())
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -402,7 +405,7 @@ class ProbeHost:
                 os.close(fd)
             del self._pending[probe_id]
             log.warning("probe host unreachable (%s): probing in a fresh process", exc)
-            return with_process(await probe_model(runtime, path, threads, timeout_s, device, memory_limit), "fresh")
+            return await self._unforked(runtime, path, threads, timeout_s, device, memory_limit)
         finally:
             os.close(out_w)
             os.close(err_w)
@@ -417,7 +420,7 @@ class ProbeHost:
             return timed_out(timeout_s)
         except ProbeHostRefused as exc:
             log.warning("%s: probing in a fresh process", exc)
-            return with_process(await probe_model(runtime, path, threads, timeout_s, device, memory_limit), "fresh")
+            return await self._unforked(runtime, path, threads, timeout_s, device, memory_limit)
         except ProbeHostLost as exc:
             return ProbeResult(ok=False, host_lost=True, reason=f"{exc} during this probe; the model was not judged")
         finally:
@@ -458,13 +461,6 @@ class ProbeHostRefused(Exception):
 class _Pending:
     exit: asyncio.Future[int]
     pid: int | None = None
-
-
-def with_process(result: ProbeResult, process: str) -> ProbeResult:
-    """Say in a probe's details whether it ran in a child of the host ("forked") or in a "fresh" process."""
-    if result.ok:
-        result.details["probe_process"] = process
-    return result
 
 
 async def _read_all(fd: int) -> bytes:

@@ -41,7 +41,8 @@ from tenantd.executor import Executor, Resident
 from tenantd.lifecycle import Lifecycle
 from tenantd.memory import host_memory
 from tenantd.probe import ProbeResult
-from tenantd.probehost import ProbeHost
+from tenantd.probehost import THREADED_AT_IMPORT, ProbeHost
+from tenantd.probespare import SpareProbes
 from tenantd.residency import Residency, seed_from_probe
 from tenantd.runtimes import (
     DeviceLost,
@@ -156,17 +157,23 @@ class Submission:
         self._policy = policy
         self._threads = threads
         self._probe_slots = ProbeSlots(MAX_CONCURRENT_PROBES)
-        self.probe_host = ProbeHost(available_runtimes())
+        # Runtimes that cannot be forked get spare probe processes started ahead of time instead.
+        unforkable = [r for r in available_runtimes() if r in THREADED_AT_IMPORT]
+        self.spare_probes = SpareProbes(unforkable, device, lambda: self._policy().probe_spares)
+        self.probe_host = ProbeHost(available_runtimes(), self.spare_probes.probe)
         self._by_name: dict[str, asyncio.Lock] = {}
         self._by_tenant: dict[str, asyncio.Lock] = {}
 
     def start(self) -> None:
-        """Start the probe host (in the background: probes start fresh processes until it is ready)."""
+        """Start the probe host and the spare probe processes (in the background: probes start fresh
+        processes until they are ready)."""
         self.probe_host.start()
+        self.spare_probes.start()
 
     async def close(self) -> None:
-        """Stop the probe host and reap it (after the submissions in flight have ended)."""
+        """Stop the probe host and the spares and reap them (after the submissions in flight have ended)."""
         await self.probe_host.close()
+        await self.spare_probes.close()
 
     def name_lock(self, name: str) -> asyncio.Lock:
         """Held while a submission of ``name`` is between admission and install (a removal waits)."""
