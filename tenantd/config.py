@@ -109,7 +109,8 @@ class Policy(BaseModel):
 
     probe_spares: Annotated[int, Field(ge=0, le=8)] = 1
     """Spare probe processes kept ready per runtime that the probe host cannot fork (ONNX Runtime,
-    OpenVINO), each with its runtime imported; 0 probes those runtimes in fresh processes."""
+    OpenVINO), each with its runtime imported, from that runtime's first probe on; 0 probes those
+    runtimes in fresh processes."""
 
     drain_timeout_s: Annotated[float, Field(ge=0)] = 30.0
     """On SIGTERM/SIGINT, how long to keep answering accepted requests before giving up."""

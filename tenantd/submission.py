@@ -157,7 +157,7 @@ class Submission:
         self._policy = policy
         self._threads = threads
         self._probe_slots = ProbeSlots(MAX_CONCURRENT_PROBES)
-        # Runtimes that cannot be forked get spare probe processes started ahead of time instead.
+        # Runtimes that cannot be forked get spare probe processes, started ahead of their next probe.
         unforkable = [r for r in available_runtimes() if r in THREADED_AT_IMPORT]
         self.spare_probes = SpareProbes(unforkable, device, lambda: self._policy().probe_spares)
         self.probe_host = ProbeHost(available_runtimes(), self.spare_probes.probe)
@@ -165,10 +165,10 @@ class Submission:
         self._by_tenant: dict[str, asyncio.Lock] = {}
 
     def start(self) -> None:
-        """Start the probe host and the spare probe processes (in the background: probes start fresh
-        processes until they are ready)."""
+        """Start the probe host (in the background: probes start fresh processes until it is ready).
+        Spare probe processes start with their runtime's first probe, not here: a daemon whose
+        tenants never submit an ONNX or IR model never holds their ~66 MB each."""
         self.probe_host.start()
-        self.spare_probes.start()
 
     async def close(self) -> None:
         """Stop the probe host and the spares and reap them (after the submissions in flight have ended)."""
