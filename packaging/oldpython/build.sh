@@ -1,0 +1,78 @@
+#!/bin/sh
+# Build the older Python a device worker can run under on this host (`make oldpython`):
+# a Debian 11 (bullseye) root made by debootstrap, with its Python 3.9, and pip's numpy,
+# tflite-runtime and OpenVINO 2022.3 (the last release with the NCS2's MYRIAD plugin) in its
+# /usr/local. packaging/oldpython/python3.9 runs that interpreter with the host's paths unchanged
+# (policy: worker_python = "<repo>/packaging/oldpython/python3.9"). Idempotent: each step is
+# skipped when its result is there; it prints what it did. Run as root (debootstrap, mounts).
+#
+#   TENANTD_OLDPY_ROOT  where the root goes (default /var/lib/tenantd-oldpy; never in the repository)
+#   DEBIAN_MIRROR       the Debian mirror (default http://deb.debian.org/debian)
+#   OLDPY_REBUILD=1     remove the root and build it again
+set -eu
+
+top=${TENANTD_OLDPY_ROOT:-/var/lib/tenantd-oldpy}
+root=$top/bullseye
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+here=$(cd "$(dirname "$0")" && pwd)
+wrapper=$here/python3.9
+# Exact pins: the numpy both wheels accept (tflite-runtime 2.14 needs >= 1.23.2, OpenVINO 2022.3
+# <= 1.23.4); Debian 11's own python3-numpy (1.19.5) stays below it in sys.path, unused.
+pins="numpy==1.23.4 tflite-runtime==2.14.0 openvino==2022.3.2"
+
+say() { echo "oldpython: $*"; }
+die() { echo "oldpython: error: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (debootstrap and the wrapper's mount namespace need it)"
+for tool in debootstrap unshare mount; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (apt-get install debootstrap util-linux mount)"
+done
+case $root in /|/usr|/usr/*|/work/*) die "refusing to build the root at $root" ;; esac
+
+if [ "${OLDPY_REBUILD:-0}" = 1 ] && [ -d "$root" ]; then
+    say "removing $root (OLDPY_REBUILD=1)"
+    rm -rf --one-file-system "$root"
+fi
+
+if [ -e "$root/.tenantd-oldpy-debootstrap" ]; then
+    say "Debian 11 root: already at $root"
+else
+    python3 - "$mirror" <<'PY' || die "the Debian mirror $mirror has no bullseye suite or cannot be reached (set DEBIAN_MIRROR)"
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1] + "/dists/bullseye/Release", timeout=30).read(64)
+PY
+    [ -d "$root" ] && { say "removing the unfinished root at $root"; rm -rf --one-file-system "$root"; }
+    mkdir -p "$top"
+    say "debootstrap --variant=minbase bullseye $root $mirror (about a minute)"
+    debootstrap --variant=minbase --include=python3,python3-numpy,python3-pip,ca-certificates \
+        bullseye "$root" "$mirror" > "$top/debootstrap.log" 2>&1 ||
+        die "debootstrap failed: see $top/debootstrap.log"
+    touch "$root/.tenantd-oldpy-debootstrap"
+    say "Debian 11 root: built at $root (log: $top/debootstrap.log)"
+fi
+touch "$root/.tenantd-oldpy-built"  # the wrapper runs from here on
+
+installed=$("$wrapper" -m pip freeze --isolated 2>/dev/null | tr '\n' ' ')
+missing=""
+for pin in $pins; do
+    case " $installed " in *" $pin "*) ;; *) missing="$missing $pin" ;; esac
+done
+if [ -z "$missing" ]; then
+    say "pip packages: already $pins"
+else
+    say "pip install$missing (from PyPI, into $root/usr/local)"
+    # --isolated: PyPI only, whatever pip configuration the host has.
+    "$wrapper" -m pip install --isolated --no-cache-dir --disable-pip-version-check $pins ||
+        die "pip install failed (is PyPI reachable?)"
+fi
+
+say "check:"
+"$wrapper" - <<'PY' || die "the interpreter does not import its runtimes: see above"
+import sys
+import numpy
+import openvino.runtime as ov
+import tflite_runtime
+print("  python", sys.version.split()[0], "numpy", numpy.__version__, "tflite-runtime", tflite_runtime.__version__,
+      "openvino", ov.get_version().split("-")[0], "devices", ov.Core().available_devices)
+PY
+say "ready: worker_python = \"$wrapper\""
