@@ -39,7 +39,10 @@ if [ -e "$root/.tenantd-oldpy-debootstrap" ]; then
 else
     python3 - "$mirror" <<'PY' || die "the Debian mirror $mirror has no bullseye suite or cannot be reached (set DEBIAN_MIRROR)"
 import sys, urllib.request
-urllib.request.urlopen(sys.argv[1] + "/dists/bullseye/Release", timeout=30).read(64)
+try:
+    urllib.request.urlopen(sys.argv[1] + "/dists/bullseye/Release", timeout=30).read(64)
+except OSError as exc:
+    sys.exit(f"oldpython: {sys.argv[1]}/dists/bullseye/Release: {exc}")
 PY
     [ -d "$root" ] && { say "removing the unfinished root at $root"; rm -rf --one-file-system "$root"; }
     mkdir -p "$top"
