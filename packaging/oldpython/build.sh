@@ -9,6 +9,10 @@
 #   TENANTD_OLDPY_ROOT  where the root goes (default /var/lib/tenantd-oldpy; never in the repository)
 #   DEBIAN_MIRROR       the Debian mirror (default http://deb.debian.org/debian)
 #   OLDPY_REBUILD=1     remove the root and build it again
+#   OLDPY_PY36          a CPython 3.6 on this host (default: python3.6 on PATH, else pyenv's): when there
+#                       is one, also a venv at $TENANTD_OLDPY_ROOT/py36 with numpy 1.19.5 and OpenVINO
+#                       2022.2 (the last with cp36 wheels; PyPI has no tflite-runtime for cp36 on x86-64),
+#                       for worker_python = "$TENANTD_OLDPY_ROOT/py36/bin/python" (JetPack 4.6's Python)
 set -eu
 
 top=${TENANTD_OLDPY_ROOT:-/var/lib/tenantd-oldpy}
@@ -79,3 +83,29 @@ print("  python", sys.version.split()[0], "numpy", numpy.__version__, "tflite-ru
       "openvino", ov.get_version().split("-")[0], "devices", ov.Core().available_devices)
 PY
 say "ready: worker_python = \"$wrapper\""
+
+# Python 3.6, where this host has one (Debian has none since buster).
+py36=${OLDPY_PY36:-$(command -v python3.6 || ls /root/.pyenv/versions/3.6*/bin/python3.6 2>/dev/null | tail -1 || true)}
+venv36=$top/py36
+pins36="numpy==1.19.5 openvino==2022.2.0"
+if [ -z "$py36" ] || [ ! -x "$py36" ]; then
+    say "no Python 3.6 on this host (set OLDPY_PY36): the 3.6 worker is not built"
+    exit 0
+fi
+if [ -x "$venv36/bin/python" ]; then
+    say "Python 3.6 venv: already at $venv36"
+else
+    say "Python 3.6 venv: $py36 -m venv $venv36"
+    "$py36" -m venv "$venv36" || die "$py36 cannot make a venv"
+fi
+if "$venv36/bin/python" -m pip freeze --isolated 2>/dev/null | grep -qx "openvino==2022.2.0"; then
+    say "Python 3.6 packages: already $pins36"
+else
+    say "pip install $pins36 into $venv36 (pip 21.3.1 first: 3.6's own pip predates manylinux2014)"
+    "$venv36/bin/python" -m pip install --isolated --no-cache-dir --disable-pip-version-check "pip==21.3.1" &&
+        "$venv36/bin/python" -m pip install --isolated --no-cache-dir --disable-pip-version-check $pins36 ||
+        die "pip install into $venv36 failed (is PyPI reachable?)"
+fi
+"$venv36/bin/python" -c 'import sys, numpy, openvino.runtime as ov; print("  python", sys.version.split()[0], "numpy", numpy.__version__, "openvino", ov.get_version().split("-")[0], "devices", ov.Core().available_devices)' ||
+    die "the Python 3.6 venv does not import its runtimes"
+say "ready: worker_python = \"$venv36/bin/python\""
