@@ -36,6 +36,9 @@ CNN = {"image": 32, "channels": (8, 16, 32), "classes": 10, "seed": 7}
 # OpenVINO 2022.3 in the worker against OpenVINO 2026 here, both CPU at f32: measured equal to the
 # last bit on this machine; the bound allows another CPU's kernels to order sums differently.
 OV_TOLERANCE = 1e-5
+# tflite-runtime 2.14 against ai-edge-litert 2.3 on the same file and input (40 runs here): half the
+# answers bit-equal, the rest within 1.5e-8 (one float32 step at 0.1: their XNNPACK builds differ).
+LITERT_TOLERANCE = 1e-6
 WAIT_S = 60.0
 
 
@@ -122,8 +125,8 @@ def wait_for(check: Callable[[], bool], what: str) -> None:
 
 def test_the_worker_runs_under_the_old_python(daemon: DaemonProcess, files: Files) -> None:
     with TenantClient(daemon.endpoint, tenant="alice") as alice:
-        alice.submit_model(files.tflite, "cnn")
-        alice.infer("cnn", image(0))
+        alice.submit_model(files.tflite, "alice_cnn")
+        alice.infer("alice_cnn", image(0))
         status = residency(alice)
     assert status["isolation"] == "process" and status["worker_state"] == "running"
     assert status["worker_python"] == str(WRAPPER)
@@ -138,12 +141,12 @@ def test_the_worker_runs_under_the_old_python(daemon: DaemonProcess, files: File
 
 def test_litert_model_runs_on_tflite_runtime_in_the_worker(daemon: DaemonProcess, files: Files) -> None:
     with TenantClient(daemon.endpoint, tenant="bob") as bob:
-        info = bob.submit_model(files.tflite, "cnn")
+        info = bob.submit_model(files.tflite, "bob_cnn")
         assert info.runtime == "litert"
         for seed in range(5):
             x = image(seed)
-            got = bob.infer("cnn", x)["probs"]
-            assert np.array_equal(got, direct_litert(files.tflite, x)["probs"]), seed
+            got = bob.infer("bob_cnn", x)["probs"]
+            assert np.abs(got - direct_litert(files.tflite, x)["probs"]).max() <= LITERT_TOLERANCE, seed
         pid = int(str(residency(bob)["worker_pid"]))
     maps = worker_libraries(pid)
     assert "python3.9/dist-packages/tflite_runtime/" in maps
@@ -165,8 +168,8 @@ def test_openvino_ir_runs_on_openvino_2022_3_in_the_worker(daemon: DaemonProcess
 def test_a_killed_worker_comes_back_under_the_old_python(daemon: DaemonProcess, files: Files) -> None:
     x = image(7)
     with TenantClient(daemon.endpoint, tenant="dave") as dave:
-        dave.submit_model(files.tflite, "cnn")
-        dave.submit_model(files.ovir, "cnn_ir")
+        dave.submit_model(files.tflite, "dave_cnn")
+        dave.submit_model(files.ovir, "dave_cnn_ir")
         before = residency(dave)
         first, restarts = int(str(before["worker_pid"])), int(str(before["worker_restarts"]))
         os.kill(first, signal.SIGKILL)
@@ -175,8 +178,9 @@ def test_a_killed_worker_comes_back_under_the_old_python(daemon: DaemonProcess, 
         after = residency(dave)
         assert after["worker_pid"] != first and "SIGKILL" in str(after["worker_last_crash"])
         assert str(after["worker_python_version"]).startswith("3.9.")
-        assert np.array_equal(dave.infer("cnn", x)["probs"], direct_litert(files.tflite, x)["probs"])
-        assert np.abs(dave.infer("cnn_ir", x)["probs"] - direct_openvino(files.xml, x)).max() <= OV_TOLERANCE
+        expected = direct_litert(files.tflite, x)["probs"]
+        assert np.abs(dave.infer("dave_cnn", x)["probs"] - expected).max() <= LITERT_TOLERANCE
+        assert np.abs(dave.infer("dave_cnn_ir", x)["probs"] - direct_openvino(files.xml, x)).max() <= OV_TOLERANCE
     assert "tflite_runtime" in worker_libraries(int(str(after["worker_pid"])))
 
 
