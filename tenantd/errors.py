@@ -6,13 +6,11 @@ cannot be served*: anything in the daemon raises it, and exactly one place, the 
 received the request, turns it into an error reply. :class:`RuntimeFailure` and
 :class:`DeviceLost` (at the end) mean *a backend is broken*: the inference core turns them into
 RUNTIME_ERROR / DEVICE_UNAVAILABLE refusals and, for a lost device, starts
-:mod:`tenantd.devicehealth`'s recovery.
+:mod:`tenantd.devicehealth`'s recovery. Written at the Python 3.6 language level: a device worker
+imports it with the runtime adapters (README, "Device workers").
 """
 
-from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping, Optional
 
 from tenantwire.errors import ErrorCode, TenantdError
 
@@ -22,7 +20,7 @@ class Refusal(TenantdError):
 
     CODE: ClassVar[ErrorCode] = ErrorCode.INTERNAL
 
-    def __init__(self, message: str, details: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, message: str, details: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(self.CODE, message, details)
 
 

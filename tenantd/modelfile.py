@@ -16,18 +16,17 @@ which can name other files) is refused too, unless the runtime's own format is o
 everything in the file (a TensorRT engine). ONNX is read with the ``onnx`` package's own data model
 where it is installed (it is not a daemon dependency) and otherwise by walking the protobuf wire
 format; both follow protobuf's rules (a field of an unexpected wire type is an unknown field, and a
-repeated message may appear in pieces), so they see what an engine's protobuf parser sees.
+repeated message may appear in pieces), so they see what an engine's protobuf parser sees. Written
+at the Python 3.6 language level: a device worker imports it with the runtime adapters (README,
+"Device workers").
 """
-
-from __future__ import annotations
 
 import mmap
 import re
 import struct
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from xml.parsers import expat
 
 from tenantd import onnxrefs
@@ -68,7 +67,7 @@ class ModelFileRefused(RuntimeFailure):
         self.where = where
         self.reference = reference
 
-    def to_wire(self) -> dict[str, str]:
+    def to_wire(self) -> Dict[str, str]:
         return {"reason": self.reason, "where": self.where, "reference": self.reference}
 
 
@@ -77,7 +76,7 @@ class ModelFileRefused(RuntimeFailure):
 _Data = onnxrefs.Data
 
 
-def check_self_contained(source: bytes | Path, *, accept_opaque: bool = False) -> str:
+def check_self_contained(source: Union[bytes, Path], *, accept_opaque: bool = False) -> str:
     """Raise :class:`ModelFileRefused` unless the model file ``source`` (its bytes, or its path)
     refers to nothing outside itself. Returns the format found: :data:`ONNX`, :data:`TFLITE`,
     :data:`IR_BUNDLE`, or, only when ``accept_opaque`` is true, :data:`OPAQUE` for a file in a
@@ -109,7 +108,7 @@ def check_self_contained(source: bytes | Path, *, accept_opaque: bool = False) -
 
 
 @contextmanager
-def _contents(source: bytes | Path) -> Iterator[_Data]:
+def _contents(source: Union[bytes, Path]) -> Iterator[_Data]:
     if not isinstance(source, Path):
         yield bytes(source)
         return
@@ -148,14 +147,14 @@ def _check_ir_bundle(data: _Data) -> None:
             )
 
 
-def _ir_constants(xml: bytes) -> list[tuple[str, str, str]]:
+def _ir_constants(xml: bytes) -> List[Tuple[str, str, str]]:
     """(layer name, offset, size) of every weights range the IR reads: a Const layer's ``data``,
     and any element of an older IR's ``blobs``. Document type declarations are refused: an entity
     could name a file, and OpenVINO's IR never has one."""
-    found: list[tuple[str, str, str]] = []
-    stack: list[tuple[str, dict[str, str]]] = []
+    found: List[Tuple[str, str, str]] = []
+    stack: List[Tuple[str, Dict[str, str]]] = []
 
-    def start(tag: str, attrs: dict[str, str]) -> None:
+    def start(tag: str, attrs: Dict[str, str]) -> None:
         layer = next((a for t, a in reversed(stack) if t == "layer"), None)
         if layer is not None and ("offset" in attrs or "size" in attrs):
             const = tag == "data" and layer.get("type", "").lower() == "const"
@@ -204,7 +203,7 @@ class _Flat:
         """Follow the unsigned offset stored at ``pos``."""
         return pos + self._read("<I", pos)
 
-    def field(self, table: int, index: int) -> int | None:
+    def field(self, table: int, index: int) -> Optional[int]:
         """Where field ``index`` of the table at ``table`` is stored, or None when absent."""
         vtable = table - self._read("<i", table)
         if 4 + 2 * index >= self._read("<H", vtable):
@@ -216,7 +215,7 @@ class _Flat:
         pos = self.field(table, index)
         return 0 if pos is None else self._read(fmt, pos)
 
-    def tables(self, table: int, index: int) -> list[int]:
+    def tables(self, table: int, index: int) -> List[int]:
         """The tables of a vector-of-tables field."""
         pos = self.field(table, index)
         if pos is None:
@@ -224,7 +223,7 @@ class _Flat:
         vector = self.ref(pos)
         return [self.ref(vector + 4 + 4 * i) for i in range(self._read("<I", vector))]
 
-    def ints(self, table: int, index: int) -> list[int]:
+    def ints(self, table: int, index: int) -> List[int]:
         """The int32s of a vector-of-int32 field."""
         pos = self.field(table, index)
         if pos is None:
@@ -272,7 +271,7 @@ def _check_tflite(data: _Data) -> None:
             where="external_buffer_groups",
             reference=", ".join(groups),
         )
-    users: dict[int, str] = {}  # buffer index -> a tensor that uses it, to name in a refusal
+    users: Dict[int, str] = {}  # buffer index -> a tensor that uses it, to name in a refusal
     for s, subgraph in enumerate(flat.tables(model, _MODEL_SUBGRAPHS)):
         graph = flat.string(subgraph, _SUBGRAPH_NAME) or f"subgraph {s}"
         for tensor in flat.tables(subgraph, _SUBGRAPH_TENSORS):
@@ -301,7 +300,7 @@ def _check_tflite(data: _Data) -> None:
         )
 
 
-def largest_declared_tensor(source: bytes | Path) -> tuple[str, int] | None:
+def largest_declared_tensor(source: Union[bytes, Path]) -> Optional[Tuple[str, int]]:
     """The largest tensor a TFLite model declares, as (name, bytes), from its shapes alone (a
     dimension left open counts as 1); None for other formats. Whatever else a runtime needs, it
     needs at least this much memory to run the model, so the probe can refuse before loading it."""
@@ -309,7 +308,7 @@ def largest_declared_tensor(source: bytes | Path) -> tuple[str, int] | None:
         if data[4:8] != b"TFL3":
             return None
         flat = _Flat(data)
-        largest: tuple[str, int] | None = None
+        largest: Optional[Tuple[str, int]] = None
         for subgraph in flat.tables(flat.ref(0), _MODEL_SUBGRAPHS):
             for tensor in flat.tables(subgraph, _SUBGRAPH_TENSORS):
                 size = _TENSOR_TYPE_BYTES.get(flat.scalar(tensor, _TENSOR_TYPE, "<b"), 1)
@@ -333,7 +332,7 @@ def _check_range(data: _Data, offset: int, size: int, what: str) -> None:
 # ------------------------------------------------------------------------------------------- ONNX
 
 
-def _outside_on_the_wire(data: _Data) -> onnxrefs.Outside | None:
+def _outside_on_the_wire(data: _Data) -> Optional[onnxrefs.Outside]:
     return onnxrefs.outside_on_the_wire(data)  # a seam: tests check which reader ran
 
 

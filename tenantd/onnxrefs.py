@@ -2,18 +2,15 @@
 
 Read with the ``onnx`` package's own data model where it is installed, and otherwise by walking
 the protobuf wire format for the few fields that matter (the daemon does not depend on ``onnx``).
-:mod:`tenantd.modelfile` turns what is found here into a refusal.
+:mod:`tenantd.modelfile` turns what is found here into a refusal. Written at the Python 3.6
+language level: a device worker imports it with the runtime adapters (README, "Device workers").
 """
 
-from __future__ import annotations
-
 import mmap
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 # A file's contents: bytes, or a read-only memory map of the file.
-Data = bytes | mmap.mmap
+Data = Union[bytes, mmap.mmap]
 
 # Deeper nesting than protobuf's default recursion limit: engines refuse such a file anyway.
 _MAX_DEPTH = 100
@@ -23,8 +20,7 @@ class NotProtobuf(Exception):
     """The bytes are not a well-formed protobuf message."""
 
 
-@dataclass(frozen=True)
-class Outside:
+class Outside(NamedTuple):
     """One reference outside the file: where it is, and what it names."""
 
     where: str
@@ -39,15 +35,21 @@ _VARINT, _I64, _LEN, _GROUP_START, _GROUP_END, _I32 = 0, 1, 2, 3, 4, 5
 # wire types is not ONNX: TensorFlow's GraphDef and Paddle's ProgramDesc both start with a length-
 # delimited field 1, where ONNX has its ir_version, so a file cannot pass for both.
 _MODEL_FIELDS = {1: _VARINT, 2: _LEN, 3: _LEN, 4: _LEN, 5: _VARINT, 6: _LEN, 7: _LEN, 8: _LEN, 14: _LEN, 20: _LEN}
-_MODEL_FIELDS |= {25: _LEN, 26: _LEN}
+_MODEL_FIELDS.update({25: _LEN, 26: _LEN})
 
 # The messages that can hold tensors, and which of their fields hold which message (onnx.proto).
-_CHILDREN: dict[str, dict[int, str]] = {
+_CHILDREN: Dict[str, Dict[int, str]] = {
     "ModelProto": {7: "GraphProto", 20: "TrainingInfoProto", 25: "FunctionProto"},
     "GraphProto": {1: "NodeProto", 5: "TensorProto", 15: "SparseTensorProto"},
     "NodeProto": {5: "AttributeProto"},
-    "AttributeProto": {5: "TensorProto", 6: "GraphProto", 10: "TensorProto", 11: "GraphProto"}
-    | {22: "SparseTensorProto", 23: "SparseTensorProto"},
+    "AttributeProto": {
+        5: "TensorProto",
+        6: "GraphProto",
+        10: "TensorProto",
+        11: "GraphProto",
+        22: "SparseTensorProto",
+        23: "SparseTensorProto",
+    },
     "SparseTensorProto": {1: "TensorProto", 2: "TensorProto"},
     "TrainingInfoProto": {1: "GraphProto", 2: "GraphProto"},
     "FunctionProto": {7: "NodeProto", 11: "AttributeProto"},
@@ -81,7 +83,7 @@ _ROLE = {
 }
 
 
-def _varint(data: Data, pos: int, end: int) -> tuple[int, int]:
+def _varint(data: Data, pos: int, end: int) -> Tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= end:
@@ -96,7 +98,7 @@ def _varint(data: Data, pos: int, end: int) -> tuple[int, int]:
             raise NotProtobuf(f"a number longer than ten bytes ends at byte {pos}")
 
 
-def _fields(data: Data, start: int, end: int, depth: int = 0) -> Iterator[tuple[int, int, int, int]]:
+def _fields(data: Data, start: int, end: int, depth: int = 0) -> Iterator[Tuple[int, int, int, int]]:
     """(field number, wire type, value or start, end) of each field of the message in
     ``data[start:end]``; for a length-delimited field, its bytes are ``data[value:end]``."""
     pos = start
@@ -159,18 +161,18 @@ def looks_like_onnx(data: Data) -> bool:
     return has_graph
 
 
-def outside_on_the_wire(data: Data) -> Outside | None:
+def outside_on_the_wire(data: Data) -> Optional[Outside]:
     """The first reference outside the file, found by walking the protobuf wire format."""
     return _walk(data, 0, len(data), "ModelProto", "", 0)
 
 
-def _walk(data: Data, start: int, end: int, message: str, where: str, depth: int) -> Outside | None:
+def _walk(data: Data, start: int, end: int, message: str, where: str, depth: int) -> Optional[Outside]:
     if depth > _MAX_DEPTH:
         raise NotProtobuf(f"messages nested more than {_MAX_DEPTH} deep")
     children = _CHILDREN[message]
     name = op_type = ""
-    nested: list[tuple[int, int, int]] = []
-    entries: list[tuple[str, str]] = []  # a TensorProto's external_data (key, value)
+    nested: List[Tuple[int, int, int]] = []
+    entries: List[Tuple[str, str]] = []  # a TensorProto's external_data (key, value)
     external = False
     for number, wire, value, stop in _fields(data, start, end, depth):
         if number in children and wire == _LEN:  # another wire type: an unknown field, as protobuf has it
@@ -189,7 +191,7 @@ def _walk(data: Data, start: int, end: int, message: str, where: str, depth: int
         return Outside(where, f"{pairs.get('key', '')}={pairs.get('value', '')}")
     if message == "NodeProto" and op_type == "EPContext":
         return Outside(here, _epcontext_file(data, nested), epcontext=True)
-    locations: list[str] = []
+    locations: List[str] = []
     for number, child_start, child_end in nested:
         if message == "TensorProto":  # its external_data entries
             entry = _walk(data, child_start, child_end, "StringStringEntryProto", here, depth + 1)
@@ -204,7 +206,7 @@ def _walk(data: Data, start: int, end: int, message: str, where: str, depth: int
     return None
 
 
-def _epcontext_file(data: Data, attributes: list[tuple[int, int, int]]) -> str:
+def _epcontext_file(data: Data, attributes: List[Tuple[int, int, int]]) -> str:
     """The ``ep_cache_context`` attribute's string of an EPContext node (its file, when not embedded)."""
     for _, start, end in attributes:
         name = text = ""
@@ -218,7 +220,7 @@ def _epcontext_file(data: Data, attributes: list[tuple[int, int, int]]) -> str:
     return ""
 
 
-def _location(entries: list[str]) -> str:
+def _location(entries: List[str]) -> str:
     """The file an external tensor names (its "location" entry), else all its entries."""
     for entry in entries:
         key, _, value = entry.partition("=")
@@ -246,7 +248,7 @@ def onnx_package() -> Any:
     return onnx
 
 
-def outside_with_package(onnx: Any, data: Data) -> Outside | None:
+def outside_with_package(onnx: Any, data: Data) -> Optional[Outside]:
     """As :func:`_outside_on_the_wire`, on the onnx package's data model."""
     from google.protobuf.message import DecodeError  # onnx's own dependency
 
@@ -257,8 +259,8 @@ def outside_with_package(onnx: Any, data: Data) -> Outside | None:
     return _package_model(model)
 
 
-def _package_model(model: Any) -> Outside | None:
-    items: list[tuple[str, str, Any]] = [("graph", "GraphProto", model.graph)] if model.HasField("graph") else []
+def _package_model(model: Any) -> Optional[Outside]:
+    items: List[Tuple[str, str, Any]] = [("graph", "GraphProto", model.graph)] if model.HasField("graph") else []
     for info in model.training_info:
         items += [
             ("training info > initialization graph", "GraphProto", info.initialization),
@@ -268,7 +270,7 @@ def _package_model(model: Any) -> Outside | None:
     return _package_items(items, 0)
 
 
-def _package_items(items: list[tuple[str, str, Any]], depth: int) -> Outside | None:
+def _package_items(items: List[Tuple[str, str, Any]], depth: int) -> Optional[Outside]:
     if depth > _MAX_DEPTH:
         raise NotProtobuf(f"messages nested more than {_MAX_DEPTH} deep")
     for where, kind, message in items:
@@ -278,7 +280,7 @@ def _package_items(items: list[tuple[str, str, Any]], depth: int) -> Outside | N
     return None
 
 
-def _package_message(where: str, kind: str, message: Any, depth: int) -> Outside | None:
+def _package_message(where: str, kind: str, message: Any, depth: int) -> Optional[Outside]:
     if kind == "TensorProto":
         here = _describe(where, kind, message.name)
         if message.data_location == _EXTERNAL or len(message.external_data):
@@ -295,7 +297,7 @@ def _package_message(where: str, kind: str, message: Any, depth: int) -> Outside
             return Outside(here, context[:200].decode("utf-8", "replace"), epcontext=True)
         return _package_items([(f"{here} > attribute", "AttributeProto", a) for a in message.attribute], depth + 1)
     here = _describe(where, kind, message.name)
-    children: list[tuple[str, str, Any]] = []
+    children: List[Tuple[str, str, Any]] = []
     if kind == "GraphProto":
         children += [(f"{here} > node", "NodeProto", n) for n in message.node]
         children += [(f"{here} > initializer", "TensorProto", t) for t in message.initializer]

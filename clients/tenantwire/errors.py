@@ -7,17 +7,21 @@ be served, and exactly one place in the daemon turns it into an error reply. ``d
 documents the table below; ``tests/unit/test_protocol.py`` checks that it does.
 """
 
-from __future__ import annotations
+from enum import Enum
+from typing import Any, Dict, Mapping, Optional, Union
 
-from collections.abc import Mapping
-from enum import StrEnum
-from typing import Any, TypeAlias
+# Written at the Python 3.6 language level: a device worker imports this module (through
+# tensors.py) under the device's own Python (README, "Device workers").
 
-RequestId: TypeAlias = str | int
+RequestId = Union[str, int]
 
 
-class ErrorCode(StrEnum):
-    """Stable error codes carried on the wire. Never renumber or rename; only add."""
+class ErrorCode(str, Enum):
+    """Stable error codes carried on the wire. Never renumber or rename; only add.
+
+    A ``str`` whose value is its name: equal to the plain string, encoded by msgpack and json as
+    that string, and ``str()``/``format()`` give it too (what 3.11's ``StrEnum`` does; written so
+    for Python 3.6)."""
 
     BAD_REQUEST = "BAD_REQUEST"
     UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
@@ -39,9 +43,15 @@ class ErrorCode(StrEnum):
     DEVICE_UNAVAILABLE = "DEVICE_UNAVAILABLE"
     STORAGE_FULL = "STORAGE_FULL"
 
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, format_spec: str) -> str:
+        return format(str(self.value), format_spec)
+
 
 # One line per code: what it means and whether retrying the same request can help.
-ERROR_TABLE: dict[ErrorCode, str] = {
+ERROR_TABLE: Dict[ErrorCode, str] = {
     ErrorCode.BAD_REQUEST: "The message is malformed: bad msgpack, missing or mistyped header field, "
     "tensor frames that do not match their description. Do not retry unchanged.",
     ErrorCode.UNSUPPORTED_VERSION: "The header's protocol version `v` is not one the daemon speaks; "
@@ -88,13 +98,13 @@ class TenantdError(Exception):
         self,
         code: ErrorCode,
         message: str,
-        details: Mapping[str, Any] | None = None,
-        request_id: RequestId | None = None,
+        details: Optional[Mapping[str, Any]] = None,
+        request_id: Optional[RequestId] = None,
     ) -> None:
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
-        self.details: dict[str, Any] = dict(details or {})
+        self.details: Dict[str, Any] = dict(details or {})
         self.request_id = request_id
 
 

@@ -9,11 +9,12 @@ runtime reads both members from memory. Only the standard library is used, so th
 need OpenVINO.
 """
 
-from __future__ import annotations
-
 import io
 import zipfile
 from pathlib import Path
+from typing import Tuple, Union
+
+# Written at the Python 3.6 language level: a device worker imports this module (README, "Device workers").
 
 SUFFIX = ".ovir"
 XML = "model.xml"
@@ -25,7 +26,7 @@ class BundleError(ValueError):
     """The bytes are not a valid IR bundle, or the IR files to bundle are missing."""
 
 
-def is_bundle(data: bytes | memoryview) -> bool:
+def is_bundle(data: Union[bytes, memoryview]) -> bool:
     return bytes(data[:4]) == _ZIP_MAGIC
 
 
@@ -46,7 +47,7 @@ def pack_files(xml_path: Path) -> bytes:
     return pack(xml_path.read_bytes(), bin_path.read_bytes())
 
 
-def unpack(data: bytes | memoryview) -> tuple[bytes, bytes]:
+def unpack(data: Union[bytes, memoryview]) -> Tuple[bytes, bytes]:
     """(graph xml, weights) from a bundle. Raises BundleError."""
     try:
         with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:

@@ -6,19 +6,20 @@ for a slow link (:class:`TensorEncoding`). :class:`TensorSpec` is what a model d
 input and output, as the daemon reports it and the client reads it.
 """
 
-from __future__ import annotations
-
 import math
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, TypeAlias, cast
+from functools import reduce
+from operator import mul
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Union, cast
 
 import numpy as np
 
 from tenantwire.errors import ErrorCode, ProtocolError, RequestId
 
-BytesLike: TypeAlias = bytes | bytearray | memoryview | Any  # anything exposing the buffer protocol
+# Written at the Python 3.6 language level (typing's generics, no dataclasses): a device worker
+# imports this module under the device's own Python (README, "Device workers").
+
+BytesLike = Union[bytes, bytearray, memoryview, Any]  # anything exposing the buffer protocol
 
 MAX_TENSORS = 64
 MAX_RANK = 8
@@ -28,7 +29,7 @@ MAX_DECODED_BYTES = 256 * 1024 * 1024
 
 
 # Wire dtypes are numpy dtype names; multi-byte types are little-endian on the wire.
-WIRE_DTYPES: frozenset[str] = frozenset(
+WIRE_DTYPES: FrozenSet[str] = frozenset(
     {
         "bool",
         "int8",
@@ -46,17 +47,57 @@ WIRE_DTYPES: frozenset[str] = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class TensorSpec:
+class _Record:
+    """What ``@dataclass(frozen=True)`` gave the classes below, at the Python 3.6 level: fields
+    named in ``__slots__`` and set once in ``__init__``; equality (same class only), hashing and
+    ``repr`` by field, in order; assigning a field raises AttributeError; copy and pickle by value."""
+
+    __slots__: Tuple[str, ...] = ()
+
+    def _values(self) -> Tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__qualname__}({fields})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r} of a {type(self).__name__}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r} of a {type(self).__name__}")
+
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        return (type(self), self._values())
+
+
+class TensorSpec(_Record):
     """One model input or output. ``shape`` uses -1 for a dimension the model lets vary."""
 
+    __slots__ = ("name", "dtype", "shape", "quantization")  # noqa: RUF023 - the fields' order: repr, ==, pickle
     name: str
     dtype: str
-    shape: tuple[int, ...]
+    shape: Tuple[int, ...]
     # Affine quantisation (scale, zero point) where the tensor is quantised, else None.
-    quantization: tuple[float, int] | None = None
+    quantization: Optional[Tuple[float, int]]
 
-    def to_wire(self) -> dict[str, Any]:
+    def __init__(
+        self, name: str, dtype: str, shape: Tuple[int, ...], quantization: Optional[Tuple[float, int]] = None
+    ) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "quantization", quantization)
+
+    def to_wire(self) -> Dict[str, Any]:
         return {
             "name": self.name,
             "dtype": self.dtype,
@@ -65,7 +106,7 @@ class TensorSpec:
         }
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> TensorSpec:
+    def from_wire(cls, data: Dict[str, Any]) -> "TensorSpec":
         q = data.get("quantization")
         return cls(
             name=str(data["name"]),
@@ -74,12 +115,13 @@ class TensorSpec:
             quantization=(float(q[0]), int(q[1])) if q else None,
         )
 
-    def accepts(self, array: np.ndarray) -> str | None:
+    def accepts(self, array: np.ndarray) -> Optional[str]:
         """None if ``array`` fits this input, else a sentence saying why not."""
         if array.dtype.name != self.dtype:
             return f"input {self.name!r} needs dtype {self.dtype}, got {array.dtype.name}"
+        # zip() sees two shapes of one length: the rank is compared first.
         if len(array.shape) != len(self.shape) or any(
-            want not in (-1, got) for want, got in zip(self.shape, array.shape, strict=True)
+            want not in (-1, got) for want, got in zip(self.shape, array.shape)
         ):
             return f"input {self.name!r} needs shape {list(self.shape)}, got {list(array.shape)}"
         return None
@@ -106,28 +148,31 @@ LOSSLESS_CODECS = ("zlib", "lz4")
 _FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
 
 
-@dataclass(frozen=True)
-class TensorEncoding:
+class TensorEncoding(_Record):
     """How tensors are packed for a slow link (edge to cloud). ``lossy`` first: ``float16``
     casts floats to half precision; ``int8`` quantizes each float tensor affinely to 8 bits
     with its own scale and zero point. Then ``codec`` compresses the bytes losslessly. The
     receiver decodes back to the tensor's declared dtype, so a model sees what it expects.
     Non-float tensors are only compressed, never made lossy."""
 
-    lossy: str | None = None
-    codec: str | None = None
-    level: int = 1
+    __slots__ = ("lossy", "codec", "level")  # noqa: RUF023 - the fields' order: repr, ==, pickle
+    lossy: Optional[str]
+    codec: Optional[str]
+    level: int
 
-    def __post_init__(self) -> None:
-        if self.lossy not in (None, *LOSSY_ENCODINGS):
-            raise ValueError(f"lossy encoding {self.lossy!r} is not one of {LOSSY_ENCODINGS}")
-        if self.codec not in (None, *LOSSLESS_CODECS):
-            raise ValueError(f"codec {self.codec!r} is not one of {LOSSLESS_CODECS}")
-        if not 0 <= self.level <= 9:
+    def __init__(self, lossy: Optional[str] = None, codec: Optional[str] = None, level: int = 1) -> None:
+        if lossy not in (None, *LOSSY_ENCODINGS):
+            raise ValueError(f"lossy encoding {lossy!r} is not one of {LOSSY_ENCODINGS}")
+        if codec not in (None, *LOSSLESS_CODECS):
+            raise ValueError(f"codec {codec!r} is not one of {LOSSLESS_CODECS}")
+        if not 0 <= level <= 9:
             raise ValueError("level must be 0-9")
+        object.__setattr__(self, "lossy", lossy)
+        object.__setattr__(self, "codec", codec)
+        object.__setattr__(self, "level", level)
 
     @classmethod
-    def parse(cls, text: str | None) -> TensorEncoding | None:
+    def parse(cls, text: Optional[str]) -> Optional["TensorEncoding"]:
         """``"none"``, ``"zlib"``, ``"int8"``, ``"float16+lz4"``, ... (``None`` for none)."""
         if text is None or text.strip().lower() in {"", "none", "raw"}:
             return None
@@ -157,8 +202,8 @@ def _lz4_block() -> Any:
     return lz4.block
 
 
-def _encode_one(a: np.ndarray, encoding: TensorEncoding) -> tuple[bytes, dict[str, Any]]:
-    meta: dict[str, Any] = {}
+def _encode_one(a: np.ndarray, encoding: TensorEncoding) -> Tuple[bytes, Dict[str, Any]]:
+    meta: Dict[str, Any] = {}
     stored = a
     if encoding.lossy is not None and a.dtype.name in _FLOAT_DTYPES:
         if encoding.lossy == "float16":
@@ -171,7 +216,7 @@ def _encode_one(a: np.ndarray, encoding: TensorEncoding) -> tuple[bytes, dict[st
             scale = (high - low) / 255.0 or 1.0
             zero_point = int(np.clip(round(-128 - low / scale), -128, 127))
             q = np.clip(np.rint(a / scale) + zero_point, -128, 127)
-            stored = np.nan_to_num(q, nan=zero_point).astype(np.int8)
+            stored = np.where(np.isnan(q), zero_point, q).astype(np.int8)  # nan_to_num(nan=) is numpy 1.17
             meta.update(lossy="int8", scale=scale, zero_point=zero_point)
     raw = stored.tobytes()
     if encoding.codec == "zlib":
@@ -184,15 +229,15 @@ def _encode_one(a: np.ndarray, encoding: TensorEncoding) -> tuple[bytes, dict[st
 
 
 def encode_tensors(
-    tensors: Sequence[tuple[str | None, np.ndarray]], first_frame: int = 0, encoding: TensorEncoding | None = None
-) -> tuple[list[dict[str, Any]], list[BytesLike]]:
+    tensors: Sequence[Tuple[Optional[str], np.ndarray]], first_frame: int = 0, encoding: Optional[TensorEncoding] = None
+) -> Tuple[List[Dict[str, Any]], List[BytesLike]]:
     """Describe ``tensors`` for the header and return their raw buffers, without copying
     arrays that are already C-contiguous and little-endian (unless ``encoding`` packs them)."""
-    metas: list[dict[str, Any]] = []
-    buffers: list[BytesLike] = []
+    metas: List[Dict[str, Any]] = []
+    buffers: List[BytesLike] = []
     for index, (name, array) in enumerate(tensors):
         a = _wire_array(array)
-        meta: dict[str, Any] = {
+        meta: Dict[str, Any] = {
             "name": name,
             "dtype": a.dtype.name,
             "shape": list(a.shape),
@@ -212,12 +257,12 @@ def encode_tensors(
 
 def _decode_one(
     view: memoryview,
-    dtype: np.dtype[Any],
-    shape: list[int],
+    dtype: "np.dtype[Any]",
+    shape: List[int],
     packed: Any,
     where: str,
-    rid: RequestId | None,
-    budget: list[int],
+    rid: Optional[RequestId],
+    budget: List[int],
 ) -> np.ndarray:
     """Undo :func:`_encode_one`; never inflates past the size the declared tensor needs, nor
     past what is left of the message's ``budget`` (a one-element list, decremented)."""
@@ -227,15 +272,15 @@ def _decode_one(
     expect(codec in (None, *LOSSLESS_CODECS), f"{where}.encoding.codec {codec!r} is not known", rid)
     expect(lossy is None or dtype.name in _FLOAT_DTYPES, f"{where}: a lossy encoding needs a float dtype", rid)
     stored_dtype = {None: dtype, "float16": np.dtype("<f2"), "int8": np.dtype(np.int8)}[lossy]
-    expected = math.prod(shape) * stored_dtype.itemsize
-    decoded = math.prod(shape) * dtype.itemsize
+    expected = _count(shape) * stored_dtype.itemsize
+    decoded = _count(shape) * dtype.itemsize
     expect(
         max(expected, decoded) <= budget[0],
         f"{where} would unpack to {max(expected, decoded)} bytes; a message may unpack to at most {budget[0]} more",
         rid,
     )
     budget[0] -= max(expected, decoded)
-    data: bytes | memoryview = view
+    data: Union[bytes, memoryview] = view
     if codec == "zlib":
         inflater = zlib.decompressobj()
         try:
@@ -271,7 +316,12 @@ def _decode_one(
     return stored.astype(dtype) if stored_dtype != dtype else stored.copy()
 
 
-def expect(condition: bool, message: str, request_id: RequestId | None = None) -> None:
+def _count(shape: Sequence[int]) -> int:
+    """Elements in a tensor of ``shape``: Python ints, so no overflow (``math.prod`` is 3.8)."""
+    return reduce(mul, shape, 1)
+
+
+def expect(condition: bool, message: str, request_id: Optional[RequestId] = None) -> None:
     if not condition:
         raise ProtocolError(ErrorCode.BAD_REQUEST, message, request_id=request_id)
 
@@ -279,15 +329,15 @@ def expect(condition: bool, message: str, request_id: RequestId | None = None) -
 def decode_tensors(
     metas: Any,
     frames: Sequence[BytesLike],
-    request_id: RequestId | None = None,
+    request_id: Optional[RequestId] = None,
     max_decoded_bytes: int = MAX_DECODED_BYTES,
-) -> list[tuple[str | None, np.ndarray]]:
+) -> List[Tuple[Optional[str], np.ndarray]]:
     """Turn header tensor descriptions plus frames into read-only numpy views (no copy)."""
     expect(isinstance(metas, list), "'tensors' must be a list", request_id)
     expect(len(metas) <= MAX_TENSORS, f"at most {MAX_TENSORS} tensors per message", request_id)
-    used: set[int] = set()
+    used: Set[int] = set()
     budget = [max_decoded_bytes]
-    out: list[tuple[str | None, np.ndarray]] = []
+    out: List[Tuple[Optional[str], np.ndarray]] = []
     for i, meta in enumerate(metas):
         where = f"tensors[{i}]"
         expect(isinstance(meta, dict), f"{where} must be a map", request_id)
@@ -327,7 +377,7 @@ def decode_tensors(
             decoded.flags.writeable = False
             out.append((name, decoded))
             continue
-        expected = math.prod(shape) * np_dtype.itemsize
+        expected = _count(shape) * np_dtype.itemsize
         expect(
             view.nbytes == expected,
             f"{where} is {dtype}{shape}, which needs {expected} bytes, but frame {frame} holds {view.nbytes}",

@@ -8,17 +8,16 @@ library search path, never by importing the vendor package, so ``status`` and ``
 stay cheap and a missing TensorRT never breaks import of the daemon. Extra runtimes (third-party
 backends, or test doubles) can be registered with :func:`register` or through the
 ``TENANTD_RUNTIMES`` environment variable (``name=module:Class,name2=module2:Class2``), which also
-reaches the probe subprocess.
+reaches the probe subprocess. The package and its adapters are written at the Python 3.6 language
+level: a device worker imports them under the device's own Python (README, "Device workers").
 """
-
-from __future__ import annotations
 
 import ctypes.util
 import importlib
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Tuple, Type
 
 from tenantd.errors import DeviceLost, RuntimeFailure
 from tenantd.runtimes.base import LoadedModel, Runtime, device_kind
@@ -40,17 +39,16 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     target: str  # "module:Class"
     package: str  # what to install, in words an operator can act on
-    suffixes: tuple[str, ...]  # file suffixes it loads
+    suffixes: Tuple[str, ...]  # file suffixes it loads
     # What must be present for it to work: Python modules, or "lib:NAME" for a shared library
     # (found as ctypes.util.find_library does, e.g. "lib:edgetpu" -> libedgetpu.so.1).
-    requires: tuple[str, ...]
+    requires: Tuple[str, ...]
 
 
-_REGISTRY: dict[str, _Entry] = {
+_REGISTRY: Dict[str, _Entry] = {
     "litert": _Entry(
         "tenantd.runtimes.litert:LiteRTRuntime",
         "ai-edge-litert (or tflite-runtime)",
@@ -86,7 +84,7 @@ _REGISTRY: dict[str, _Entry] = {
 # Which runtimes serve a file of a given type on a given kind of device, best first; the first one
 # installed is chosen. A pair not listed falls back to the first registered runtime that loads the
 # suffix, and a file without a suffix to LiteRT (a wrong guess costs a clear INVALID_MODEL).
-_CHOICE: dict[tuple[str, str], tuple[str, ...]] = {
+_CHOICE: Dict[Tuple[str, str], Tuple[str, ...]] = {
     ("cpu", ".tflite"): ("litert", "openvino"),
     ("cpu", ".onnx"): ("onnxruntime", "openvino"),
     ("cpu", ".xml"): ("openvino",),
@@ -108,7 +106,7 @@ class RuntimeNotAvailable(Exception):
 
 
 def register(
-    name: str, target: str, package: str = "", suffixes: tuple[str, ...] = (), requires: tuple[str, ...] = ()
+    name: str, target: str, package: str = "", suffixes: Tuple[str, ...] = (), requires: Tuple[str, ...] = ()
 ) -> None:
     """Register ``target`` ("module:Class") as runtime ``name``."""
     module = target.split(":")[0]
@@ -164,7 +162,7 @@ def runtime_target(name: str) -> str:
     return _entry(name).target
 
 
-def get_runtime_class(name: str) -> type[Runtime]:
+def get_runtime_class(name: str) -> Type[Runtime]:
     """Import and return the runtime class registered as ``name``. Raises RuntimeNotAvailable,
     naming the package to install, when it is unknown or not installed."""
     entry = _entry(name)
@@ -184,7 +182,7 @@ def get_runtime_class(name: str) -> type[Runtime]:
     return cls
 
 
-def check_device(cls: type[Runtime], device: str) -> None:
+def check_device(cls: Type[Runtime], device: str) -> None:
     """Raise RuntimeNotAvailable if runtime ``cls`` cannot run on ``device``."""
     if cls.device_kinds and device_kind(device) not in cls.device_kinds:
         raise RuntimeNotAvailable(
@@ -192,7 +190,7 @@ def check_device(cls: type[Runtime], device: str) -> None:
         )
 
 
-def available_runtimes() -> list[str]:
+def available_runtimes() -> List[str]:
     """Names of registered runtimes whose packages are installed on this host (not imported)."""
     return [name for name in sorted(_REGISTRY) if runtime_installed(name)]
 
@@ -200,7 +198,7 @@ def available_runtimes() -> list[str]:
 DEFAULT_RUNTIME = "litert"
 
 
-def runtime_for_file(filename: str | None, device: str = "cpu") -> str:
+def runtime_for_file(filename: Optional[str], device: str = "cpu") -> str:
     """Pick a runtime for a submitted file from its suffix and the device: the first installed of
     the candidates for (device kind, suffix), else the first candidate (so the tenant's error names
     the package to install); LiteRT when the suffix says nothing. A file the chosen runtime cannot

@@ -28,15 +28,16 @@ Device loss: libedgetpu's USB transfer errors are fatal aborts in C++ ("F usb_dr
 Abort", google-coral/edgetpu#494, #476), not exceptions: no code in this process can catch them,
 only a supervisor of the process can (the device worker). A delegate that cannot be created (no
 device, or one held by another process) raises :class:`DeviceLost`.
-"""
 
-from __future__ import annotations
+Written at the Python 3.6 language level, for a device worker under a Coral image's older Python
+(README, "Device workers").
+"""
 
 import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -50,11 +51,11 @@ EDGETPU_LIBRARY = "libedgetpu.so.1"
 __all__ = ["EDGETPU_OP", "EdgeTPURuntime", "check_listed", "delegate_device", "list_devices", "loader", "model_facts"]
 _LOST_MARKS = ("usb transfer error", "libusb", "failed to load delegate", "no edge tpu", "device not found")
 # Which model ran last on each device (by model key), so a switch is seen on its first invoke.
-_LAST_RAN: dict[str, tuple[int, frozenset[str]]] = {}
+_LAST_RAN: Dict[str, Tuple[int, FrozenSet[str]]] = {}
 _LAST_LOCK = threading.Lock()
 
 
-def delegate_device(device: str) -> str | None:
+def delegate_device(device: str) -> Optional[str]:
     """The delegate's ``device`` option for a tenantd device name; None: the first EdgeTPU found."""
     kind, _, rest = device.partition(":")
     if kind != "edgetpu":
@@ -84,7 +85,7 @@ def loader() -> str:
         return "tflite_runtime"
 
 
-def list_devices() -> list[dict[str, str]] | None:
+def list_devices() -> Optional[List[Dict[str, str]]]:
     """pycoral's ``list_edge_tpus()`` (``[{'type': 'usb', 'path': ...}]``), or None without pycoral."""
     try:
         from pycoral.utils.edgetpu import list_edge_tpus
@@ -93,7 +94,7 @@ def list_devices() -> list[dict[str, str]] | None:
     return [dict(d) for d in list_edge_tpus()]
 
 
-def check_listed(device: str | None, found: list[dict[str, str]]) -> None:
+def check_listed(device: Optional[str], found: List[Dict[str, str]]) -> None:
     """Raise DeviceLost unless pycoral lists the device (``usb:N``/``pci:N``: the Nth of that type;
     ``usb``/``pci``: any of that type; None: any)."""
     kind, _, index = (device or "").partition(":")
@@ -103,9 +104,9 @@ def check_listed(device: str | None, found: list[dict[str, str]]) -> None:
         raise DeviceLost(f"pycoral lists no EdgeTPU {device or '(any)'} (list_edge_tpus: {listed})")
 
 
-def model_facts(info: ModelInfo) -> dict[str, Any]:
+def model_facts(info: ModelInfo) -> Dict[str, Any]:
     """What the file itself says; the on-chip figure from the file alone is an estimate."""
-    facts: dict[str, Any] = {"edgetpu_compiled": info.edgetpu_compiled}
+    facts: Dict[str, Any] = {"edgetpu_compiled": info.edgetpu_compiled}
     if info.edgetpu_compiled:
         facts["edgetpu_op_bytes"] = info.edgetpu_op_bytes
         facts["edgetpu_on_chip_param_bytes"] = min(info.edgetpu_op_bytes, 8 * 2**20)
@@ -120,7 +121,7 @@ def _is_lost(exc: BaseException) -> bool:
 class EdgeTPUModel(LiteRTModel):
     can_add_instances = False  # one device that runs one model at a time: more interpreters gain nothing
 
-    def __init__(self, interpreter: Any, delegate: Any, facts: dict[str, Any], device: str) -> None:
+    def __init__(self, interpreter: Any, delegate: Any, facts: Dict[str, Any], device: str) -> None:
         super().__init__(interpreter)
         # An EdgeTPU model is compiled for its shapes: a resized input would fall back to the CPU.
         self.max_batch = 1
@@ -130,7 +131,7 @@ class EdgeTPUModel(LiteRTModel):
         group = facts.get("edgetpu_cocompiled_group") or ()
         self._group = frozenset(str(m) for m in group)
 
-    def infer(self, inputs: list[Any]) -> list[Any]:
+    def infer(self, inputs: List[Any]) -> List[Any]:
         with _LAST_LOCK:
             last = _LAST_RAN.get(self._device)
             # Another model (not of this one's co-compiled group) ran last: its parameters are in
@@ -161,12 +162,12 @@ class StaticEdgeTPUModel(LoadedModel):
     """An EdgeTPU-compiled model validated without the device: specs from the file; running it
     needs the device, whose owner does the trial load."""
 
-    def __init__(self, info: ModelInfo, facts: dict[str, Any]) -> None:
+    def __init__(self, info: ModelInfo, facts: Dict[str, Any]) -> None:
         self.inputs = tuple(TensorSpec(t.name, t.dtype, t.shape) for t in info.inputs)
         self.outputs = tuple(TensorSpec(t.name, t.dtype, t.shape) for t in info.outputs)
         self.facts = dict(facts, trial_load="deferred")
 
-    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def infer(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
         raise RuntimeFailure("an EdgeTPU-compiled model runs only on the EdgeTPU; its trial load is the device owner's")
 
     def unload(self) -> None:
@@ -178,7 +179,7 @@ class EdgeTPURuntime(Runtime):
     suffixes = (".tflite",)
     device_kinds = ("edgetpu",)
 
-    def _load(self, source: bytes | Path) -> LoadedModel:
+    def _load(self, source: Union[bytes, Path]) -> LoadedModel:
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
         try:
             info = ModelInfo(data)
@@ -195,7 +196,7 @@ class EdgeTPURuntime(Runtime):
         interpreter, delegate = self._open(data, device)
         return EdgeTPUModel(interpreter, delegate, facts, self.device)
 
-    def _open(self, data: bytes, device: str | None) -> tuple[Any, Any]:
+    def _open(self, data: bytes, device: Optional[str]) -> Tuple[Any, Any]:
         how = loader()
         try:
             if how == "pycoral":
@@ -230,7 +231,7 @@ class EdgeTPURuntime(Runtime):
         return "cpu"
 
     @classmethod
-    def param_bytes(cls, path: Path) -> int | None:
+    def param_bytes(cls, path: Path) -> Optional[int]:
         """What the model needs in the parameter cache, from the file alone (an estimate: the bytes
         inside its EdgeTPU ops, else, not compiled, its tensors'); the compiler's figure, where
         given, travels in the probe's facts instead."""

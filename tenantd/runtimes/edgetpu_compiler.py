@@ -22,7 +22,7 @@ Written at the Python 3.6 language level, for a device worker under an older Pyt
 
 import os
 import re
-from typing import Any, Dict, List, Optional  # noqa: F401, UP035 - type comments at the Python 3.6 level
+from typing import Any, Dict, List, Optional  # noqa: F401 - type comments at the Python 3.6 level
 
 ON_CHIP = "On-chip memory used for caching model parameters"
 STREAMED = "Off-chip memory used for streaming uncached model parameters"

@@ -6,20 +6,19 @@ interpreters (instances), one per concurrent call, all built on one in-memory co
 XNNPACK's packed weights are each interpreter's own: the classic ``Interpreter`` of ai-edge-litert
 2.3.0 has no option to share them (its weight cache, ``xnnpack_weight_cache_path``, is reachable
 only through the ``CompiledModel`` API). The EdgeTPU delegate builds on this module.
+
+Written at the Python 3.6 language level, for a device worker under an older Python, with only the
+numpy APIs of JetPack 4.6's numpy (1.13-1.19) (README, "Device workers").
 """
 
-from __future__ import annotations
-
-import importlib.metadata
 import queue
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from tenantd.errors import RuntimeFailure
-from tenantd.runtimes.base import LoadedModel, Runtime, batch_capacity
+from tenantd.runtimes.base import IdleQueue, LoadedModel, Runtime, batch_capacity, package_version, strict_zip
 from tenantwire.tensors import TensorSpec
 
 try:
@@ -32,7 +31,7 @@ except ImportError:  # pragma: no cover - exercised only where tflite-runtime al
     _PACKAGE = "tflite-runtime"
 
 
-def _spec(detail: dict[str, Any]) -> TensorSpec:
+def _spec(detail: Dict[str, Any]) -> TensorSpec:
     signature = detail.get("shape_signature")
     shape = signature if signature is not None and len(signature) else detail["shape"]
     scale, zero_point = detail.get("quantization", (0.0, 0))
@@ -47,7 +46,7 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
 class _Instance:
     """One interpreter of a model and the input shapes it is allocated for."""
 
-    def __init__(self, interpreter: Any, shapes: list[tuple[int, ...]]) -> None:
+    def __init__(self, interpreter: Any, shapes: List[Tuple[int, ...]]) -> None:
         self.interpreter = interpreter
         self.shapes = list(shapes)
 
@@ -58,7 +57,7 @@ class LiteRTModel(LoadedModel):
 
     can_add_instances = True
 
-    def __init__(self, interpreter: Any, make: Callable[[], Any] | None = None) -> None:
+    def __init__(self, interpreter: Any, make: Optional[Callable[[], Any]] = None) -> None:
         self._make = make
         self._input_details = interpreter.get_input_details()
         self._output_details = interpreter.get_output_details()
@@ -70,7 +69,7 @@ class LiteRTModel(LoadedModel):
         # A batch resizes the interpreter's inputs (and back for the next single request).
         self.max_batch = batch_capacity(self.inputs, self.outputs, resizable=True)
         # Idle interpreters; a call takes one and puts it back, so concurrent calls never share one.
-        self._idle: queue.SimpleQueue[_Instance] = queue.SimpleQueue()
+        self._idle = IdleQueue()  # type: queue.Queue[_Instance]
         self._idle.put(_Instance(interpreter, self._shapes))
         self.instances = 1
 
@@ -86,7 +85,7 @@ class LiteRTModel(LoadedModel):
         self._idle.put(_Instance(interpreter, self._shapes))
         self.instances += 1  # after the put: the scheduler may send one more call at once from now
 
-    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def infer(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
         try:
             instance = self._idle.get_nowait()
         except queue.Empty:
@@ -96,7 +95,7 @@ class LiteRTModel(LoadedModel):
         finally:
             self._idle.put(instance)
 
-    def _run(self, instance: _Instance, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def _run(self, instance: _Instance, inputs: List[np.ndarray]) -> List[np.ndarray]:
         interpreter = instance.interpreter
         if interpreter is None:
             raise RuntimeFailure("the model was unloaded")
@@ -109,7 +108,7 @@ class LiteRTModel(LoadedModel):
                     resized = True
             if resized:
                 interpreter.allocate_tensors()
-            for index, array in zip(self._input_index, inputs, strict=True):
+            for index, array in strict_zip(self._input_index, inputs):
                 interpreter.set_tensor(index, array)
             interpreter.invoke()
             return [interpreter.get_tensor(index) for index in self._output_index]
@@ -117,7 +116,7 @@ class LiteRTModel(LoadedModel):
             raise RuntimeFailure(str(exc)) from exc
 
     def unload(self) -> None:
-        idle, self._idle = self._idle, queue.SimpleQueue()
+        idle, self._idle = self._idle, IdleQueue()
         self._make = None
         while True:
             try:
@@ -131,7 +130,7 @@ class LiteRTRuntime(Runtime):
     suffixes = (".tflite",)
     device_kinds = ("cpu",)
 
-    def _load(self, source: bytes | Path) -> LiteRTModel:
+    def _load(self, source: Union[bytes, Path]) -> LiteRTModel:
         # Every interpreter of the model is built on this one buffer (LiteRT keeps a reference and
         # does not copy it), so an instance costs its own arena and packed weights, not the file
         # again: a path would be memory-mapped once per interpreter.
@@ -149,7 +148,7 @@ class LiteRTRuntime(Runtime):
         return LiteRTModel(interpreter, make)
 
     @classmethod
-    def param_bytes(cls, path: Path) -> int | None:
+    def param_bytes(cls, path: Path) -> Optional[int]:
         try:
             return tflite_param_bytes(path.read_bytes())
         except (ImportError, ValueError):
@@ -157,7 +156,7 @@ class LiteRTRuntime(Runtime):
 
     @classmethod
     def version(cls) -> str:
-        return f"{_PACKAGE} {importlib.metadata.version(_PACKAGE)}"
+        return f"{_PACKAGE} {package_version(_PACKAGE) or 'unknown'}"
 
 
 def tflite_param_bytes(data: bytes) -> int:

@@ -18,15 +18,15 @@ throws "Failed to allocate graph: NC_OUT_OF_MEMORY", or fails to boot a further 
 not init Myriad device: NC_ERROR" (openvinotoolkit/openvino#2418, at the 10th network; both
 thrown by the plugin's myriad_executor.cpp): with networks already loaded that is
 :class:`DeviceMemoryFull` (admission's refusal of this model, with the count), not a lost device.
+
+Written at the Python 3.6 language level, for a device worker under the NCS2's OpenVINO 2022.3
+(Python 3.7-3.10) or another older Python (README, "Device workers").
 """
 
-from __future__ import annotations
-
-import importlib.metadata
 import queue
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - OpenVINO 2022.3 LTS (the last with MYR
     from openvino.runtime import Core, Tensor
 
 from tenantd.errors import DeviceLost, DeviceMemoryFull, RuntimeFailure
-from tenantd.runtimes.base import LoadedModel, Runtime, batch_capacity, device_kind
+from tenantd.runtimes.base import IdleQueue, LoadedModel, Runtime, batch_capacity, device_kind, package_version
 from tenantwire import irbundle
 
 # Phrases with which OpenVINO's plugins report that the device itself went away (MYRIAD's XLink
@@ -80,7 +80,7 @@ def _is_lost(exc: BaseException) -> bool:
     return any(mark in text for mark in _LOST_MARKS)
 
 
-def ov_device(device: str, available: list[str]) -> str:
+def ov_device(device: str, available: List[str]) -> str:
     """The OpenVINO device name for a tenantd device name: ``cpu`` -> ``CPU``, ``ncs2:N`` -> the
     Nth ``MYRIAD`` device OpenVINO lists, ``npu`` -> ``NPU``, ``gpu:N`` -> ``GPU.N``."""
     kind, _, index = device.partition(":")
@@ -126,9 +126,9 @@ class OpenVINOModel(LoadedModel):
         self.outputs = tuple(_spec(p, f"output{i}") for i, p in enumerate(compiled.outputs))
         self.max_batch = batch_capacity(self.inputs, self.outputs, resizable=False)  # dynamic first dims
         # Idle infer requests; a caller takes one (or makes one) so concurrent calls never share.
-        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._idle = IdleQueue()  # type: queue.Queue[Any]
 
-    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def infer(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
         compiled = self._compiled
         if compiled is None:
             raise RuntimeFailure("the model was unloaded")
@@ -165,7 +165,7 @@ class OpenVINOModel(LoadedModel):
         if self._compiled is not None and self._on_unload is not None:
             self._on_unload()
         self._compiled = None
-        self._idle = queue.SimpleQueue()
+        self._idle = IdleQueue()
 
 
 class OpenVINORuntime(Runtime):
@@ -178,7 +178,7 @@ class OpenVINORuntime(Runtime):
         self._core: Any = Core()
         self.networks = 0  # networks compiled and not yet unloaded (an NCS2 holds only so many)
 
-    def _config(self) -> dict[str, Any]:
+    def _config(self) -> Dict[str, Any]:
         if device_kind(self.device) == "cpu":
             return {
                 "INFERENCE_PRECISION_HINT": "f32",
@@ -187,7 +187,7 @@ class OpenVINORuntime(Runtime):
             }
         return {}
 
-    def _read(self, source: bytes | Path) -> Any:
+    def _read(self, source: Union[bytes, Path]) -> Any:
         core = self._core
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
         if irbundle.is_bundle(data):
@@ -212,7 +212,7 @@ class OpenVINORuntime(Runtime):
         # PaddlePaddle's, could read files beside the model).
         return core.read_model(model=data)
 
-    def _load(self, source: bytes | Path) -> OpenVINOModel:
+    def _load(self, source: Union[bytes, Path]) -> OpenVINOModel:
         try:
             target = ov_device(self.device, list(self._core.available_devices))
             model = self._read(source)
@@ -251,7 +251,7 @@ class OpenVINORuntime(Runtime):
         return "cpu" if device_kind(device) == "ncs2" else device
 
     @classmethod
-    def param_bytes(cls, path: Path) -> int | None:
+    def param_bytes(cls, path: Path) -> Optional[int]:
         try:
             data = path.read_bytes()
             return len(irbundle.unpack(data)[1]) if irbundle.is_bundle(data) else None
@@ -260,4 +260,4 @@ class OpenVINORuntime(Runtime):
 
     @classmethod
     def version(cls) -> str:
-        return f"openvino {importlib.metadata.version('openvino')}"
+        return f"openvino {package_version('openvino') or 'unknown'}"

@@ -17,22 +17,19 @@ got: ``session.get_providers()`` must contain ``CUDAExecutionProvider``, else th
 a clear error. GPU memory, which the host's RSS does not show, is measured around the load and
 the first runs: this process's figure from NVML (``pynvml``/nvidia-ml-py) where importable, else
 the device's ``cudaMemGetInfo`` delta (cuda-python), else an estimate (the file's size), labelled
-as such in ``gpu_bytes_source``.
+as such in ``gpu_bytes_source``. Written at the Python 3.6 language level, for a device worker under
+an older Python (README, "Device workers").
 """
 
-from __future__ import annotations
-
-import importlib.metadata
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import onnxruntime as ort
 
 from tenantd.errors import DeviceLost, RuntimeFailure
-from tenantd.runtimes.base import LoadedModel, Runtime, batch_capacity, device_kind
+from tenantd.runtimes.base import LoadedModel, Runtime, batch_capacity, device_kind, package_version, strict_zip
 from tenantwire.tensors import TensorSpec
 
 # ONNX tensor type strings as ONNX Runtime reports them -> numpy dtype names.
@@ -70,7 +67,7 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(name=str(arg.name), dtype=dtype, shape=shape)
 
 
-def gpu_meter(index: int) -> tuple[str, Callable[[], int]] | None:
+def gpu_meter(index: int) -> Optional[Tuple[str, Callable[[], int]]]:
     """How to read the GPU memory this process uses on device ``index``: NVML's per-process
     figure, else cudaMemGetInfo's used bytes on the device; None where neither is importable."""
     try:
@@ -106,7 +103,11 @@ class ONNXRuntimeModel(LoadedModel):
     can_add_instances = True
 
     def __init__(
-        self, session: Any, meter: tuple[str, Callable[[], int]] | None = None, baseline: int = 0, estimate: int = 0
+        self,
+        session: Any,
+        meter: Optional[Tuple[str, Callable[[], int]]] = None,
+        baseline: int = 0,
+        estimate: int = 0,
     ) -> None:
         self._session = session
         self._meter = meter
@@ -123,12 +124,12 @@ class ONNXRuntimeModel(LoadedModel):
         self._input_names = [s.name for s in self.inputs]
         self._output_names = [s.name for s in self.outputs]
 
-    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def infer(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
         session = self._session
         if session is None:
             raise RuntimeFailure("the model was unloaded")
         try:
-            outputs = session.run(self._output_names, dict(zip(self._input_names, inputs, strict=True)))
+            outputs = session.run(self._output_names, dict(strict_zip(self._input_names, inputs)))
         except Exception as exc:  # ORT raises its own exception types from C++; all become reasons
             if any(mark in str(exc).lower() for mark in _LOST_MARKS):
                 raise DeviceLost(f"ONNX Runtime lost the GPU: {exc}") from exc
@@ -156,7 +157,7 @@ class ONNXRuntime(Runtime):
     suffixes = (".onnx",)
     device_kinds = ("cpu", "cuda")
 
-    def _providers(self) -> list[Any]:
+    def _providers(self) -> List[Any]:
         if device_kind(self.device) == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise RuntimeFailure(
@@ -167,7 +168,7 @@ class ONNXRuntime(Runtime):
             return [("CUDAExecutionProvider", {"device_id": index})]
         return ["CPUExecutionProvider"]
 
-    def _load(self, source: bytes | Path) -> ONNXRuntimeModel:
+    def _load(self, source: Union[bytes, Path]) -> ONNXRuntimeModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, self.num_threads)
         options.inter_op_num_threads = 1
@@ -198,8 +199,7 @@ class ONNXRuntime(Runtime):
     @classmethod
     def version(cls) -> str:
         for package in ("onnxruntime", "onnxruntime-gpu"):
-            try:
-                return f"{package} {importlib.metadata.version(package)}"
-            except importlib.metadata.PackageNotFoundError:
-                continue
+            found = package_version(package)
+            if found is not None:
+                return f"{package} {found}"
         return "onnxruntime unknown"

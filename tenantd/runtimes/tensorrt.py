@@ -22,20 +22,19 @@ a Jetson the runtime declares that figure as its per-process overhead.
 
 pycuda needs a CUDA context current on the thread that uses it; the runtime makes one context for
 the device and pushes it around every call, since slot threads are not the thread that loaded.
+Written at the Python 3.6 language level: JetPack 4.6's TensorRT 8.2 runs under its Python 3.6, in
+the device worker (README, "Device workers").
 """
 
-from __future__ import annotations
-
-import importlib.metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 import pycuda.driver as cuda
 import tensorrt as trt
 
 from tenantd.errors import DeviceLost, RuntimeFailure
-from tenantd.runtimes.base import LoadedModel, Runtime, device_kind
+from tenantd.runtimes.base import LoadedModel, Runtime, device_kind, package_version, strict_zip
 from tenantwire.tensors import TensorSpec
 
 # Per-process CUDA + cuDNN + TensorRT cost in a Jetson's shared DRAM (DESIGN.md's anchors).
@@ -86,14 +85,14 @@ class _Context:
 
 
 class _Tensor:
-    def __init__(self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any], is_input: bool) -> None:
+    def __init__(self, name: str, shape: Tuple[int, ...], dtype: "np.dtype[Any]", is_input: bool) -> None:
         self.name, self.shape, self.dtype, self.is_input = name, shape, dtype, is_input
         size = int(np.prod(shape)) if shape else 1
         self.host = cuda.pagelocked_empty(size, dtype)
         self.device = cuda.mem_alloc(self.host.nbytes)
 
 
-def _io(engine: Any) -> list[tuple[str, tuple[int, ...], np.dtype[Any], bool]]:
+def _io(engine: Any) -> List[Tuple[str, Tuple[int, ...], "np.dtype[Any]", bool]]:
     """(name, shape, dtype, is_input) of each I/O tensor, in TensorRT 10 or 8.x terms."""
     tensors = []
     if hasattr(engine, "num_io_tensors"):  # TensorRT >= 8.5, the only API in 10
@@ -135,12 +134,12 @@ class TensorRTModel(LoadedModel):
             "tensorrt_api": "10 (named tensors)" if hasattr(engine, "num_io_tensors") else "8.x (bindings)",
         }
 
-    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def infer(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
         if self._engine is None:
             raise RuntimeFailure("the model was unloaded")
         try:
             with self._ctx:
-                for t, array in zip(self._inputs, inputs, strict=True):
+                for t, array in strict_zip(self._inputs, inputs):
                     np.copyto(t.host, array.ravel())
                     cuda.memcpy_htod_async(t.device, t.host, self._stream)
                 if hasattr(self._context, "execute_async_v3"):
@@ -205,7 +204,7 @@ class TensorRTRuntime(Runtime):
             raise RuntimeFailure("TensorRT could not build an engine from this ONNX model (see the daemon's log)")
         return bytes(serialized)
 
-    def _load(self, source: bytes | Path) -> TensorRTModel:
+    def _load(self, source: Union[bytes, Path]) -> TensorRTModel:
         data = source.read_bytes() if isinstance(source, Path) else bytes(source)
         try:
             with self._ctx:
@@ -223,9 +222,9 @@ class TensorRTRuntime(Runtime):
             raise RuntimeFailure(f"CUDA failed loading the engine: {exc}") from exc
 
     @classmethod
-    def process_overhead_bytes(cls, device: str) -> int | None:
+    def process_overhead_bytes(cls, device: str) -> Optional[int]:
         return JETSON_PROCESS_OVERHEAD_BYTES if is_jetson() else None
 
     @classmethod
     def version(cls) -> str:
-        return f"tensorrt {trt.__version__}, pycuda {importlib.metadata.version('pycuda')}"
+        return f"tensorrt {trt.__version__}, pycuda {package_version('pycuda') or 'unknown'}"

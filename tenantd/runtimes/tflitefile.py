@@ -13,7 +13,7 @@ custom_code, 3 builtin_code), SubGraph (0 tensors, 1 inputs, 2 outputs, 3 operat
 """
 
 import struct
-from typing import List, Tuple  # noqa: F401, UP035 - type comments at the Python 3.6 level
+from typing import List, Tuple  # noqa: F401 - type comments at the Python 3.6 level
 
 EDGETPU_OP = "edgetpu-custom-op"
 FILE_IDENTIFIER = b"TFL3"
