@@ -26,6 +26,7 @@ import pytest
 
 from models import tiny, tiny_onnx
 from tenantclient import TenantClient
+from tenantclient import errors as E
 from tenantwire import irbundle
 from tests.conftest import direct_litert
 from tests.support.daemon import REPO, DaemonProcess, daemon_env, start_daemon_process
@@ -184,6 +185,15 @@ def test_a_killed_worker_comes_back_under_the_old_python(daemon: DaemonProcess, 
     assert "tflite_runtime" in worker_libraries(int(str(after["worker_pid"])))
 
 
+def test_a_tflite_sent_to_openvino_2022_3_is_refused_at_the_workers_load(daemon: DaemonProcess, files: Files) -> None:
+    """OpenVINO 2022.x has no TFLite front end (2023.0 added it). The probe runs in the daemon's
+    Python, whose OpenVINO 2026 reads the file, so the refusal comes from the worker's load."""
+    with TenantClient(daemon.endpoint, tenant="frank") as frank:
+        with pytest.raises(E.RuntimeFailed, match=r"could not load it: OpenVINO cannot load this model:.*frontends"):
+            frank.submit_model(files.tflite, "frank_cnn", runtime="openvino")
+        assert residency(frank)["worker_state"] == "running"  # a refusal, not a crash
+
+
 MYRIAD_SCRIPT = """
 import sys
 from pathlib import Path
@@ -264,3 +274,35 @@ def test_the_wrapper_says_how_to_build_the_root_where_it_is_missing(tmp_path: Pa
     )
     assert run.returncode == 127 and not run.stdout
     assert f"{tmp_path / 'none'}/bullseye is not built: run packaging/oldpython/build.sh (make oldpython)" in run.stderr
+
+
+EDGETPU_SCRIPT = """
+import sys
+from pathlib import Path
+from tenantd.errors import DeviceLost
+from tenantd.runtimes.edgetpu import EdgeTPURuntime
+print("loader", EdgeTPURuntime.version())
+try:
+    EdgeTPURuntime(device="edgetpu:usb:0").load(Path(sys.argv[1]))
+except DeviceLost as exc:
+    print("usb:0:", exc)
+"""
+
+
+def test_the_edgetpu_path_without_a_stick(tmp_path: Path) -> None:
+    """The EdgeTPU adapter in the old Python falls back to tflite_runtime's load_delegate, and says
+    the device cannot be opened (no libedgetpu here: Coral's apt repository is not reachable)."""
+    _old_python_or_skip()
+    model = tmp_path / "stand_in_edgetpu.tflite"
+    model.write_bytes(tiny.edgetpu_stand_in())
+    run = subprocess.run(
+        [str(WRAPPER), "-c", EDGETPU_SCRIPT, str(model)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=daemon_env(extra_runtimes=False) | {"PYTHONPATH": f"{REPO}:{REPO / 'clients'}"},
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "loader tflite-runtime 2.14.0 via tflite_runtime" in run.stdout
+    assert "usb:0: cannot open EdgeTPU usb:0 with tflite_runtime: libedgetpu.so.1: cannot open" in run.stdout
