@@ -85,10 +85,17 @@ PY
 say "ready: worker_python = \"$wrapper\""
 
 # Python 3.6, where this host has one (Debian has none since buster).
-py36=${OLDPY_PY36:-$(command -v python3.6 || ls /root/.pyenv/versions/3.6*/bin/python3.6 2>/dev/null | tail -1 || true)}
+py36=""
+for candidate in ${OLDPY_PY36:-$(command -v python3.6) /root/.pyenv/versions/3.6*/bin/python3.6}; do
+    # The first that really is a 3.6 (pyenv's shim on PATH may answer for no version at all).
+    if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 6)' 2>/dev/null; then
+        py36=$candidate
+        break
+    fi
+done
 venv36=$top/py36
 pins36="numpy==1.19.5 openvino==2022.2.0"
-if [ -z "$py36" ] || [ ! -x "$py36" ]; then
+if [ -z "$py36" ]; then
     say "no Python 3.6 on this host (set OLDPY_PY36): the 3.6 worker is not built"
     exit 0
 fi
