@@ -1,13 +1,23 @@
 """Integration: a device worker under a real older Python with the old vendor runtimes (issue 11).
 
-A daemon started by its CLI (``isolation = "process"``) runs its worker under
+Two parts. (1) The worker's host side (``WorkerHost``/``WorkerRuntime``) against the interpreter
+named by ``TENANTD_OLD_PYTHON`` (e.g. CPython 3.6 with numpy 1.19 and onnxruntime 1.10, the newest
+ONNX Runtime for 3.6; or 3.7 with tflite-runtime 2.11), else ``packaging/oldpython/python3.9`` where
+``make oldpython`` built it: the worker really runs there, serves ONNX / LiteRT with the outputs the
+daemon's own runtimes give, and the file checks (``modelfile``/``onnxrefs``) and typed failures work
+there too; each runtime's tests skip where that interpreter lacks it.
+
+(2) A daemon started by its CLI (``isolation = "process"``) whose worker runs under
 ``packaging/oldpython/python3.9``: Debian 11's Python 3.9 with numpy 1.23.4, ``tflite-runtime``
 2.14.0 and OpenVINO 2022.3.2, built by ``make oldpython`` outside the repository. The worker
 reports that interpreter; a ``.tflite`` runs on ``tflite_runtime`` (the old root has no
 ``ai_edge_litert``) and an OpenVINO IR on OpenVINO 2022.3 in the worker, and both answers match
 the same files run directly by this venv's LiteRT and OpenVINO 2026; a SIGKILLed worker comes back
-under the old interpreter and serves again. The NCS2's MYRIAD path is followed as far as it goes
-without a stick. Skipped, with the reason, where the root is not built (``-m oldpython``).
+under the old interpreter and serves again; the NCS2's MYRIAD path and the EdgeTPU's delegate are
+followed as far as they go without a stick; under the CPython 3.6 venv it also builds (where the
+host has a 3.6), an IR runs on OpenVINO 2022.2.
+
+Everything here is skipped, with the reason, where no older interpreter is built or named.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,11 +38,133 @@ import pytest
 from models import tiny, tiny_onnx
 from tenantclient import TenantClient
 from tenantclient import errors as E
+from tenantd.errors import RuntimeFailure
+from tenantd.worker import WorkerHost, WorkerRuntime
 from tenantwire import irbundle
-from tests.conftest import direct_litert
+from tests.conftest import ModelFiles, direct_litert
 from tests.support.daemon import REPO, DaemonProcess, daemon_env, start_daemon_process
 
+pytestmark = pytest.mark.oldpython
+
 WRAPPER = REPO / "packaging" / "oldpython" / "python3.9"
+OLDPY_ROOT = Path(os.environ.get("TENANTD_OLDPY_ROOT", "/var/lib/tenantd-oldpy"))
+
+# The interpreter part (1) runs under: the one named, else the wrapper where its root is built.
+_BUILT = (OLDPY_ROOT / "bullseye" / ".tenantd-oldpy-built").exists() and os.geteuid() == 0
+OLD_PYTHON = os.environ.get("TENANTD_OLD_PYTHON", "") or (str(WRAPPER) if _BUILT else "")
+needs_old_python = pytest.mark.skipif(
+    not OLD_PYTHON, reason="TENANTD_OLD_PYTHON names no older interpreter and make oldpython has not built one"
+)
+
+
+def _old_has(module: str) -> bool:
+    return subprocess.run([OLD_PYTHON, "-c", f"import {module}"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.fixture
+def host() -> Iterator[WorkerHost]:
+    h = WorkerHost("cpu", python=OLD_PYTHON, watchdog_s=60.0)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture
+def old_onnx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny MLP at IR 7 / opset 13, which ONNX Runtime 1.10 (the last for Python 3.6) reads."""
+    monkeypatch.setattr(tiny_onnx, "OPSET", 13)
+    monkeypatch.setattr(tiny_onnx, "IR_VERSION", 7)
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(tiny_onnx.mlp(32, [64], 10, seed=1))
+    return path
+
+
+@needs_old_python
+def test_the_worker_runs_under_the_older_python(host: WorkerHost) -> None:
+    hello = host.call({"op": "hello"}, None)
+    version = subprocess.run(
+        [OLD_PYTHON, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert hello["python"] == version
+    assert tuple(int(p) for p in version.split(".")[:2]) < sys.version_info[:2]
+
+
+@needs_old_python
+def test_onnx_runtime_in_the_old_worker_gives_the_daemons_outputs(host: WorkerHost, old_onnx: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    if not _old_has("onnxruntime"):
+        pytest.skip(f"{OLD_PYTHON} has no onnxruntime")
+    model = WorkerRuntime(host, "onnxruntime", "cpu", num_threads=1, slots=2).load(old_onnx)
+    assert [s.to_wire() for s in model.inputs] == [
+        {"name": "input", "dtype": "float32", "shape": [1, 32], "quantization": None}
+    ]
+    x = np.random.default_rng(0).standard_normal((1, 32)).astype(np.float32)
+    direct = ort.InferenceSession(str(old_onnx), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(model.infer([x])[0], direct)
+    model.add_instance()
+    assert model.instances == 2
+    with pytest.raises(RuntimeFailure, match=r"zip\(\) argument 2 is longer than argument 1"):
+        model.infer([x, x])  # strict_zip's error, raised in the old worker, typed in the daemon
+    model.unload()
+
+
+@needs_old_python
+def test_the_file_checks_refuse_in_the_old_worker(host: WorkerHost, tmp_path: Path) -> None:
+    if not _old_has("onnxruntime"):
+        pytest.skip(f"{OLD_PYTHON} has no onnxruntime")
+    runtime = WorkerRuntime(host, "onnxruntime", "cpu", num_threads=1, slots=1)
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes(tiny_onnx.add_bytes(weights_location="/etc/passwd"))
+    with pytest.raises(RuntimeFailure, match="keeps its data outside the model file, in '/etc/passwd'"):
+        runtime.load(outside)
+    lone_xml = tmp_path / "model.xml"
+    lone_xml.write_bytes(b'<?xml version="1.0"?>\n<net name="x" version="11"></net>\n')
+    with pytest.raises(RuntimeFailure, match=r"reads its weights from a \.bin file beside it"):
+        runtime.load(lone_xml)
+
+
+def _old_has_litert() -> bool:
+    return _old_has("tflite_runtime.interpreter") or _old_has("ai_edge_litert.interpreter")
+
+
+@needs_old_python
+def test_litert_in_the_old_worker_gives_the_daemons_outputs(host: WorkerHost, model_files: ModelFiles) -> None:
+    if not _old_has_litert():
+        pytest.skip(f"{OLD_PYTHON} has no tflite-runtime or ai-edge-litert")
+    model = WorkerRuntime(host, "litert", "cpu", num_threads=1, slots=2).load(model_files.mlp)
+    model.add_instance()
+    assert model.instances == 2
+    x = np.random.default_rng(1).standard_normal((1, 32)).astype(np.float32)
+    # Another LiteRT build (tflite-runtime 2.11 against ai-edge-litert): the same float32 graph,
+    # kernels that may round differently in the last bits.
+    np.testing.assert_allclose(model.infer([x])[0], direct_litert(model_files.mlp, x)["probs"], rtol=1e-5, atol=1e-7)
+    batch = np.repeat(x, 3, axis=0)  # LiteRT resizes the interpreter's input for a batch
+    assert model.infer([batch])[0].shape == (3, 10)
+    model.unload()
+
+
+@needs_old_python
+def test_the_edgetpu_adapter_reads_a_file_in_the_old_worker(host: WorkerHost, model_files: ModelFiles) -> None:
+    """On its stand-in device (``cpu``, the probe's) the EdgeTPU adapter reads the file with
+    ``tflitefile`` and runs a model not compiled for the EdgeTPU on the host's LiteRT."""
+    if not _old_has_litert():
+        pytest.skip(f"{OLD_PYTHON} has no tflite-runtime or ai-edge-litert")
+    model = WorkerRuntime(host, "edgetpu", "cpu", num_threads=1, slots=1).load(model_files.wakeword)
+    assert model.facts["edgetpu_compiled"] is False
+    assert "runs on the host CPU" in model.facts["edgetpu_note"]
+    spec = model.inputs[0]
+    x = np.zeros([max(d, 1) for d in spec.shape], spec.dtype)
+    expected = direct_litert(model_files.wakeword, x)
+    np.testing.assert_array_equal(model.infer([x])[0], next(iter(expected.values())))
+    model.unload()
+
+
+# ------------------------------------------------ (2) a daemon by its CLI under make oldpython's Python
+
 OLD_VERSION = (3, 9)
 CNN = {"image": 32, "channels": (8, 16, 32), "classes": 10, "seed": 7}
 # OpenVINO 2022.3 (and 2022.2) in the worker against OpenVINO 2026 here, both CPU at f32, 20 inputs:
@@ -57,9 +190,6 @@ def _old_python_or_skip() -> None:
     if probe.returncode != 0:
         pytest.skip(f"the old Python is not built or does not run here (make oldpython): {probe.stderr.strip()[-300:]}")
     assert probe.stdout.strip() == str(OLD_VERSION), probe.stdout
-
-
-pytestmark = [pytest.mark.oldpython, pytest.mark.e2e]
 
 
 @dataclass(frozen=True)
@@ -124,7 +254,7 @@ def wait_for(check: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
-def test_the_worker_runs_under_the_old_python(daemon: DaemonProcess, files: Files) -> None:
+def test_a_daemon_by_its_cli_runs_its_worker_under_the_old_python(daemon: DaemonProcess, files: Files) -> None:
     with TenantClient(daemon.endpoint, tenant="alice") as alice:
         alice.submit_model(files.tflite, "alice_cnn")
         alice.infer("alice_cnn", image(0))
@@ -233,7 +363,7 @@ def test_the_myriad_path_without_a_stick(files: Files) -> None:
     assert "ncs2:0: no NCS2 stick 0 here (OpenVINO lists ['CPU'])" in run.stdout
 
 
-PY36 = Path(os.environ.get("TENANTD_OLDPY_ROOT", "/var/lib/tenantd-oldpy")) / "py36" / "bin" / "python"
+PY36 = OLDPY_ROOT / "py36" / "bin" / "python"
 
 
 def test_openvino_ir_runs_in_a_worker_under_python_3_6(tmp_path: Path, files: Files) -> None:
