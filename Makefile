@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: help demo test test-all bench bench-runtimes bench-throughput models lint clean
+.PHONY: help demo test test-all bench bench-runtimes bench-throughput models lint clean oldpython
 
 help:
 	@echo "make demo      start a daemon on this CPU, serve two tenants, print what happened; then a short"
@@ -20,6 +20,8 @@ help:
 	@echo "make bench-throughput  direct vs tenantd (vs PyTriton, Ray Serve) at 1/4/16 clients (BENCH_ARGS='--quick --peers-python P')"
 	@echo "make models    build the model zoo into .cache/models, ~4 min (MODELS_ARGS='NAMES --formats F' for part)"
 	@echo "make lint      ruff and mypy"
+	@echo "make oldpython build Debian 11's Python 3.9 + tflite-runtime 2.14 + OpenVINO 2022.3 under /var/lib/tenantd-oldpy"
+	@echo "               (root), for worker_python = packaging/oldpython/python3.9; tests: pytest -m oldpython"
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +62,9 @@ lint: $(STAMP)
 	$(PY) -m ruff check tenantd clients models tests experiments
 	$(PY) -m ruff format --check tenantd clients models tests experiments
 	$(PY) -m mypy tenantd clients/tenantwire clients/tenantclient
+
+oldpython:
+	sh packaging/oldpython/build.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -105,6 +105,7 @@ class WorkerHost:
         self.crashes = 0
         self.restarts = 0
         self.last_crash: dict[str, Any] | None = None
+        self.python_version: str | None = None  # what the running worker's interpreter says it is
         self._local = threading.local()  # this thread's connection and arenas
         self._arenas: list[workerwire.Arena] = []
         self._arena_ids = itertools.count()
@@ -178,7 +179,7 @@ class WorkerHost:
                 if self._gen != gen or self._state == "closed":
                     continue
                 self._state = "running"
-                self._up_since = time.monotonic()
+                self._up_since, self.python_version = time.monotonic(), str(hello.get("python"))
                 self._changed.notify_all()
             log.info("device %s: worker pid %d (Python %s) running", self.device, proc.pid, hello.get("python"))
             if restart:
@@ -401,7 +402,8 @@ class WorkerHost:
     def status(self) -> dict[str, Any]:
         quarantined = sorted(Path(p).name for p in self.quarantined)
         return {"isolation": "process", "worker_state": self._state, "worker_pid": self.pid,
-                "worker_python": self.python, "worker_crashes": self.crashes, "worker_restarts": self.restarts,
+                "worker_python": self.python, "worker_python_version": self.python_version,
+                "worker_crashes": self.crashes, "worker_restarts": self.restarts,
                 "worker_last_crash": self.last_crash, "quarantined": quarantined}  # fmt: skip
 
     def close(self) -> None:
