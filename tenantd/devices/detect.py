@@ -29,6 +29,9 @@ EDGETPU_USB_IDS = {
     ("1a6e", "089a"): "Coral USB Accelerator (firmware not yet loaded)",
     ("18d1", "9302"): "Coral USB Accelerator",
 }
+# openvinotoolkit/openvino#13968 (a maintainer): the MYRIAD plugin is not in the PyPI packages
+# (its license); it comes with the OpenVINO archives, whose last release with it is 2022.3 LTS.
+MYRIAD_NOTE = "needs OpenVINO 2022.3 LTS or older from Intel's archive (MYRIAD plugin; not in PyPI wheels)"
 NCS2_USB_IDS = {
     ("03e7", "2485"): "Intel Neural Compute Stick 2",
     ("03e7", "f63b"): "Intel Neural Compute Stick 2 (booted)",
@@ -158,7 +161,7 @@ def _ncs2(usb: list[tuple[str, str, str]]) -> list[Detected]:
     return [
         Detected(
             f"ncs2:{index}", "ncs2", description, "ncs2", _runtimes("ncs2"), memory_bytes=512 * 2**20,
-            details={"usb_id": ids, "sysfs": sysfs, "note": "needs OpenVINO 2022.3 LTS or older (MYRIAD plugin)"},
+            details={"usb_id": ids, "sysfs": sysfs, "note": MYRIAD_NOTE},
         )
         for index, (sysfs, description, ids) in enumerate(sticks)
     ]  # fmt: skip

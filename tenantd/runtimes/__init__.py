@@ -57,7 +57,8 @@ _REGISTRY: Dict[str, _Entry] = {
     ),
     "openvino": _Entry(
         "tenantd.runtimes.openvino:OpenVINORuntime",
-        "openvino (pip install 'tenantd[openvino]'; an NCS2 needs openvino<=2022.3, the last with MYRIAD)",
+        "openvino (pip install 'tenantd[openvino]'; an NCS2 needs OpenVINO <= 2022.3 from Intel's archive "
+        "distribution: no PyPI wheel has the MYRIAD plugin)",
         (".ovir", ".xml", ".onnx", ".tflite"),
         ("openvino",),
     ),

@@ -92,7 +92,8 @@ def ov_device(device: str, available: List[str]) -> str:
         n = int(index or 0)
         if n >= len(sticks):
             raise DeviceLost(
-                f"no NCS2 stick {n} here (OpenVINO lists {available}); the MYRIAD plugin needs openvino<=2022.3"
+                f"no NCS2 stick {n} here (OpenVINO lists {available}); the MYRIAD plugin is in OpenVINO <= 2022.3 from "
+                "Intel's archive distribution only, never in the PyPI wheels"
             )
         return sticks[n]
     if kind == "npu":
