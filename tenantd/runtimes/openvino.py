@@ -33,9 +33,9 @@ import numpy as np
 from tenantwire.tensors import TensorSpec
 
 try:
-    from openvino import Core, Tensor
+    from openvino import Core, Tensor, get_version
 except ImportError:  # pragma: no cover - OpenVINO 2022.3 LTS (the last with MYRIAD) has them only here
-    from openvino.runtime import Core, Tensor
+    from openvino.runtime import Core, Tensor, get_version
 
 from tenantd.errors import DeviceLost, DeviceMemoryFull, RuntimeFailure
 from tenantd.runtimes.base import IdleQueue, LoadedModel, Runtime, batch_capacity, device_kind, package_version
@@ -78,6 +78,18 @@ def myriad_bytes(model: Any) -> int:
 def _is_lost(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(mark in text for mark in _LOST_MARKS)
+
+
+TFLITE_SINCE = 2023  # the first OpenVINO release year whose read_model reads .tflite (2023.0)
+
+
+def _major(version: Optional[str]) -> int:
+    """The year of an OpenVINO version ("2022.3.0-9052-..." -> 2022, as ``get_version()`` says it,
+    also for the archive distribution, which has no package metadata); unreadable counts as current."""
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return 9999
 
 
 def ov_device(device: str, available: List[str]) -> str:
@@ -198,6 +210,13 @@ class OpenVINORuntime(Runtime):
             except TypeError:  # pragma: no cover - OpenVINO 2022.x takes the weights as bytes
                 return core.read_model(model=xml, weights=weights)
         if data[4:8] == b"TFL3":
+            if _major(get_version()) < TFLITE_SINCE:
+                # The TensorFlow Lite front end arrived in 2023.0; the NCS2's OpenVINO (<= 2022.3)
+                # would only say it cannot find a front end for the file.
+                raise RuntimeFailure(
+                    "OpenVINO {} cannot read .tflite files (its TensorFlow Lite front end arrived in {}.0): "
+                    "submit the model as OpenVINO IR or ONNX".format(get_version().split("-")[0], TFLITE_SINCE)
+                )
             # OpenVINO's TFLite front end recognises a file by its suffix alone; store blobs have none.
             if isinstance(source, Path) and source.suffix.lower() == ".tflite":
                 return core.read_model(str(source))
