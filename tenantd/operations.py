@@ -35,7 +35,6 @@ from tenantd.metrics import Metrics
 from tenantd.pipelines import Pipelines
 from tenantd.policysource import PolicySource
 from tenantd.residency import Residency
-from tenantd.runtimes import available_runtimes
 from tenantd.store import Store
 from tenantd.submission import Submission, model_info
 from tenantwire import protocol
@@ -197,7 +196,7 @@ class Operations:
             "memory": {"profile": memory.pop("profile"), "emulated": self.info.emulated, **memory},
             "residency": self._residency.status(),
             **self._metrics.counts(),  # requests, errors, replies_dropped
-            **({"runtimes": available_runtimes()} if runtimes else {}),
+            **({"runtimes": self._submission.runtimes.available()} if runtimes else {}),
             **self._health.status(),
         }
 
