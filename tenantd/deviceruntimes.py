@@ -122,9 +122,9 @@ class DeviceRuntimes:
         return list(self._listing or [])
 
     def log_at_start(self) -> None:
-        """Log which runtimes the device has (on a thread of its own: with a worker, it waits for it)."""
+        """With a worker, log which runtimes it has (on a thread of its own: this waits for the
+        worker to start). Inline, nothing: finding the libraries may run subprocesses (``status`` does)."""
         if self._executor.worker is None:
-            log.info("device %s: runtimes installed: %s", self.device, ", ".join(available_runtimes()) or "none")
             return
         try:
             have = self.list_in_worker()

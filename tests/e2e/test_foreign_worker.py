@@ -131,12 +131,15 @@ def test_onnx_and_ir_are_probed_loaded_and_served_by_the_worker(
         out = alice.infer("m-ort", X)
         out_ov = alice.infer("m-ov", X)
         probed = {e["model"]: e for e in alice.events(event="model.probed")}
+        # The library's import, measured in the worker, is charged once, apart from the models.
+        overheads = alice.status()["memory"]["runtime_overhead_bytes"]
     np.testing.assert_allclose(next(iter(out.values())), direct, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(next(iter(out_ov.values())), direct_ov, rtol=1e-5, atol=1e-6)
     for name in ("m-ort", "m-ov"):
         assert probed[name]["probe"] == "worker"
         assert probed[name]["worker_python"].endswith("python3-worker")
     assert probed["m-ort"]["runtime_version"].startswith("onnxruntime ")
+    assert overheads["onnxruntime"] > 0 and overheads["openvino"] > 0
     log = (tmp_path / "daemon.log").read_text()
     assert "runtimes installed in the worker's Python" in log
 
@@ -160,6 +163,10 @@ def test_a_load_that_crashes_the_worker_is_refused_then_quarantined(
     with TenantClient(daemon.endpoint, tenant="alice") as alice, TenantClient(daemon.endpoint, tenant="bob") as bob:
         bob.submit_model(onnx_file, "served", runtime="onnxruntime")
         blobs = _blobs(state)
+        # A load the runtime refuses: the runtime's reason, nothing left behind, the worker unharmed.
+        with pytest.raises(E.InvalidModel, match="the faulty runtime refused this model on purpose"):
+            alice.submit_model(faulty_model(load="error"), "bad", runtime="wfaulty")
+        assert _blobs(state) == blobs and alice.status()["residency"]["worker_crashes"] == 0
         for attempt in (1, 2):
             with pytest.raises(E.InvalidModel, match="crashed the device worker"):
                 alice.submit_model(crash, "bad", runtime="wfaulty")
@@ -170,6 +177,7 @@ def test_a_load_that_crashes_the_worker_is_refused_then_quarantined(
         assert [m.name for m in alice.list_models()] == []
         status = alice.status()
         assert status["residency"]["quarantined"] and status["residency"]["worker_crashes"] == 2
+        assert status["memory"]["models_admitted"] == 1  # bob's: no refused attempt was charged
         events = alice.events(event="worker.quarantined")
         assert len(events) == 1
         ok = alice.submit_model(faulty_model(), "good", runtime="wfaulty")  # the same runtime, a good file
