@@ -107,6 +107,9 @@ async def probe_in_worker(
     except RuntimeFailure as exc:
         _unload(resident)
         return ProbeResult(ok=False, reason=f"{type(exc).__name__}: {exc}"), None
+    except BaseException:  # cancelled (the daemon stopping): nothing of it stays loaded
+        _unload(resident)
+        raise
     model = resident.model
     assert model is not None
     footprint = max(0, rss_after - rss_before) + int(model.device_bytes)

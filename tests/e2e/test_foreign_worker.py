@@ -54,10 +54,10 @@ def _worker_python(tmp_path: Path) -> tuple[Path, Path]:
     return wrapper, worker_only
 
 
-def _start(tmp_path: Path, isolation: str) -> DaemonProcess:
+def _start(tmp_path: Path, isolation: str, more: str = "") -> DaemonProcess:
     wrapper, worker_only = _worker_python(tmp_path)
     policy = tmp_path / "policy.toml"
-    policy.write_text(f'isolation = "{isolation}"\nworker_python = "{wrapper}"\nworker_watchdog_s = 30.0\n')
+    policy.write_text(f'isolation = "{isolation}"\nworker_python = "{wrapper}"\nworker_watchdog_s = 30.0\n{more}')
     return start_daemon_process(
         tmp_path / "state",
         f"ipc://{tmp_path}/d.sock",
@@ -142,6 +142,21 @@ def test_onnx_and_ir_are_probed_loaded_and_served_by_the_worker(
     assert overheads["onnxruntime"] > 0 and overheads["openvino"] > 0
     log = (tmp_path / "daemon.log").read_text()
     assert "runtimes installed in the worker's Python" in log
+    # Restarted on the same state, the daemon restores both through its worker, never probing again.
+    assert daemon.stop() == 0
+    again = start_daemon_process(
+        tmp_path / "state",
+        f"ipc://{tmp_path}/again.sock",
+        tmp_path / "policy.toml",
+        log=tmp_path / "again.log",
+        env=_daemon_env(tmp_path / "worker_only"),
+    )
+    try:
+        with TenantClient(again.endpoint, tenant="alice") as alice:
+            assert {m.name for m in alice.list_models()} == {"m-ort", "m-ov"}
+            np.testing.assert_array_equal(next(iter(alice.infer("m-ort", X).values())), next(iter(out.values())))
+    finally:
+        again.stop()
 
 
 def test_the_same_model_inline_is_refused_as_before(onnx_file: Path, tmp_path: Path) -> None:
@@ -193,3 +208,19 @@ def test_a_runtime_the_worker_lacks_too_names_the_workers_python(foreign: tuple[
     message = str(refused.value)
     assert f"not installed in the worker's Python {tmp_path / 'python3-worker'}" in message
     assert "install tensorrt and pycuda" in message and message.endswith("there")
+
+
+def test_under_swapping_the_trial_load_is_unloaded_and_loaded_on_demand(onnx_file: Path, tmp_path: Path) -> None:
+    daemon = _start(tmp_path, "process", 'overcommit = "swap"\nslots = 1\n')
+    try:
+        with TenantClient(daemon.endpoint, tenant="alice") as alice:
+            info = alice.submit_model(onnx_file, "m-ort", runtime="onnxruntime")
+            assert not info.resident  # registered as swappable: loaded by the first request for it
+            good = alice.submit_model(faulty_model(), "good", runtime="wfaulty")
+            assert not good.resident and good.footprint_bytes > 0
+            y = alice.infer("good", np.ones((1, 4), np.float32))["y"]
+            assert next(iter(alice.infer("m-ort", X).values())).shape == (1, 10)
+            assert alice.status()["residency"]["reloads"] >= 2
+        np.testing.assert_array_equal(y, np.full((1, 4), 2.0, np.float32))
+    finally:
+        daemon.stop()
