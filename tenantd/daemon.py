@@ -334,9 +334,8 @@ class Daemon:
         await self._shutdown()
 
     def _log_start(self) -> None:
-        assert self.loop is not None
-        # Which runtimes the device has (with a worker: its answer, so this starts it and waits).
-        self.loop.run_in_executor(None, self.submission.runtimes.log_at_start)
+        # Which runtimes the device has (with a worker: its answer, so this starts it).
+        self.submission.runtimes.start()
         keyring = self.frontdoor.keyring
         if keyring is not None:
             log.info(

@@ -15,6 +15,7 @@ in a throwaway process as before, or by a trial load in the worker (:mod:`tenant
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -34,6 +35,9 @@ from tenantd.runtimes import (
 
 log = logging.getLogger("tenantd")
 
+# How long ``status`` waits for the worker's first answer (a worker still starting); then it says [].
+FIRST_ANSWER_WAIT_S = 5.0
+
 
 def _asked(runtime: str) -> dict[str, Any]:
     """What the worker needs to answer for ``runtime``: its requirements and its adapter."""
@@ -49,6 +53,7 @@ class DeviceRuntimes:
         # The worker's answers for runtimes it has, inspected (adapter imported): name -> answer.
         self._inspected: dict[str, dict[str, Any]] = {}
         self._listing: list[str] | None = None  # the worker's last full answer: installed runtimes
+        self._first: asyncio.Future[None] | None = None  # the start-up's question to the worker
 
     @property
     def python(self) -> str | None:
@@ -113,6 +118,17 @@ class DeviceRuntimes:
         answers = self._ask({name: _asked(name) for name in registered_runtimes()})["runtimes"]
         self._listing = sorted(name for name, answer in answers.items() if answer["installed"])
         return self._listing
+
+    def start(self) -> None:
+        """At start-up, on the daemon's loop: ask the worker (if any) on a thread, and log its answer."""
+        self._first = asyncio.get_running_loop().run_in_executor(None, self.log_at_start)
+
+    async def first_answer(self) -> None:
+        """Wait (at most FIRST_ANSWER_WAIT_S) for the start-up's answer, so that ``status`` right
+        after start-up lists the worker's runtimes rather than none."""
+        if self._first is not None and not self._first.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._first), FIRST_ANSWER_WAIT_S)
 
     def available(self) -> list[str]:
         """The runtimes installed for the device (``status``): the daemon's; or the worker's, as it

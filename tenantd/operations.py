@@ -149,6 +149,7 @@ class Operations:
 
     async def status(self, request: Request) -> dict[str, Any]:
         """The device, slots, queues, models, memory, residency and counters."""
+        await self._submission.runtimes.first_answer()
         status = self.status_map()
         if self.keys and not request.operator:
             # A tenant sees the device, not the other tenants.
