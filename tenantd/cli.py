@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
             "SIGINT/SIGTERM after answering accepted requests. The device's runtime runs in a worker "
             'process the daemon supervises (policy: isolation = "process", the default; a crashed or '
             "hung worker is restarted and its models reloaded; worker_python picks its interpreter: "
-            "Python 3.6 or newer with numpy and the vendor runtime; make oldpython builds 3.9 with "
+            "Python 3.6 or newer with numpy and the vendor runtime, whose runtimes are then the device's "
+            "whatever the daemon's own Python has; make oldpython builds 3.9 with "
             "tflite-runtime 2.14 and OpenVINO 2022.3), "
             'or in the daemon itself with isolation = "inline".',
             79,

@@ -174,7 +174,8 @@ class Policy(BaseModel):
 
     worker_python: str | None = None
     """The interpreter of the device's worker (Python >= 3.6 with numpy and the vendor runtime, e.g.
-    JetPack 4.6's /usr/bin/python3). Default: the daemon's own."""
+    JetPack 4.6's /usr/bin/python3). Default: the daemon's own. Which runtimes the device has is
+    then the worker's answer; the daemon's Python needs no vendor package."""
 
     worker_watchdog_s: Annotated[float, Field(gt=0)] = 60.0
     """A call to the worker (a load, an inference) taking longer is taken for a hang: the worker is

@@ -334,6 +334,8 @@ class Daemon:
         await self._shutdown()
 
     def _log_start(self) -> None:
+        # Which runtimes the device has (with a worker: its answer, so this starts it).
+        self.submission.runtimes.start()
         keyring = self.frontdoor.keyring
         if keyring is not None:
             log.info(

@@ -35,7 +35,6 @@ from tenantd.metrics import Metrics
 from tenantd.pipelines import Pipelines
 from tenantd.policysource import PolicySource
 from tenantd.residency import Residency
-from tenantd.runtimes import available_runtimes
 from tenantd.store import Store
 from tenantd.submission import Submission, model_info
 from tenantwire import protocol
@@ -150,6 +149,7 @@ class Operations:
 
     async def status(self, request: Request) -> dict[str, Any]:
         """The device, slots, queues, models, memory, residency and counters."""
+        await self._submission.runtimes.first_answer()
         status = self.status_map()
         if self.keys and not request.operator:
             # A tenant sees the device, not the other tenants.
@@ -197,7 +197,7 @@ class Operations:
             "memory": {"profile": memory.pop("profile"), "emulated": self.info.emulated, **memory},
             "residency": self._residency.status(),
             **self._metrics.counts(),  # requests, errors, replies_dropped
-            **({"runtimes": available_runtimes()} if runtimes else {}),
+            **({"runtimes": self._submission.runtimes.available()} if runtimes else {}),
             **self._health.status(),
         }
 

@@ -26,6 +26,7 @@ from tenantd.admission import AdmissionControl
 from tenantd.catalog import Catalog, require_tenant
 from tenantd.config import Policy
 from tenantd.devicehealth import DeviceHealth
+from tenantd.deviceruntimes import DeviceRuntimes
 from tenantd.errors import (
     AdmissionDenied,
     BadRequest,
@@ -49,12 +50,11 @@ from tenantd.runtimes import (
     RuntimeFailure,
     RuntimeNotAvailable,
     available_runtimes,
-    check_device,
-    get_runtime_class,
 )
 from tenantd.runtimes import runtime_for_file as default_runtime
 from tenantd.runtimes.edgetpu_compiler import CompilerLogError, figures_for
 from tenantd.store import ModelRecord, Store
+from tenantd.workerprobe import probe_in_worker
 from tenantwire.errors import ErrorCode
 from tenantwire.protocol import NAME_RE, Request
 from tenantwire.tensors import TensorSpec
@@ -161,6 +161,7 @@ class Submission:
         unforkable = [r for r in available_runtimes() if r in THREADED_AT_IMPORT]
         self.spare_probes = SpareProbes(unforkable, device, lambda: self._policy().probe_spares)
         self.probe_host = ProbeHost(available_runtimes(), self.spare_probes.probe)
+        self.runtimes = DeviceRuntimes(device, self._executor)  # the daemon's, or the device worker's
         self._by_name: dict[str, asyncio.Lock] = {}
         self._by_tenant: dict[str, asyncio.Lock] = {}
 
@@ -205,9 +206,11 @@ class Submission:
         if compiler_facts and runtime != "edgetpu":
             raise BadRequest(f"args.compiler_log is for EdgeTPU models; this one is for runtime {runtime!r}")
         try:
-            check_device(get_runtime_class(runtime), self._device)
+            await self.runtimes.check(runtime)
         except RuntimeNotAvailable as exc:
             raise RuntimeUnavailable(str(exc)) from None
+        except RuntimeFailure as exc:  # the device's worker did not answer
+            raise DeviceUnavailable(f"the device worker did not say which runtimes it has: {exc}") from None
 
         loop = asyncio.get_running_loop()
         sha, path = await loop.run_in_executor(None, self._store.put_blob, data)
@@ -218,14 +221,19 @@ class Submission:
             async with self._by_tenant.setdefault(tenant, asyncio.Lock()), self.name_lock(name):
                 self._catalog.check_name_free(name, tenant, replace)
                 self._admission.check_model_quota(name, tenant)
-                probe = await self._probe(name, tenant, runtime, path)
+                probe, trial = await self._probe(name, tenant, runtime, path)
                 if compiler_facts:  # the compiler's own figures, over the probe's estimate from the file
                     probe.details.update(compiler_facts, param_bytes=compiler_facts["edgetpu_on_chip_param_bytes"])
                 previous_charge = self._admission.memory.ledger.models.get(name)
                 overhead = int(probe.details.get("runtime_overhead_bytes", 0))
-                self._admission.admit(name, tenant, runtime, probe.footprint_bytes, overhead, data.nbytes)
                 try:
-                    resident, load_ms = await self._load(name, tenant, runtime, path, probe)
+                    self._admission.admit(name, tenant, runtime, probe.footprint_bytes, overhead, data.nbytes)
+                except BaseException:
+                    if trial is not None:
+                        Executor.unload(trial)
+                    raise
+                try:
+                    resident, load_ms = await self._load(name, tenant, runtime, path, probe, trial)
                     record = ModelRecord(
                         name=name,
                         owner=tenant,
@@ -248,7 +256,9 @@ class Submission:
         finally:
             self._store.release_blob(sha)  # deleted here if the submission failed
 
-    async def _probe(self, name: str, tenant: str, runtime: str, path: Path) -> ProbeResult:
+    async def _probe(self, name: str, tenant: str, runtime: str, path: Path) -> tuple[ProbeResult, Resident | None]:
+        """The probe's result, and the model loaded by the trial in the device's worker (None
+        unless the runtime is the worker's alone: then that trial is the probe)."""
         # The probe may use what the device's budget has free (counting the model this one would
         # replace as free): a model that needs more could not be admitted, and must not get to
         # exhaust the host finding that out.
@@ -257,10 +267,20 @@ class Submission:
         if memory.twin is not None:  # the twin's budget is a modelled device's; the probe runs on this host
             free = host_memory()[1]
         limit = max(free, MIN_PROBE_MEMORY)
+        trial = None
         async with self._probe_slots.turn(tenant) as turn:
-            probe = await self.probe_host.probe(
-                runtime, path, self._threads, self._policy().probe_timeout_s, self._device, limit
-            )
+            if self._executor.worker is None or self.runtimes.in_daemon(runtime):
+                probe = await self.probe_host.probe(
+                    runtime, path, self._threads, self._policy().probe_timeout_s, self._device, limit
+                )
+            else:  # the runtime is the worker's alone (its own Python): the trial load is the load there
+                try:
+                    probe, trial = await probe_in_worker(
+                        self._executor, self.runtimes, name, runtime, path, limit, self._threads
+                    )
+                except DeviceLost as exc:
+                    self._health.mark_lost(str(exc), name)
+                    raise DeviceUnavailable(f"the device was lost loading the model: {exc}") from None
             turn.ok = probe.ok or probe.host_lost  # the host's death is not the tenant's doing
         if probe.host_lost:
             self._events.emit(
@@ -294,11 +314,18 @@ class Submission:
             first_infer_ms=round(probe.first_infer_ms, 3),
             **probe.details,
         )
-        return probe
+        return probe, trial
 
     async def _load(
-        self, name: str, tenant: str, runtime: str, path: Path, probe: ProbeResult
+        self, name: str, tenant: str, runtime: str, path: Path, probe: ProbeResult, trial: Resident | None
     ) -> tuple[Resident, float]:
+        if trial is not None:  # loaded and measured by the probe in the worker: serve that one
+            if self._residency.swapping:
+                Executor.unload(trial)  # loaded by the first request that needs it, as any swapped model
+                return self._residency.swappable(name, runtime, path, probe.footprint_bytes, probe.details), 0.0
+            self._admission.memory.loaded(name, probe.footprint_bytes, runtime)
+            seed_from_probe(trial, probe.details)
+            return trial, probe.load_ms
         try:
             if self._residency.swapping:
                 # Loaded by the first request that needs it (a measured reload), not here.

@@ -4,7 +4,7 @@
 (:mod:`tenantd.worker`). Each of the daemon's calling threads (its slots, the threads that load)
 connects to the listening socket once and keeps its connection; this process serves each
 connection on a thread of its own, one frame and its reply at a time (:mod:`tenantd.workerwire`):
-``hello``, ``load``, ``add_instance``, ``unload``, ``infer``, ``release``. Runtimes release the
+``hello``, ``runtimes``, ``load``, ``add_instance``, ``unload``, ``infer``, ``release``. Runtimes release the
 GIL, so a model's instances run at once, as they did in the daemon. Runtime adapters are imported
 by the target the daemon sends ("module:Class", from the daemon's registry, which so stays in one
 place). Anything a runtime raises is a reply (``lost`` for a vanished device, else ``failure``);
@@ -106,6 +106,27 @@ class Worker:
     def op_runtime(self, message: Dict[str, Any]) -> Dict[str, Any]:
         self._runtime(message)
         return {}
+
+    def op_runtimes(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        """Which of the runtimes the daemon asks about this Python can run: each one's ``requires``
+        checked as the registry checks them (its ``_present``: the package index and the library
+        path, nothing imported), and for those asked to be inspected, its adapter imported: the
+        version and the device kinds it runs on (an adapter that fails to import is not installed)."""
+        registry = importlib.import_module("tenantd.runtimes")
+        answers: Dict[str, Dict[str, Any]] = {}
+        for name, asked in message["runtimes"].items():
+            missing = [r for r in asked["requires"] if not registry._present(r)]
+            answer: Dict[str, Any] = {"installed": not missing, "missing": missing}
+            if not missing and asked.get("inspect"):
+                module, _, cls_name = asked["target"].partition(":")
+                try:
+                    cls = getattr(importlib.import_module(module), cls_name)
+                except ImportError as exc:
+                    answer.update(installed=False, reason=f"{type(exc).__name__}: {exc}")
+                else:
+                    answer.update(version=str(cls.version()), device_kinds=list(cls.device_kinds))
+            answers[name] = answer
+        return {"python": sys.executable, "python_version": sys.version.split()[0], "runtimes": answers}
 
     def op_add_instance(self, message: Dict[str, Any]) -> Dict[str, Any]:
         model = self._models[message["key"]]

@@ -33,8 +33,10 @@ __all__ = [
     "get_runtime_class",
     "install_hint",
     "register",
+    "registered_runtimes",
     "runtime_for_file",
     "runtime_installed",
+    "runtime_requires",
     "runtime_target",
 ]
 
@@ -156,6 +158,16 @@ def runtime_installed(name: str) -> bool:
 def install_hint(name: str) -> str:
     """What to install for runtime ``name``."""
     return _entry(name).package
+
+
+def runtime_requires(name: str) -> Tuple[str, ...]:
+    """What runtime ``name`` needs present (as ``_present`` checks it), for a device worker to check."""
+    return _entry(name).requires
+
+
+def registered_runtimes() -> List[str]:
+    """Every registered runtime's name, installed here or not."""
+    return sorted(_REGISTRY)
 
 
 def runtime_target(name: str) -> str:

@@ -439,3 +439,48 @@ def test_the_edgetpu_path_without_a_stick(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "loader tflite-runtime 2.14.0 via tflite_runtime" in run.stdout
     assert "usb:0: cannot open EdgeTPU usb:0 with tflite_runtime: libedgetpu.so.1: cannot open" in run.stdout
+
+
+@pytest.mark.parametrize("old", ["3.9", "3.6"])
+def test_a_daemon_without_openvino_has_its_old_worker_probe_and_serve_the_ir(
+    tmp_path: Path, files: Files, old: str
+) -> None:
+    """Issue 11's hole, on the real old Python: the daemon's own Python is made to lack OpenVINO
+    (``tests/stubs/no_vendor_onnx`` first on its PYTHONPATH), as an NCS2 host's 3.11 cannot have
+    2022.3, while its worker is Debian 11's 3.9 with OpenVINO 2022.3 (a script that drops the stub
+    from PYTHONPATH and execs the wrapper). The worker says it has OpenVINO, the IR is probed by a
+    trial load there and served; the .tflite that 2022.3 cannot read is refused at submit with the
+    worker's reason, not after a probe in the daemon passed it; ONNX Runtime, which that root lacks,
+    is refused naming the worker's Python. Under the CPython 3.6 venv (OpenVINO 2022.2) too, where built."""
+    _old_python_or_skip()
+    if old == "3.6" and not PY36.is_file():
+        pytest.skip(f"no Python 3.6 venv at {PY36} (make oldpython builds one where the host has a CPython 3.6)")
+    interpreter = WRAPPER if old == "3.9" else PY36
+    sources = os.pathsep.join([str(REPO), str(REPO / "clients")])
+    worker_python = tmp_path / "python3.9-worker"
+    worker_python.write_text(f'#!/bin/sh\nPYTHONPATH="{sources}" exec "{interpreter}" "$@"\n')
+    worker_python.chmod(0o755)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'isolation = "process"\nworker_python = "{worker_python}"\n')
+    hidden = os.pathsep.join([str(REPO / "tests" / "stubs" / "no_vendor_onnx"), sources])
+    proc = start_daemon_process(
+        tmp_path / "state", f"ipc://{tmp_path}/d.sock", policy, log=tmp_path / "log", env={"PYTHONPATH": hidden}
+    )
+    try:
+        with TenantClient(proc.endpoint, tenant="gina") as gina:
+            assert "openvino" in gina.status()["runtimes"]
+            info = gina.submit_model(files.ovir, "cnn_ir")
+            assert info.runtime == "openvino" and info.footprint_bytes > 0
+            for seed in range(3):
+                x = image(300 + seed)
+                got = gina.infer("cnn_ir", x)["probs"]
+                assert np.abs(got - direct_openvino(files.xml, x)).max() <= OV_TOLERANCE, seed
+            probed = gina.events(event="model.probed")[-1]
+            assert probed["probe"] == "worker" and probed["runtime_version"].startswith("openvino 2022."), probed
+            with pytest.raises(E.InvalidModel, match=r"OpenVINO 2022\.\d\.\d cannot read \.tflite files"):
+                gina.submit_model(files.tflite, "gina_tflite", runtime="openvino")
+            with pytest.raises(E.RuntimeNotAvailable, match=f"not installed in the worker's Python {worker_python}"):
+                gina.submit_model(files.tflite, "gina_ort", runtime="onnxruntime")
+            assert str(residency(gina)["worker_python_version"]).startswith(old + "."), residency(gina)
+    finally:
+        proc.stop()
