@@ -297,6 +297,7 @@ class StepLoad:
     errors: dict[str, int]
     client_cpu_s: float
     window: tuple[float, float]  # wall-clock (time.time) bounds, to pick the daemon's events
+    tenants: tuple[str, ...] = ()  # every tenant that sent requests, served or not
 
 
 class LoadGenerator:
@@ -360,6 +361,7 @@ class LoadGenerator:
             errors=dict(merged),
             client_cpu_s=sum(r["cpu_s"] for r in results),
             window=(warm_end + wall_offset, end + wall_offset),
+            tenants=tuple(a.tenant for a in assignments),
         )
 
     def close(self) -> None:
@@ -476,8 +478,10 @@ def _summarise_step(load: StepLoad, settings: Settings) -> tuple[dict[str, Any],
     tenant_rows: list[dict[str, Any]] = []
     p50s: list[float] = []
     p99s: list[float] = []
-    for tenant in sorted(by_tenant):
-        recs = by_tenant[tenant]
+    # A tenant with no request finished in the window is listed too, with 0: a starved tenant is a
+    # finding (fairness), not a row to drop.
+    for tenant in sorted(set(by_tenant) | set(load.tenants)):
+        recs = by_tenant.get(tenant, [])
         lat = [r[2] for r in recs]
         tenant_rows.append(
             {

@@ -170,7 +170,11 @@ def test_concurrency_quick_ncs2_stops_at_the_memory_bound(
         assert int(s["models_admitted"]) == int(s["tenants"])
     tenants = read_csv(out / "ncs2-round-robin-tenants.csv")
     last_step = [t for t in tenants if t["step"] == loaded[-1]["step"]]
-    assert len(last_step) == len(loaded)  # every admitted tenant was served in the last step
+    # Every admitted tenant is listed in the last step (one that finished nothing in the short quick
+    # window, as on a loaded machine, with 0), and together they served the step's requests.
+    assert len(last_step) == len(loaded)
+    assert sum(int(t["requests"]) for t in last_step) == int(loaded[-1]["requests"])
+    assert sum(int(t["requests"]) > 0 for t in last_step) >= len(loaded) // 2
     meta = json.loads((out / "ncs2-round-robin.json").read_text())
     assert meta["complete"] is True and meta["parameters"]["seed"] == 5 and meta["policy"]["profile"] == "ncs2"
     assert meta["generator_ping_per_s"] > 0
