@@ -264,17 +264,20 @@ class WorkerHost:
 
     # ---------------------------------------------------------------- calls
 
-    def _connection(self, gen: int, address: str) -> socket.socket:
-        """This thread's connection to generation ``gen``'s worker (made on first use)."""
-        held: tuple[int, socket.socket] | None = getattr(self._local, "conn", None)
-        if held is not None and held[0] == gen:
-            return held[1]
-        if held is not None:
-            held[1].close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._local.conn = (gen, sock)
-        sock.connect(address)
-        return sock
+    def _connection(self, gen: int, address: str, timeout: float) -> socket.socket:
+        """This thread's connection to generation ``gen``'s worker (made on first use), bounded by
+        ``timeout`` (``workerwire.bound``, set only when it changes)."""
+        held: tuple[int, socket.socket, float] | None = getattr(self._local, "conn", None)
+        if held is None or held[0] != gen:
+            if held is not None:
+                held[1].close()
+            held = (gen, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), 0.0)
+            self._local.conn = held
+            held[1].connect(address)
+        if held[2] != timeout:
+            workerwire.bound(held[1], timeout)
+            self._local.conn = (gen, held[1], timeout)
+        return held[1]
 
     def _call(
         self,
@@ -291,6 +294,7 @@ class WorkerHost:
         timeout = timeout or self.watchdog_s
         deadline = time.monotonic() + timeout
         ident = threading.get_ident()
+        bound = timeout  # the socket's bound: what is left of it after waiting for a start
         with self._lock:
             self._ensure_started()
             while starting is None and self._state != "running":
@@ -298,6 +302,7 @@ class WorkerHost:
                 if self._state == "closed" or left <= 0 or not wait:
                     raise WorkerCrashed(f"the device worker of {self.device} is {self._state}, not running")
                 self._changed.wait(left)
+                bound = max(0.001, deadline - time.monotonic())
             if path is not None and path in self.quarantined:
                 raise ModelQuarantined(f"quarantined: {self.quarantined[path]}")
             gen, address = self._gen, self._address
@@ -306,11 +311,10 @@ class WorkerHost:
             self._in_flight[ident] = (gen, path)
         try:
             try:
-                sock = self._connection(gen, address)
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                sock = self._connection(gen, address, bound)
                 workerwire.send(sock, message)
                 reply = workerwire.recv(sock)
-            except TimeoutError:
+            except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO/SO_SNDTIMEO ran out
                 why = f"hung: no reply to {message['op']} in {timeout:g} s (the watchdog)"
                 self._kill(gen, why)
                 self._deaths[gen].wait(START_TIMEOUT_S)
