@@ -46,32 +46,35 @@ class Worker:
             threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
 
     def _serve_connection(self, conn: socket.socket) -> None:
+        memo = workerwire.Memo()  # this connection's repeating frames (an inference's call and reply)
         with conn:
             while True:
                 try:
-                    message = workerwire.recv(conn)
+                    message = workerwire.recv(conn, memo)
                 except (workerwire.PeerGone, OSError):
                     return  # that calling thread (or the daemon) is gone
-                reply = self._handle(message)
+                reply = self._handle(message, memo)
                 try:
-                    workerwire.send(conn, reply)
+                    conn.sendall(reply)
                 except OSError:
                     return
 
-    def _handle(self, message: Dict[str, Any]) -> Dict[str, Any]:
+    def _handle(self, message: Dict[str, Any], memo: workerwire.Memo) -> bytes:
+        """The reply frame to ``message`` (which is shared with later calls: only read it)."""
+        reply: Dict[str, Any] = {"ok": True}
         try:
-            reply = {"ok": True}
+            if message["op"] == "infer":
+                return self._infer(message, memo)
             reply.update(getattr(self, "op_" + str(message["op"]))(message))
-            return reply
         except MemoryError as exc:
-            return {"ok": False, "kind": "failure", "message": f"out of memory: {exc}"}
+            reply = {"ok": False, "kind": "failure", "message": f"out of memory: {exc}"}
         except Exception as exc:  # noqa: BLE001 - every frame gets a reply; the daemon types it
             names = {cls.__name__ for cls in type(exc).__mro__}
             text = str(exc) or type(exc).__name__
+            reply = {"ok": False, "kind": "lost" if "DeviceLost" in names else "failure", "message": text}
             if "DeviceMemoryFull" in names:  # the device has no room for this model: not lost
-                return {"ok": False, "kind": "memory_full", "message": text,
-                        "networks_loaded": int(getattr(exc, "networks_loaded", 0))}  # fmt: skip
-            return {"ok": False, "kind": "lost" if "DeviceLost" in names else "failure", "message": text}
+                reply.update(kind="memory_full", networks_loaded=int(getattr(exc, "networks_loaded", 0)))
+        return workerwire.frame(reply)
 
     def op_hello(self, message: Dict[str, Any]) -> Dict[str, Any]:
         models = {key: int(model.instances) for key, model in list(self._models.items())}
@@ -153,14 +156,16 @@ class Worker:
         arena.attach(size)
         return arena
 
-    def op_infer(self, message: Dict[str, Any]) -> Dict[str, Any]:
+    def _infer(self, message: Dict[str, Any], memo: workerwire.Memo) -> bytes:
+        """``infer``: its reply frame is the same while the outputs' layout and the arena stay."""
         model = self._models[message["key"]]
         inputs = workerwire.get(self._arena(message["in"], message["in_size"]), message["tensors"], copy=False)
         outputs = model.infer(inputs)
         del inputs
         arena = self._arena(message["out"], message["out_size"])
         places = workerwire.put(arena, outputs)
-        return {"tensors": places, "out_size": arena.size}
+        layout = tuple((array.dtype.str, array.shape) for array in outputs)
+        return memo.frame((layout, arena.size), lambda: {"ok": True, "tensors": places, "out_size": arena.size})
 
 
 def _limit_memory() -> None:
