@@ -3,12 +3,15 @@ arrive in pieces (a large one, or a length split across reads) are still read wh
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tenantd import workerwire
@@ -76,3 +79,37 @@ def test_the_bound_ends_a_receive_that_gets_no_reply(pair: tuple[socket.socket, 
     assert b.gettimeout() is None  # still a blocking socket: no poll before each call
     with pytest.raises(BlockingIOError):
         workerwire.recv(b)
+
+
+def test_a_channel_reuses_an_inference_frame_only_while_its_layout_stays(tmp_path: Path) -> None:
+    channel = workerwire.Channel(str(tmp_path / "arena"))
+    try:
+        one = np.arange(12, dtype=np.float32).reshape(1, 12)
+        message, frame = channel.infer_call("1:m.tflite", [one])
+        again, same = channel.infer_call("1:m.tflite", [one + 1])
+        assert same is frame  # the same bytes: not encoded again
+        batch = np.zeros((3, 12), np.float32)  # a batch: another layout, another frame
+        _, other = channel.infer_call("1:m.tflite", [batch])
+        assert other != frame
+        assert json.loads(other[4:])["tensors"] == [{"dtype": "<f4", "shape": [3, 12], "offset": 0}]
+        _, wide = channel.infer_call("1:m.tflite", [np.zeros((1, 12), np.float64)])
+        assert json.loads(wide[4:])["tensors"][0]["dtype"] == "<f8"
+        assert json.loads(frame[4:]) == message == again
+    finally:
+        for arena in channel.arenas:
+            arena.close(unlink=True)
+
+
+def test_a_memo_parses_a_repeated_frame_once_and_stays_bounded(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    memo = workerwire.Memo()
+    workerwire.send(a, {"ok": True, "n": 1})
+    first = workerwire.recv(b, memo)
+    workerwire.send(a, {"ok": True, "n": 1})
+    assert workerwire.recv(b, memo) is first  # not parsed again
+    workerwire.send(a, {"ok": True, "n": 2})
+    assert workerwire.recv(b, memo) == {"ok": True, "n": 2}
+    for n in range(3 * workerwire.Memo.LIMIT):
+        memo.keep(str(n).encode(), {"n": n})
+        memo.frame(n, lambda n=n: {"n": n})
+    assert len(memo._messages) <= workerwire.Memo.LIMIT and len(memo._frames) <= workerwire.Memo.LIMIT
