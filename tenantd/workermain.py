@@ -37,6 +37,9 @@ class Worker:
         self._models: Dict[str, Any] = {}
         self._arenas: Dict[str, workerwire.Arena] = {}
         self._lock = threading.Lock()
+        # One permit per instance of each model: a call beyond them waits here for one to be free
+        # (the daemon's scheduler never sends more; a caller that does is queued, not refused).
+        self._gates: Dict[str, threading.Semaphore] = {}
 
     def serve(self) -> None:
         """One thread per connection: each of the daemon's calling threads has its own, so a
@@ -96,6 +99,7 @@ class Worker:
 
     def op_load(self, message: Dict[str, Any]) -> Dict[str, Any]:
         model = self._runtime(message).load(Path(message["path"]))
+        self._gates[message["key"]] = threading.Semaphore(int(model.instances))
         self._models[message["key"]] = model
         return {
             "inputs": [spec.to_wire() for spec in model.inputs],
@@ -134,10 +138,12 @@ class Worker:
     def op_add_instance(self, message: Dict[str, Any]) -> Dict[str, Any]:
         model = self._models[message["key"]]
         model.add_instance()
+        self._gates[message["key"]].release()
         return {"instances": int(model.instances)}
 
     def op_unload(self, message: Dict[str, Any]) -> Dict[str, Any]:
         model = self._models.pop(message["key"], None)
+        self._gates.pop(message["key"], None)
         if model is not None:
             model.unload()
         return {}
@@ -158,9 +164,10 @@ class Worker:
 
     def _infer(self, message: Dict[str, Any], memo: workerwire.Memo) -> bytes:
         """``infer``: its reply frame is the same while the outputs' layout and the arena stay."""
-        model = self._models[message["key"]]
+        model, gate = self._models[message["key"]], self._gates[message["key"]]
         inputs = workerwire.get(self._arena(message["in"], message["in_size"]), message["tensors"], copy=False)
-        outputs = model.infer(inputs)
+        with gate:
+            outputs = model.infer(inputs)
         del inputs
         arena = self._arena(message["out"], message["out_size"])
         places = workerwire.put(arena, outputs)
