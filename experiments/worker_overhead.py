@@ -10,8 +10,10 @@ input is 150,528 bytes, the issue's "150 KiB"; ``--quick`` the narrower one). Ph
 * **worker hop**: the same file loaded by a :class:`tenantd.worker.WorkerHost` started here (the
   daemon's supervisor and a real worker process, no daemon around it), closed loops of
   ``model.infer`` at 1 and 2 calls in flight (one instance each; two calls then wait on each other
-  in the worker, so 2 in flight measures how well the hop overlaps compute). Its p50 minus direct's
-  is the hop's own cost: frames on the socket, the input and output through /dev/shm.
+  in the worker, so 2 in flight measures how well the hop overlaps compute: the next call is already
+  in the worker when one ends, which the daemon's scheduler, holding a model's calls to its
+  instances, never does). Its p50 minus direct's is the hop's own cost: frames on the socket, the
+  input and output through /dev/shm.
 * **daemon inline / daemon process**: ``tenantd serve`` with ``isolation = "inline"`` and then
   ``"process"`` (``instances = 1``), the synchronous client at c=1 and the asyncio client at c=2.
   Process minus inline is what the worker adds to a served request.
@@ -79,11 +81,16 @@ def measure_hop(model: LoadedModel, x: Tensor, in_flight: int, warmup_s: float, 
     begin = time.perf_counter() + warmup_s
     end = begin + duration_s
 
+    failures: list[Exception] = []
+
     def loop() -> None:
         mine = []
-        while (start := time.perf_counter()) < end:
-            model.infer([x])
-            mine.append(Record(start, time.perf_counter()))
+        try:
+            while (start := time.perf_counter()) < end:
+                model.infer([x])
+                mine.append(Record(start, time.perf_counter()))
+        except Exception as exc:  # noqa: BLE001 - a failed call fails the run (a dead thread once hid it)
+            failures.append(exc)
         with lock:
             records.extend(mine)
 
@@ -92,6 +99,8 @@ def measure_hop(model: LoadedModel, x: Tensor, in_flight: int, warmup_s: float, 
         t.start()
     for t in threads:
         t.join()
+    if failures:
+        raise harness.ExperimentError(f"worker hop, {in_flight} in flight: {failures[0]!r}")
     return Window(records, begin, end)
 
 

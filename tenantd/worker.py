@@ -264,17 +264,20 @@ class WorkerHost:
 
     # ---------------------------------------------------------------- calls
 
-    def _connection(self, gen: int, address: str) -> socket.socket:
-        """This thread's connection to generation ``gen``'s worker (made on first use)."""
-        held: tuple[int, socket.socket] | None = getattr(self._local, "conn", None)
-        if held is not None and held[0] == gen:
-            return held[1]
-        if held is not None:
-            held[1].close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._local.conn = (gen, sock)
-        sock.connect(address)
-        return sock
+    def _connection(self, gen: int, address: str, timeout: float) -> socket.socket:
+        """This thread's connection to generation ``gen``'s worker (made on first use), bounded by
+        ``timeout`` (``workerwire.bound``, set only when it changes)."""
+        held: tuple[int, socket.socket, float] | None = getattr(self._local, "conn", None)
+        if held is None or held[0] != gen:
+            if held is not None:
+                held[1].close()
+            held = (gen, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), 0.0)
+            self._local.conn = held
+            held[1].connect(address)
+        if held[2] != timeout:
+            workerwire.bound(held[1], timeout)
+            self._local.conn = (gen, held[1], timeout)
+        return held[1]
 
     def _call(
         self,
@@ -283,14 +286,18 @@ class WorkerHost:
         starting: int | None = None,
         timeout: float | None = None,
         wait: bool = True,
+        frame: bytes | None = None,
+        memo: workerwire.Memo | None = None,
     ) -> dict[str, Any]:
         """Send one frame on this thread's connection and wait for the reply. ``starting``: the
         generation being brought up (its reloads go before anyone else's calls). ``wait=False``:
-        fail at once instead of waiting for a worker that is (re)starting. Raises RuntimeFailure
-        and its kinds."""
+        fail at once instead of waiting for a worker that is (re)starting. ``frame``: ``message``
+        already encoded; ``memo``: replies seen before are not parsed again (then the reply is
+        shared: read it only). Raises RuntimeFailure and its kinds."""
         timeout = timeout or self.watchdog_s
         deadline = time.monotonic() + timeout
         ident = threading.get_ident()
+        bound = timeout  # the socket's bound: what is left of it after waiting for a start
         with self._lock:
             self._ensure_started()
             while starting is None and self._state != "running":
@@ -298,6 +305,7 @@ class WorkerHost:
                 if self._state == "closed" or left <= 0 or not wait:
                     raise WorkerCrashed(f"the device worker of {self.device} is {self._state}, not running")
                 self._changed.wait(left)
+                bound = max(0.001, deadline - time.monotonic())
             if path is not None and path in self.quarantined:
                 raise ModelQuarantined(f"quarantined: {self.quarantined[path]}")
             gen, address = self._gen, self._address
@@ -306,11 +314,10 @@ class WorkerHost:
             self._in_flight[ident] = (gen, path)
         try:
             try:
-                sock = self._connection(gen, address)
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
-                workerwire.send(sock, message)
-                reply = workerwire.recv(sock)
-            except TimeoutError:
+                sock = self._connection(gen, address, bound)
+                sock.sendall(frame or workerwire.frame(message))
+                reply = workerwire.recv(sock, memo)
+            except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO/SO_SNDTIMEO ran out
                 why = f"hung: no reply to {message['op']} in {timeout:g} s (the watchdog)"
                 self._kill(gen, why)
                 self._deaths[gen].wait(START_TIMEOUT_S)
@@ -331,26 +338,20 @@ class WorkerHost:
             raise kind(str(reply.get("message")))
         return reply
 
-    def _thread_arenas(self) -> tuple[workerwire.Arena, workerwire.Arena]:
-        arenas: tuple[workerwire.Arena, workerwire.Arena] | None = getattr(self._local, "arenas", None)
-        if arenas is None:
-            base = workerwire.arena_path(f"{id(self):x}-{next(self._arena_ids)}")
-            arenas = (workerwire.Arena(base + "-in", create=True), workerwire.Arena(base + "-out", create=True))
+    def _channel(self) -> workerwire.Channel:
+        """This thread's arenas and repeating frames (made on first use)."""
+        channel: workerwire.Channel | None = getattr(self._local, "channel", None)
+        if channel is None:
+            channel = workerwire.Channel(workerwire.arena_path(f"{id(self):x}-{next(self._arena_ids)}"))
             with self._lock:
-                self._arenas.extend(arenas)
-            self._local.arenas = arenas
-        return arenas
+                self._arenas.extend(channel.arenas)
+            self._local.channel = channel
+        return channel
 
     def infer(self, key: str, path: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        arena_in, arena_out = self._thread_arenas()
-        places = workerwire.put(arena_in, inputs)
-        message: dict[str, Any] = {"op": "infer", "key": key, "tensors": places}
-        message.update(
-            {"in": arena_in.path, "in_size": arena_in.size, "out": arena_out.path, "out_size": arena_out.size}
-        )
-        reply = self._call(message, path)
-        arena_out.attach(int(reply["out_size"]))
-        return workerwire.get(arena_out, reply["tensors"], copy=True)
+        channel = self._channel()
+        message, frame = channel.infer_call(key, inputs)
+        return channel.outputs(self._call(message, path, frame=frame, memo=channel.memo))
 
     def load(self, frame: dict[str, Any]) -> dict[str, Any]:
         reply = self._call(dict(frame), str(frame["path"]))

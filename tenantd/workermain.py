@@ -37,6 +37,9 @@ class Worker:
         self._models: Dict[str, Any] = {}
         self._arenas: Dict[str, workerwire.Arena] = {}
         self._lock = threading.Lock()
+        # One permit per instance of each model: a call beyond them waits here for one to be free
+        # (the daemon's scheduler never sends more; a caller that does is queued, not refused).
+        self._gates: Dict[str, threading.Semaphore] = {}
 
     def serve(self) -> None:
         """One thread per connection: each of the daemon's calling threads has its own, so a
@@ -46,32 +49,35 @@ class Worker:
             threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
 
     def _serve_connection(self, conn: socket.socket) -> None:
+        memo = workerwire.Memo()  # this connection's repeating frames (an inference's call and reply)
         with conn:
             while True:
                 try:
-                    message = workerwire.recv(conn)
+                    message = workerwire.recv(conn, memo)
                 except (workerwire.PeerGone, OSError):
                     return  # that calling thread (or the daemon) is gone
-                reply = self._handle(message)
+                reply = self._handle(message, memo)
                 try:
-                    workerwire.send(conn, reply)
+                    conn.sendall(reply)
                 except OSError:
                     return
 
-    def _handle(self, message: Dict[str, Any]) -> Dict[str, Any]:
+    def _handle(self, message: Dict[str, Any], memo: workerwire.Memo) -> bytes:
+        """The reply frame to ``message`` (which is shared with later calls: only read it)."""
+        reply: Dict[str, Any] = {"ok": True}
         try:
-            reply = {"ok": True}
+            if message["op"] == "infer":
+                return self._infer(message, memo)
             reply.update(getattr(self, "op_" + str(message["op"]))(message))
-            return reply
         except MemoryError as exc:
-            return {"ok": False, "kind": "failure", "message": f"out of memory: {exc}"}
+            reply = {"ok": False, "kind": "failure", "message": f"out of memory: {exc}"}
         except Exception as exc:  # noqa: BLE001 - every frame gets a reply; the daemon types it
             names = {cls.__name__ for cls in type(exc).__mro__}
             text = str(exc) or type(exc).__name__
+            reply = {"ok": False, "kind": "lost" if "DeviceLost" in names else "failure", "message": text}
             if "DeviceMemoryFull" in names:  # the device has no room for this model: not lost
-                return {"ok": False, "kind": "memory_full", "message": text,
-                        "networks_loaded": int(getattr(exc, "networks_loaded", 0))}  # fmt: skip
-            return {"ok": False, "kind": "lost" if "DeviceLost" in names else "failure", "message": text}
+                reply.update(kind="memory_full", networks_loaded=int(getattr(exc, "networks_loaded", 0)))
+        return workerwire.frame(reply)
 
     def op_hello(self, message: Dict[str, Any]) -> Dict[str, Any]:
         models = {key: int(model.instances) for key, model in list(self._models.items())}
@@ -93,6 +99,7 @@ class Worker:
 
     def op_load(self, message: Dict[str, Any]) -> Dict[str, Any]:
         model = self._runtime(message).load(Path(message["path"]))
+        self._gates[message["key"]] = threading.Semaphore(int(model.instances))
         self._models[message["key"]] = model
         return {
             "inputs": [spec.to_wire() for spec in model.inputs],
@@ -131,10 +138,12 @@ class Worker:
     def op_add_instance(self, message: Dict[str, Any]) -> Dict[str, Any]:
         model = self._models[message["key"]]
         model.add_instance()
+        self._gates[message["key"]].release()
         return {"instances": int(model.instances)}
 
     def op_unload(self, message: Dict[str, Any]) -> Dict[str, Any]:
         model = self._models.pop(message["key"], None)
+        self._gates.pop(message["key"], None)
         if model is not None:
             model.unload()
         return {}
@@ -153,14 +162,17 @@ class Worker:
         arena.attach(size)
         return arena
 
-    def op_infer(self, message: Dict[str, Any]) -> Dict[str, Any]:
-        model = self._models[message["key"]]
+    def _infer(self, message: Dict[str, Any], memo: workerwire.Memo) -> bytes:
+        """``infer``: its reply frame is the same while the outputs' layout and the arena stay."""
+        model, gate = self._models[message["key"]], self._gates[message["key"]]
         inputs = workerwire.get(self._arena(message["in"], message["in_size"]), message["tensors"], copy=False)
-        outputs = model.infer(inputs)
+        with gate:
+            outputs = model.infer(inputs)
         del inputs
         arena = self._arena(message["out"], message["out_size"])
         places = workerwire.put(arena, outputs)
-        return {"tensors": places, "out_size": arena.size}
+        layout = tuple((array.dtype.str, array.shape) for array in outputs)
+        return memo.frame((layout, arena.size), lambda: {"ok": True, "tensors": places, "out_size": arena.size})
 
 
 def _limit_memory() -> None:

@@ -246,3 +246,18 @@ def test_microbench_quick_measures_every_model_and_labels_the_estimate(tmp_path:
         assert "(est.)" in report and "ESTIMATE" in report and "(est.)" in result.stdout
     meta = json.loads((tmp_path / "microbench.json").read_text())
     assert meta["parameters"]["seed"] == 2 and len(meta["results"]) == len(rows)
+
+
+def test_worker_cpu_counts_each_process_cpu_per_request() -> None:
+    result = run_module("experiments.worker_cpu", "--quick", "--rounds", "2", "--requests", "100")
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:-1]
+        for line in result.stdout.splitlines()
+        if line.startswith("| ")
+    }
+    assert set(rows) >= {"direct", "inline", "process"}
+    daemon, worker = 3, 4  # columns after the phase: rounds, req/s, x direct, daemon CPU, worker CPU
+    assert rows["inline"][worker].strip() == "" and float(rows["inline"][daemon]) > 0
+    assert float(rows["process"][worker]) > 0 and float(rows["process"][daemon]) > 0
+    assert "'worker':" in result.stdout  # the worker's threads were counted

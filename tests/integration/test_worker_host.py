@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,3 +74,26 @@ def test_a_model_whose_load_crashes_the_worker_is_quarantined(
     assert host.status()["quarantined"] == ["bad.faulty"]
     kinds = [str(event) for event, _ in host.events]  # type: ignore[attr-defined]
     assert kinds.count("worker.crashed") == 2 and kinds.count("worker.quarantined") == 1
+
+
+def test_calls_beyond_a_models_instances_wait_in_the_worker(host: WorkerHost, model_files: ModelFiles) -> None:
+    """Three threads calling a one-instance model at once: each call waits its turn in the worker
+    (none is refused), and every answer is its own input's, through each thread's own arenas."""
+    model = WorkerRuntime(host, "litert", "cpu", num_threads=1, slots=3).load(model_files.mlp)
+    inputs = [np.full((1, 32), v, np.float32) for v in (0.5, 1.0, 2.0)]
+    expected = [direct_litert(model_files.mlp, x)["probs"] for x in inputs]
+    failures: list[BaseException] = []
+
+    def calls(i: int) -> None:
+        try:
+            for _ in range(200):
+                assert np.array_equal(model.infer([inputs[i]])[0], expected[i])
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=calls, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
