@@ -434,11 +434,7 @@ class Scheduler:
                     if left:
                         self._busy[job.model] = left
                     del self._running[slot]
-                    # A job passed over because its model was busy may be runnable now, and a
-                    # drain waits for idle slots to see that nothing is left. Otherwise no idle
-                    # slot could take anything: waking them would only make them contend for the
-                    # GIL with the event loop answering this job.
-                    if self.queued or self._closing:
-                        self._cond.notify_all()
+                    # A job passed over because its model was busy may be runnable now.
+                    self._cond.notify_all()
                 if self._job_done is not None:
                     self._job_done(job)
