@@ -47,6 +47,12 @@ with TenantClient(endpoint, tenant="bench") as client:
         print(json.dumps({"latency": latency, "total": total}), flush=True)
 """
 
+LAUNCHER = """
+import sys
+from tenantd.cli import main
+sys.exit(main())
+"""
+
 
 def tree_env(root: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{root}:{root / 'clients'}"}
@@ -110,11 +116,15 @@ def main(argv: list[str] | None = None) -> None:
         x_path = workdir / "x.npy"
         np.save(x_path, x)
         direct = Direct(path, 1)
+        # A script, not ``-m tenantd``: under -m the daemon's working directory (this checkout)
+        # comes first on its sys.path, so every tree's daemon would run this checkout's code.
+        launcher = workdir / "serve.py"
+        launcher.write_text(LAUNCHER)
         print(f"model {path.name}: input {x.nbytes} bytes; load {os.getloadavg()}")
         arms = []
         for name, root in (("A", args.a.resolve()), ("B", args.b.resolve())):
             endpoint = stack.enter_context(
-                harness.daemon_process(workdir / name, "instances = 1\n", env=tree_env(root))
+                harness.daemon_process(workdir / name, "instances = 1\n", env=tree_env(root), launcher=launcher)
             )
             arm = Arm(name, root, endpoint, path, x_path)
             stack.callback(arm.close)

@@ -251,6 +251,11 @@ class Metrics:
         self._outcomes: dict[tuple[str, str], set[str]] = {}
         self._timed: set[tuple[str, str]] = set()
         self._switched: set[tuple[str, str]] = set()
+        # Each answered request updates six labelled series; finding a series by its labels costs
+        # several microseconds in prometheus_client, so those of each (tenant, model) are kept
+        # here (emptied whenever label sets are pruned, so no removed series is ever updated).
+        self._served_series: dict[tuple[str, str], tuple[Any, Any, Any, Any, Any]] = {}
+        self._requests_series: dict[str, Any] = {}
 
     def set_status(self, status: Callable[[], Mapping[str, Any]]) -> None:
         self._status = status
@@ -263,7 +268,10 @@ class Metrics:
 
     def request(self, op: str) -> None:
         """A request of operation ``op`` was dispatched (it may still be refused)."""
-        self.requests.labels(op).inc()
+        series = self._requests_series.get(op)
+        if series is None:
+            series = self._requests_series[op] = self.requests.labels(op)
+        series.inc()
 
     def error_reply(self, code: str) -> None:
         """A front door sent an error reply with ``code``."""
@@ -290,13 +298,23 @@ class Metrics:
     ) -> None:
         """An inference request was answered with outputs, after these times."""
         labels = (tenant, model)  # from the catalog's record: bounded already
-        self.inference.labels(tenant, model, OK).inc()
-        self._outcomes.setdefault(labels, set()).add(OK)
-        self.queue_time.labels(*labels).observe(queue_s)
-        self.compute_time.labels(*labels).observe(compute_s)
-        self.total_time.labels(*labels).observe(total_s)
-        self.batch_size.labels(*labels).observe(batch)
-        self._timed.add(labels)
+        series = self._served_series.get(labels)
+        if series is None:
+            self._outcomes.setdefault(labels, set()).add(OK)
+            self._timed.add(labels)
+            series = self._served_series[labels] = (
+                self.inference.labels(tenant, model, OK),
+                self.queue_time.labels(*labels),
+                self.compute_time.labels(*labels),
+                self.total_time.labels(*labels),
+                self.batch_size.labels(*labels),
+            )
+        served, queue, compute, total, batch_size = series
+        served.inc()
+        queue.observe(queue_s)
+        compute.observe(compute_s)
+        total.observe(total_s)
+        batch_size.observe(batch)
         if switch_s is not None:
             self.switch_time.labels(*labels).observe(switch_s)
             self._switched.add(labels)
@@ -326,6 +344,8 @@ class Metrics:
 
         models = self._catalog.models
         tenants = {r.owner for r in models.values()} | set(self._policy().tenants)
+
+        self._served_series.clear()
 
         def gone(labels: tuple[str, str]) -> bool:
             tenant, model = labels

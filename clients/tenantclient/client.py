@@ -121,6 +121,28 @@ def _retrying(policy: RetryPolicy | None, call: Call[Any], error: TenantError, r
     return False
 
 
+# pyzmq's constants are enum members, whose operators run in Python; the per-call path of the
+# synchronous client uses them as plain ints.
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+
+
+def _send_now(sock: zmq.Socket[bytes], frames: list[Any]) -> bool:
+    """Send a request's frames without waiting; False if the socket cannot take them now (no
+    live peer, or its queue is full), in which case none was sent: ZeroMQ refuses a message at its
+    first part (a later part fails only if the connection breaks mid-message, and raises)."""
+    last = len(frames) - 1
+    try:
+        sock.send(frames[0], _NOBLOCK if last == 0 else _SEND_MORE, copy=False)
+    except zmq.Again:
+        return False
+    for i in range(1, last + 1):
+        sock.send(frames[i], _NOBLOCK if i == last else _SEND_MORE, copy=False)
+    return True
+
+
 class _Requests:
     """What both clients share: request ids, encoding, and turning an error reply into its
     typed exception. Ids are unique per client; the pid prefix keeps forked clients apart."""
@@ -483,22 +505,23 @@ class TenantClient:
         limit = self.timeout if timeout is None else timeout
         give_up = time.monotonic() + limit
         # A DEALER with no live peer (e.g. its key was refused at the handshake) cannot send:
-        # wait for that within the timeout too, rather than blocking in send forever.
-        if not self._wait(sock, zmq.POLLOUT, limit * 1e3):
-            raise RequestTimeout(
-                f"cannot send {op} to {self.endpoint} within {limit:g} s (daemon down, or key refused?)",
-                request_id=request_id,
-            )
-        sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        # wait for that within the timeout too, rather than blocking in send forever. With a live
+        # peer the first try goes through, so the wait (a poll) is only paid when it did not.
+        while not _send_now(sock, frames):
+            if not self._wait(sock, _POLLOUT, (give_up - time.monotonic()) * 1e3):
+                raise RequestTimeout(
+                    f"cannot send {op} to {self.endpoint} within {limit:g} s (daemon down, or key refused?)",
+                    request_id=request_id,
+                )
         while True:
             remaining_ms = (give_up - time.monotonic()) * 1e3
-            if remaining_ms <= 0 or not self._wait(sock, zmq.POLLIN, remaining_ms):
+            if remaining_ms <= 0 or not self._wait(sock, _POLLIN, remaining_ms):
                 raise RequestTimeout(
                     f"no reply to {op} from {self.endpoint} within {limit:g} s (is the daemon running?)",
                     request_id=request_id,
                 )
             try:
-                reply = protocol.decode_reply(sock.recv_multipart(copy=False))
+                reply = protocol.decode_reply(sock.recv_multipart(_NOBLOCK, copy=False))
             except ProtocolError:
                 continue  # unreadable: the timeout reports the loss if it was ours
             if reply.id == request_id:
@@ -510,7 +533,7 @@ class TenantClient:
         """Wait until ``sock`` can send (POLLOUT) or has a reply (POLLIN); False at the timeout.
         Raises KeyRefused as soon as the handshake is known to have failed."""
         if self._monitor is None:
-            return bool(sock.poll(max(1, int(timeout_ms)), flag))
+            return bool(zmq.zmq_poll([(sock, flag)], max(1, int(timeout_ms))))
         give_up = time.monotonic() + timeout_ms / 1e3
         poller = zmq.Poller()
         poller.register(sock, flag)

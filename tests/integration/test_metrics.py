@@ -174,6 +174,15 @@ def test_switches_are_timed_and_a_removed_models_label_sets_go(
         assert not [key for key in after if ("model", "a") in key[1]]  # every label set of "a" is gone
         assert value(after, "tenantd_inference_requests_total", tenant="alice", model="b", code="OK") == 3
 
+        # A model of the same name again: its series start afresh and count (the daemon keeps each
+        # label set's series between requests; a scrape that dropped them must not leave it
+        # counting into series no longer exposed).
+        alice.submit_model(model_files.mlp, "a")
+        alice.infer("a", np.ones((1, 32), np.float32))
+        again = samples(parse_classic(scrape(daemon)[1]))
+        assert value(again, "tenantd_inference_requests_total", tenant="alice", model="a", code="OK") == 1
+        assert value(again, "tenantd_inference_total_seconds_count", tenant="alice", model="a") == 1
+
 
 def test_metrics_are_off_unless_asked_for_and_a_taken_port_is_a_config_error(tmp_path: Path, endpoint: str) -> None:
     with daemon_in_thread(tmp_path / "a", endpoint) as plain:
