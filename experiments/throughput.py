@@ -42,6 +42,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -261,6 +262,9 @@ def tenantd_server(path: Path, workdir: Path) -> Iterator[str]:
         yield endpoint
 
 
+PEER_START_S = 180.0  # a peer that is not serving by then is reported, with its last output
+
+
 @contextlib.contextmanager
 def peer_server(kind: str, python: str, path: Path, instances: int, threads: int) -> Iterator[str]:
     """A peer server from the peers' interpreter; yields its target once it printed READY."""
@@ -271,20 +275,31 @@ def peer_server(kind: str, python: str, path: Path, instances: int, threads: int
     cmd = [python, str(PEER_SERVER), kind, str(path), str(instances), str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def drain() -> None:  # its whole output, read on a thread so that a silent hang still times out
+        for line in proc.stdout or ():
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, daemon=True).start()
     target = None
     seen: list[str] = []
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + PEER_START_S
     try:
-        for line in proc.stdout:
+        while target is None and (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break  # it exited
             seen.append(line)
             if line.startswith("READY "):
                 target = line.split(" ", 1)[1].strip()
-                break
-            if time.monotonic() > deadline:
-                break
         if target is None:
-            raise RuntimeError(f"{kind} did not start: {''.join(seen[-20:])}")
-        threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True).start()  # keep draining
+            why = "exited" if proc.poll() is not None else f"printed no READY within {PEER_START_S:g} s"
+            raise RuntimeError(f"{kind} did not start ({why}): {''.join(seen[-20:])}")
         yield target
     finally:
         proc.terminate()
