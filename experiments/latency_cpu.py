@@ -33,39 +33,10 @@ from typing import Any
 
 import psutil
 
+from experiments.latency_ab import LAUNCHER, WORKER, tree_env
+
 GROUPS = ("main", "zmq", "other")
 WHAT = ("cpu_us", "wakeups")
-
-WORKER = """
-import json, sys, time
-import numpy as np
-from tenantclient import TenantClient
-endpoint, model_path, input_path = sys.argv[1:4]
-x = np.load(input_path)
-with TenantClient(endpoint, tenant="bench") as client:
-    client.submit_model(model_path, "bench")
-    for _ in range(50):
-        client.infer("bench", x)
-    print("ready", flush=True)
-    for line in sys.stdin:
-        latency, total = [], []
-        for _ in range(int(line)):
-            t0 = time.perf_counter()
-            result = client.infer_detailed("bench", x)
-            latency.append((time.perf_counter() - t0) * 1e3)
-            total.append(result.timings["total_ms"])
-        print(json.dumps({"latency": latency, "total": total}), flush=True)
-"""
-
-LAUNCHER = """
-import sys
-from tenantd.cli import main
-sys.exit(main())
-"""
-
-
-def tree_env(root: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{root}:{root / 'clients'}"}
 
 
 def thread_counters(pid: int) -> dict[str, tuple[int, int]]:
