@@ -11,8 +11,7 @@ import asyncio
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +30,11 @@ from tenantwire import irbundle
 from tests.conftest import ModelFiles, direct_litert
 from tests.support.daemon import daemon_in_thread, start_daemon_process
 from tests.support.faulty_runtime import faulty_model
+from tests.support.waiting import until, wait_for
 
 GIB = 2**30
 LIMIT = 512 * 2**20
 WAIT_S = 60.0
-
-
-def wait_for(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)  # ok: polling a condition (the host's readiness, a process's end)
 
 
 def host_of(daemon: Daemon) -> ProbeHost:
@@ -106,10 +99,7 @@ def real_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 async def both_ways(host: ProbeHost, runtime: str, path: Path) -> tuple[ProbeResult, ProbeResult]:
     host.start()
-    deadline = time.monotonic() + WAIT_S
-    while host.pid is None:
-        assert time.monotonic() < deadline, "the probe host did not become ready"
-        await asyncio.sleep(0.01)  # ok: polling the host's readiness
+    await until(lambda: host.pid is not None, "the probe host to become ready")
     try:
         forked = await host.probe(runtime, path, 1, WAIT_S, "cpu", LIMIT)
         fresh = await probe_model(runtime, path, 1, WAIT_S, "cpu", LIMIT)
@@ -152,8 +142,7 @@ def test_the_probe_host_imports_only_runtimes_that_leave_it_single_threaded(tmp_
     async def run() -> ProbeHost:
         host = ProbeHost(available_runtimes())
         host.start()
-        while host.pid is None:
-            await asyncio.sleep(0.01)  # ok: polling the host's readiness
+        await until(lambda: host.pid is not None, "the probe host to become ready")
         assert psutil.Process(host.pid).num_threads() == 1
         assert "litert" in host.forked and "faulty" in host.forked  # neither starts a thread
         await host.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +28,7 @@ from tenantd.probespare import SpareProbes
 from tenantwire import irbundle
 from tests.support.daemon import daemon_in_thread, start_daemon_process
 from tests.support.faulty_runtime import faulty_model
+from tests.support.waiting import until, wait_for
 
 LIMIT = 512 * 2**20
 WAIT_S = 60.0
@@ -48,20 +48,6 @@ def onnx_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths["cnn.ovir"] = root / "cnn.ovir"
     paths["cnn.ovir"].write_bytes(irbundle.pack_files(root / "ir" / "cnn.xml"))
     return paths
-
-
-async def until(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)  # ok: polling a condition (a spare's readiness, a process's end)
-
-
-def wait_for(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)  # ok: polling a condition (a spare's readiness, a process's end)
 
 
 @asynccontextmanager

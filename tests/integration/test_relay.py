@@ -17,6 +17,7 @@ from experiments.relay import Link, RelayThread, _parse_rate, endpoint_address, 
 from models import tiny
 from tenantclient import TenantClient
 from tests.support.daemon import daemon_in_thread
+from tests.support.waiting import wait_for
 
 
 def test_latency_is_added_each_way() -> None:
@@ -118,9 +119,6 @@ def test_a_target_that_dies_mid_upload_ends_the_connection() -> None:
                     pass
             except OSError:
                 pass
-        for _ in range(100):
-            if not relay.relay._tasks:
-                break
-            time.sleep(0.05)  # ok: polling for the relay to end the connection
-        assert not relay.relay._tasks  # the connection's task ended; nothing left waiting for room
+        # The connection's task ended; nothing left waiting for room.
+        wait_for(lambda: not relay.relay._tasks, "the relay to end the connection", timeout_s=5.0)
     listener.close()

@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +29,10 @@ from tenantd.daemon import Daemon, ServeConfig
 from tests.conftest import ModelFiles, direct_litert
 from tests.support.daemon import daemon_in_thread
 from tests.support.faulty_runtime import faulty_model
+from tests.support.waiting import wait_for
 
 WAIT_S = 60.0
 X = np.ones((1, 4), np.float32)  # positive: the faulty model's fault fires on it
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll a condition the daemon reaches by itself (a worker restarted); fail after WAIT_S."""
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)  # ok: polling the daemon's state, not waiting for a start
 
 
 def worker_status(daemon: Daemon) -> dict[str, object]:

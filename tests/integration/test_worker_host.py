@@ -8,8 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,9 @@ from tenantd.errors import ModelQuarantined, WorkerCrashed
 from tenantd.worker import WorkerHost, WorkerRuntime
 from tests.conftest import ModelFiles, direct_litert
 from tests.support.faulty_runtime import faulty_model
+from tests.support.waiting import wait_for
 
 WAIT_S = 60.0
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)  # ok: polling the supervisor's state
 
 
 @pytest.fixture

@@ -26,8 +26,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from tenantd.worker import WorkerHost, WorkerRuntime
 from tenantwire import irbundle
 from tests.conftest import ModelFiles, direct_litert
 from tests.support.daemon import REPO, DaemonProcess, daemon_env, start_daemon_process
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.oldpython
 
@@ -244,14 +244,6 @@ def residency(client: TenantClient) -> dict[str, object]:
 def worker_libraries(pid: int) -> str:
     """The files mapped into the worker (paths as its own mount namespace names them)."""
     return Path(f"/proc/{pid}/maps").read_text()
-
-
-def wait_for(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {WAIT_S} s")
-        time.sleep(0.05)
 
 
 def test_a_daemon_by_its_cli_runs_its_worker_under_the_old_python(daemon: DaemonProcess, files: Files) -> None:
