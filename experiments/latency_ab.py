@@ -58,20 +58,26 @@ def tree_env(root: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{root}:{root / 'clients'}"}
 
 
+def start_client(name: str, root: Path, endpoint: str, model: Path, x_path: Path) -> subprocess.Popen[str]:
+    """Tree ``root``'s client process (WORKER), once it has submitted the model and warmed up."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER, endpoint, str(model), str(x_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=tree_env(root),
+        cwd=root,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"client of {name} did not start")
+    return proc
+
+
 class Arm:
     def __init__(self, name: str, root: Path, endpoint: str, model: Path, x_path: Path) -> None:
         self.name = name
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, endpoint, str(model), str(x_path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=tree_env(root),
-            cwd=root,
-        )
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"client of {name} did not start")
+        self.proc = start_client(name, root, endpoint, model, x_path)
         self.latency: list[float] = []
         self.outside: list[float] = []
         self.round_p50: list[float] = []

@@ -24,8 +24,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from experiments.latency_ab import LAUNCHER, WORKER, tree_env
+from experiments.latency_ab import LAUNCHER, start_client, tree_env
 
 GROUPS = ("main", "zmq", "other")
 WHAT = ("cpu_us", "wakeups")
@@ -63,17 +61,7 @@ class Arm:
         self.name = name
         self.root = root
         self.daemon_pid = daemon_pid
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, endpoint, str(model), str(x_path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=tree_env(root),
-            cwd=root,
-        )
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"client of {name} did not start")
+        self.proc = start_client(name, root, endpoint, model, x_path)
         # per round: figure name -> value per request
         self.rounds: list[dict[str, float]] = []
 
